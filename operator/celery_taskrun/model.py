@@ -1,0 +1,188 @@
+"""The TaskRun API: spec and status types, and the vocabulary of phases and reasons.
+
+These pydantic models are the one source of truth: the CRD's schema in
+`deploy/crd.yaml` is generated from them (see `crd.py`), and the operator parses
+every object it sees through them.  Field names are the contract of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "celery.taskrun.dev"
+VERSION = "v1alpha1"
+KIND = "TaskRun"
+PLURAL = "taskruns"
+FINALIZER = f"{GROUP}/revoke-on-delete"
+# Written (with the finalizer) before a task is sent: the id we are about to send.
+INTENT_ANNOTATION = f"{GROUP}/submitting"
+
+Seconds = Annotated[float, Field(gt=0, description="Seconds (a positive number).")]
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    RETRYING = "Retrying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+    REVOKED = "Revoked"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.REVOKED})
+
+
+class Reason(StrEnum):
+    # In flight.
+    SUBMITTING = "Submitting"
+    QUEUED = "Queued"
+    STARTED = "Started"
+    PROGRESS = "Progress"
+    RETRY = "Retry"
+    RESUBMITTED = "Resubmitted"
+    BACKEND_UNAVAILABLE = "BackendUnavailable"
+    # Terminal.
+    SUCCEEDED = "Succeeded"
+    TASK_ERROR = "TaskError"
+    SOFT_TIME_LIMIT_EXCEEDED = "SoftTimeLimitExceeded"
+    TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    CANCELLED = "Cancelled"
+    EXPIRED = "Expired"
+    INVALID_SPEC = "InvalidSpec"
+    TASK_NOT_ALLOWED = "TaskNotAllowed"
+    WORKER_LOST = "WorkerLost"
+    RESULT_LOST = "ResultLost"
+    REVOKED = "Revoked"
+
+
+class _Model(BaseModel):
+    # Unknown fields are kept out of the CRD (structural schema prunes them);
+    # ignoring them here keeps an older operator working against a newer CRD.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class PollSpec(_Model):
+    """How often the operator reads the result backend for this run.
+
+    The defaults are the seed's polling schedule: 0.5 s, x1.5, capped at 5 s.  Wake-ups
+    from the Redis backend's publish make most reads unnecessary; polling is the net.
+    """
+
+    initialInterval: float | None = Field(None, gt=0, le=3600)
+    factor: float | None = Field(None, ge=1, le=10)
+    maxInterval: float | None = Field(None, gt=0, le=3600)
+
+
+class SizeBasedLimits(_Model):
+    """Limits computed from the input's size at submission (the seed's dynamic timeout).
+
+    hard limit = clamp(inputBytes / MiB * secondsPerMiB, minSeconds, maxSeconds);
+    soft limit = hard limit * softLimitRatio.  Explicit spec limits win over these.
+    """
+
+    inputBytes: int = Field(ge=0, description="Size of the input the task will process.")
+    secondsPerMiB: float = Field(60, gt=0)
+    minSeconds: float = Field(60, gt=0)
+    maxSeconds: float = Field(3600, gt=0)
+    softLimitRatio: float = Field(0.9, gt=0, lt=1)
+
+
+class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes with its **kwargs
+    task: str = Field(min_length=1, max_length=256, description="Celery task name.")
+    args: list[Any] = Field(default_factory=list, max_length=1000)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(None, min_length=1, max_length=256)
+    priority: int | None = Field(None, ge=0, le=255)
+    countdown: float | None = Field(None, ge=0, description="Seconds to wait before running.")
+    expires: Seconds | None = Field(None, description="Revoke if not started within N seconds.")
+    timeLimit: Seconds | None = Field(None, description="Hard time limit of one execution.")
+    softTimeLimit: Seconds | None = Field(None, description="Soft limit, below timeLimit.")
+    timeout: Seconds | None = Field(
+        None, description="Deadline for the whole run from submission, queueing included."
+    )
+    sizeBasedLimits: SizeBasedLimits | None = None
+    retries: int | None = Field(None, ge=0, le=100, description="Resubmissions after failure.")
+    cancel: bool | None = Field(None, description="Revoke the task; cannot be undone.")
+    ttlSecondsAfterFinished: int | None = Field(None, ge=0)
+    poll: PollSpec | None = None
+
+
+class ErrorInfo(_Model):
+    type: str
+    message: str = ""
+    traceback: str | None = None
+
+
+LimitSource = Literal["spec", "sizeBasedLimits", "taskDefault", "globalDefault"]
+
+
+class EffectiveLimit(_Model):
+    seconds: float
+    source: LimitSource
+
+
+class EffectiveLimits(_Model):
+    timeLimit: EffectiveLimit | None = None
+    softTimeLimit: EffectiveLimit | None = None
+    timeout: EffectiveLimit | None = None
+    expires: EffectiveLimit | None = None
+
+
+class Progress(_Model):
+    percent: float | None = None
+    current: float | None = None
+    total: float | None = None
+    state: str | None = Field(None, description="The Celery state that carried the progress.")
+    info: dict[str, Any] | None = Field(None, description="The task's own progress metadata.")
+
+
+class AttemptRecord(_Model):
+    attempt: int
+    taskId: str
+    phase: Phase
+    reason: str | None = None
+    message: str | None = None
+    submittedAt: str | None = None
+    completedAt: str | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    lastTransitionTime: str
+    observedGeneration: int | None = None
+
+
+class TaskRunStatus(_Model):
+    phase: Phase | None = None
+    state: str | None = Field(None, description="The raw Celery state.")
+    reason: str | None = None
+    message: str | None = None
+    taskId: str | None = None
+    attempt: int | None = None
+    worker: str | None = None
+    submittedAt: str | None = None
+    startedAt: str | None = None
+    completedAt: str | None = None
+    duration: str | None = Field(None, description="Submission to completion, e.g. 1m3s.")
+    progress: Progress | None = None
+    result: Any = None
+    resultTruncated: bool | None = None
+    resultBytes: int | None = Field(None, description="Size of the full JSON result.")
+    error: ErrorInfo | None = None
+    limits: EffectiveLimits | None = None
+    attempts: list[AttemptRecord] | None = Field(None, description="Earlier attempts, newest last.")
+    conditions: list[Condition] | None = None
+    observedGeneration: int | None = None

@@ -1,0 +1,138 @@
+"""Spec + operator config -> what to send to Celery (pure).
+
+Effective limits follow one precedence for every limit: the TaskRun's spec, then
+its `sizeBasedLimits` (time limits only), then the per-task-name default, then the
+global default.  `status.limits` records each value and where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .config import LimitDefaults, OperatorConfig
+from .model import EffectiveLimit, EffectiveLimits, LimitSource, Reason, TaskRunSpec
+
+MIB = 1024 * 1024
+
+
+def task_id_for(uid: str, attempt: int) -> str:
+    """The Celery task id of one attempt: derived, so a resend is recognisable."""
+    return f"tr-{uid}-{attempt}"
+
+
+@dataclass(frozen=True)
+class Submission:
+    task: str
+    task_id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    limits: EffectiveLimits = field(default_factory=EffectiveLimits)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: Reason
+    message: str
+
+
+def size_based_time_limits(spec: TaskRunSpec) -> tuple[float, float] | None:
+    """The seed's dynamic timeout: 1 minute per MiB, at least 60 s, at most 3600 s."""
+    sized = spec.sizeBasedLimits
+    if sized is None:
+        return None
+    hard = sized.inputBytes / MIB * sized.secondsPerMiB
+    hard = max(sized.minSeconds, min(hard, sized.maxSeconds))
+    return hard, round(hard * sized.softLimitRatio, 3)
+
+
+def effective_limits(spec: TaskRunSpec, config: OperatorConfig) -> EffectiveLimits:
+    sized = size_based_time_limits(spec)
+    layers: list[tuple[LimitSource, LimitDefaults | None]] = [
+        ("taskDefault", config.task_defaults(spec.task)),
+        ("globalDefault", config.defaults),
+    ]
+
+    def pick(name: str, own: float | None, from_size: float | None) -> EffectiveLimit | None:
+        if own is not None:
+            return EffectiveLimit(seconds=own, source="spec")
+        if from_size is not None:
+            return EffectiveLimit(seconds=from_size, source="sizeBasedLimits")
+        for source, layer in layers:
+            value = getattr(layer, name) if layer is not None else None
+            if value is not None:
+                return EffectiveLimit(seconds=value, source=source)
+        return None
+
+    return EffectiveLimits(
+        timeLimit=pick("timeLimit", spec.timeLimit, sized[0] if sized else None),
+        softTimeLimit=pick("softTimeLimit", spec.softTimeLimit, sized[1] if sized else None),
+        timeout=pick("timeout", spec.timeout, None),
+        expires=pick("expires", spec.expires, None),
+    )
+
+
+def plan(
+    spec: TaskRunSpec,
+    config: OperatorConfig,
+    *,
+    uid: str,
+    attempt: int,
+    now: datetime,
+    first_submitted_at: datetime | None = None,
+) -> Submission | Refusal:
+    """What to send for `attempt` of a run, or why it must not be sent."""
+    if not config.allows(spec.task):
+        return Refusal(
+            Reason.TASK_NOT_ALLOWED,
+            f"task {spec.task!r} is not in the operator's allowedTasks",
+        )
+    size = len(json.dumps([spec.args, spec.kwargs], separators=(",", ":")))
+    if size > config.maxArgsBytes:
+        return Refusal(
+            Reason.INVALID_SPEC,
+            f"args and kwargs take {size} bytes as JSON, over the bound of "
+            f"{config.maxArgsBytes}: pass a reference to the data instead",
+        )
+    limits = effective_limits(spec, config)
+    hard, soft = limits.timeLimit, limits.softTimeLimit
+    if hard is not None and soft is not None and soft.seconds >= hard.seconds:
+        return Refusal(
+            Reason.INVALID_SPEC,
+            f"softTimeLimit {soft.seconds:g}s (from {soft.source}) must be below timeLimit "
+            f"{hard.seconds:g}s (from {hard.source}): Celery's prefork pool does not enforce "
+            "the hard limit when the soft one is larger",
+        )
+
+    options: dict[str, Any] = {}
+    if spec.queue is not None:
+        options["queue"] = spec.queue
+    if spec.priority is not None:
+        options["priority"] = spec.priority
+    if spec.countdown:
+        options["countdown"] = spec.countdown
+    if hard is not None:
+        options["time_limit"] = hard.seconds
+    if soft is not None:
+        options["soft_time_limit"] = soft.seconds
+    # The message itself expires at the earliest of `expires` and the run's deadline,
+    # so a worker that comes online late discards it instead of running it.
+    expiries = []
+    if limits.expires is not None:
+        expiries.append(now + timedelta(seconds=limits.expires.seconds))
+    if limits.timeout is not None:
+        start = first_submitted_at or now
+        expiries.append(start + timedelta(seconds=limits.timeout.seconds))
+    if expiries:
+        options["expires"] = min(expiries)
+    return Submission(
+        task=spec.task,
+        task_id=task_id_for(uid, attempt),
+        args=list(spec.args),
+        kwargs=dict(spec.kwargs),
+        options=options,
+        limits=limits,
+    )

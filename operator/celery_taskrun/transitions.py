@@ -1,0 +1,437 @@
+"""What the run's status becomes, given what the backend says and the clock (pure).
+
+One function, `advance`, decides every in-flight step: the backend's record, the
+deadline, `expires`, a cancel, or a backend outage.  It returns the next status
+and what the shell must do about it (revoke the task, resubmit a new attempt).
+The shell does the I/O; this module never does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import records
+from .conditions import conditions_for
+from .model import (
+    AttemptRecord,
+    ErrorInfo,
+    Phase,
+    Progress,
+    Reason,
+    TaskRunSpec,
+    TaskRunStatus,
+)
+from .records import TaskRecord
+
+MAX_HISTORY = 10
+# Failures worth another attempt when spec.retries allows.  Never a cancel, an
+# expiry or the run's deadline (it bounds all attempts together), and never a lost
+# result: the task may well have finished, and running it again would run it twice.
+RETRYABLE = frozenset(
+    {
+        Reason.TASK_ERROR,
+        Reason.WORKER_LOST,
+        Reason.SOFT_TIME_LIMIT_EXCEEDED,
+        Reason.TIME_LIMIT_EXCEEDED,
+    }
+)
+FAILURE_REASONS = {
+    "SoftTimeLimitExceeded": (Phase.TIMED_OUT, Reason.SOFT_TIME_LIMIT_EXCEEDED),
+    "TimeLimitExceeded": (Phase.TIMED_OUT, Reason.TIME_LIMIT_EXCEEDED),
+    "WorkerLostError": (Phase.FAILED, Reason.WORKER_LOST),
+}
+
+
+@dataclass(frozen=True)
+class BackendError:
+    message: str
+
+
+@dataclass(frozen=True)
+class Bounds:
+    max_result_bytes: int = 256 * 1024
+    max_traceback_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: TaskRunStatus
+    revoke: str | None = None  # task id to revoke and mark revoked in the backend
+    terminate: bool = False  # kill it if running
+    resubmit: int | None = None  # the next attempt to send
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def human_duration(seconds: float) -> str:
+    """Like kubectl's ages: 850ms, 42s, 3m7s, 2h5m."""
+    if seconds < 1:
+        return f"{max(seconds, 0) * 1000:.0f}ms"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{seconds:.1f}s" if seconds < 10 else f"{secs}s"
+
+
+def deadline(status: TaskRunStatus) -> datetime | None:
+    """The run's deadline: spec.timeout counted from the first attempt's submission."""
+    limit = status.limits.timeout if status.limits else None
+    first = status.attempts[0].submittedAt if status.attempts else status.submittedAt
+    start = parse_time(first)
+    return start + timedelta(seconds=limit.seconds) if limit and start else None
+
+
+def expiry(status: TaskRunStatus, spec: TaskRunSpec) -> datetime | None:
+    """When the current attempt expires if it has not started (spec.expires)."""
+    limit = status.limits.expires if status.limits else None
+    sent = parse_time(status.submittedAt)
+    return sent + timedelta(seconds=limit.seconds) if limit and sent else None
+
+
+def next_check(status: TaskRunStatus, spec: TaskRunSpec) -> datetime | None:
+    """The earliest moment the clock alone can change this run's status."""
+    moments = [deadline(status)]
+    if status.phase is Phase.QUEUED:
+        moments.append(expiry(status, spec))
+    present = [m for m in moments if m is not None]
+    return min(present) if present else None
+
+
+def truncate_result(result: Any, bound: int) -> tuple[Any, bool | None, int | None]:
+    """(result or preview, resultTruncated, resultBytes): a big result never fails a run."""
+    encoded = json.dumps(result, separators=(",", ":"), default=str)
+    size = len(encoded.encode())
+    if size <= bound:
+        return result, None, None
+    preview = encoded.encode()[: max(bound // 4, 256)].decode(errors="ignore")
+    return preview, True, size
+
+
+def percent_of(info: dict[str, Any]) -> float | None:
+    for key in ("percent", "progress"):
+        value = info.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return round(float(value), 1)
+    current, total = info.get("current"), info.get("total")
+    if isinstance(current, int | float) and isinstance(total, int | float) and total > 0:
+        return round(100.0 * current / total, 1)
+    return None
+
+
+def progress_of(record: TaskRecord) -> Progress | None:
+    """A custom state's meta (e.g. PROGRESS via update_state) as status.progress."""
+    if not isinstance(record.result, dict):
+        return None
+    info = record.result
+    numbers = {
+        k: float(v)
+        for k in ("current", "total")
+        if isinstance(v := info.get(k), int | float) and not isinstance(v, bool)
+    }
+    return Progress(percent=percent_of(info), state=record.state, info=info, **numbers)
+
+
+def error_of(record: TaskRecord, bound: int) -> ErrorInfo:
+    traceback = record.traceback
+    if traceback and len(traceback) > bound:
+        traceback = "...\n" + traceback[-bound:]  # the end says where it failed
+    return ErrorInfo(
+        type=record.exception_type or record.state,
+        message=record.exception_message,
+        traceback=traceback,
+    )
+
+
+def with_phase(
+    status: TaskRunStatus,
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    *,
+    generation: int | None,
+    now: datetime,
+    **fields: Any,
+) -> TaskRunStatus:
+    """The status in `phase`, with conditions and timing fields brought along."""
+    at = timestamp(now)
+    update: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason.value,
+        "message": message,
+        "observedGeneration": generation,
+        **fields,
+    }
+    if phase.terminal:
+        completed = fields.get("completedAt") or at
+        update["completedAt"] = completed
+        first = status.attempts[0].submittedAt if status.attempts else status.submittedAt
+        start, end = parse_time(first), parse_time(completed)
+        if start and end:
+            update["duration"] = human_duration((end - start).total_seconds())
+    changed = status.model_copy(update=update)
+    if (status.phase, status.reason, status.message) != (phase, reason.value, message):
+        changed.conditions = conditions_for(
+            phase, reason.value, message, generation, status.conditions, at
+        )
+    return changed
+
+
+def finished(
+    status: TaskRunStatus,
+    spec: TaskRunSpec,
+    record: TaskRecord,
+    generation: int | None,
+    now: datetime,
+    bounds: Bounds,
+) -> Outcome:
+    """A ready record (SUCCESS, FAILURE, REVOKED) -> the terminal status, or a retry."""
+    common: dict[str, Any] = {
+        "state": record.state,
+        "completedAt": timestamp(parse_time(record.date_done) or now),
+        "worker": record.meta_worker or status.worker,
+    }
+    if record.state == records.SUCCESS:
+        result, truncated, size = truncate_result(record.result, bounds.max_result_bytes)
+        message = "task succeeded"
+        if truncated:
+            message = f"task succeeded; result of {size} bytes cut to a preview"
+        return Outcome(
+            with_phase(
+                status,
+                Phase.SUCCEEDED,
+                Reason.SUCCEEDED,
+                message,
+                generation=generation,
+                now=now,
+                result=result,
+                resultTruncated=truncated,
+                resultBytes=size,
+                **common,
+            )
+        )
+    error = error_of(record, bounds.max_traceback_bytes)
+    if record.state == records.REVOKED:
+        expired = record.exception_message == "expired"
+        reason = Reason.EXPIRED if expired else Reason.CANCELLED
+        message = "task expired before a worker started it" if expired else "task was revoked"
+        return Outcome(
+            with_phase(
+                status,
+                Phase.REVOKED,
+                reason,
+                message,
+                generation=generation,
+                now=now,
+                error=error,
+                **common,
+            )
+        )
+    phase, reason = FAILURE_REASONS.get(error.type, (Phase.FAILED, Reason.TASK_ERROR))
+    message = f"{error.type}: {error.message}" if error.message else error.type
+    final = with_phase(
+        status, phase, reason, message, generation=generation, now=now, error=error, **common
+    )
+    attempt = status.attempt or 1
+    run_deadline = deadline(status)
+    if (
+        reason in RETRYABLE
+        and attempt <= (spec.retries or 0)
+        and not spec.cancel
+        and (run_deadline is None or now < run_deadline)
+    ):
+        return Outcome(final, resubmit=attempt + 1)
+    return Outcome(final)
+
+
+def advance(
+    spec: TaskRunSpec,
+    status: TaskRunStatus,
+    observed: TaskRecord | BackendError,
+    now: datetime,
+    *,
+    generation: int | None,
+    bounds: Bounds = Bounds(),
+) -> Outcome:
+    """The next status of an in-flight run (sent, status.taskId set)."""
+    if status.phase is None or status.phase.terminal or status.taskId is None:
+        return Outcome(status)
+    record = observed if isinstance(observed, TaskRecord) else None
+    if record is not None and record.ready:
+        return finished(status, spec, record, generation, now, bounds)
+
+    def stop(phase: Phase, reason: Reason, message: str, terminate: bool) -> Outcome:
+        state = record.state if record else status.state
+        return Outcome(
+            with_phase(status, phase, reason, message, generation=generation, now=now, state=state),
+            revoke=status.taskId,
+            terminate=terminate,
+        )
+
+    if spec.cancel:
+        return stop(Phase.REVOKED, Reason.CANCELLED, "cancelled by spec.cancel", True)
+    run_deadline = deadline(status)
+    if run_deadline is not None and now >= run_deadline:
+        limit = status.limits.timeout.seconds if status.limits and status.limits.timeout else 0
+        return stop(
+            Phase.TIMED_OUT,
+            Reason.DEADLINE_EXCEEDED,
+            f"the run did not finish within its timeout of {limit:g}s",
+            True,
+        )
+    started = record is not None and record.state != records.PENDING
+    expires_at = expiry(status, spec)
+    unstarted = status.phase is Phase.QUEUED and not started
+    if expires_at is not None and now >= expires_at and unstarted:
+        return stop(
+            Phase.REVOKED, Reason.EXPIRED, "no worker started the task before it expired", False
+        )
+
+    if record is None:
+        assert isinstance(observed, BackendError)
+        phase = status.phase
+        return Outcome(
+            with_phase(
+                status,
+                phase,
+                Reason.BACKEND_UNAVAILABLE,
+                f"cannot read the result backend: {observed.message}",
+                generation=generation,
+                now=now,
+            )
+        )
+    return Outcome(in_flight(status, record, generation, now))
+
+
+def in_flight(
+    status: TaskRunStatus, record: TaskRecord, generation: int | None, now: datetime
+) -> TaskRunStatus:
+    """A record that is not ready: queued, started, retrying or reporting progress."""
+    at = timestamp(now)
+    if record.state == records.PENDING:
+        if status.phase in (Phase.RUNNING, Phase.RETRYING) and status.startedAt:
+            # It was seen running and its record is gone: expired, flushed or lost.
+            return with_phase(
+                status,
+                Phase.FAILED,
+                Reason.RESULT_LOST,
+                "the task's record vanished from the result backend after it started "
+                "(result_expires elapsed, or the backend lost its data)",
+                generation=generation,
+                now=now,
+                state=records.PENDING,
+            )
+        return with_phase(
+            status,
+            Phase.QUEUED,
+            Reason.QUEUED,
+            "waiting for a worker",
+            generation=generation,
+            now=now,
+            state=records.PENDING,
+        )
+    started = {"startedAt": status.startedAt or at, "worker": record.meta_worker or status.worker}
+    if record.state == records.RETRY:
+        count = (record.retries or 0) + 1
+        detail = record.exception_message or record.exception_type or "retry requested"
+        return with_phase(
+            status,
+            Phase.RETRYING,
+            Reason.RETRY,
+            f"the task asked Celery to retry it (retry {count}): {detail}",
+            generation=generation,
+            now=now,
+            state=record.state,
+            **started,
+        )
+    if record.state == records.STARTED:
+        return with_phase(
+            status,
+            Phase.RUNNING,
+            Reason.STARTED,
+            "task is running",
+            generation=generation,
+            now=now,
+            state=record.state,
+            **started,
+        )
+    # Any other state is the task's own (update_state), e.g. PROGRESS with its meta.
+    progress = progress_of(record)
+    message = f"task reports {record.state}"
+    if progress and progress.percent is not None:
+        message += f" ({progress.percent:g}%)"
+    return with_phase(
+        status,
+        Phase.RUNNING,
+        Reason.PROGRESS,
+        message,
+        generation=generation,
+        now=now,
+        state=record.state,
+        progress=progress,
+        **started,
+    )
+
+
+def resubmitted(
+    status: TaskRunStatus,
+    *,
+    attempt: int,
+    attempts: int,
+    task_id: str,
+    generation: int | None,
+    now: datetime,
+) -> TaskRunStatus:
+    """The status for a new attempt: the finished one moves into the history."""
+    previous = AttemptRecord(
+        attempt=status.attempt or 1,
+        taskId=status.taskId or "",
+        phase=status.phase or Phase.FAILED,
+        reason=status.reason,
+        message=status.message,
+        submittedAt=status.submittedAt,
+        completedAt=status.completedAt,
+    )
+    history = [*(status.attempts or []), previous][-MAX_HISTORY:]
+    # Keep the first attempt: it anchors the deadline.
+    if status.attempts and history[0] != status.attempts[0]:
+        history = [status.attempts[0], *history[-(MAX_HISTORY - 1) :]]
+    cleared = status.model_copy(
+        update={
+            "attempts": history,
+            "attempt": attempt,
+            "taskId": task_id,
+            "state": records.PENDING,
+            "submittedAt": timestamp(now),
+            "startedAt": None,
+            "completedAt": None,
+            "duration": None,
+            "worker": None,
+            "progress": None,
+            "result": None,
+            "error": None,
+        }
+    )
+    return with_phase(
+        cleared,
+        Phase.RETRYING,
+        Reason.RESUBMITTED,
+        f"attempt {attempt} of {attempts}: resubmitted after {status.reason}",
+        generation=generation,
+        now=now,
+    )
