@@ -1,0 +1,159 @@
+"""The Kubernetes API calls the tracker makes itself (status, finalizer, events).
+
+Kopf's handlers patch only when they return; the tracker is a long-lived loop, so
+it writes through its own asynchronous client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from .model import FINALIZER, GROUP, INTENT_ANNOTATION, KIND, PLURAL, VERSION
+
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class Gone(Exception):
+    """The object no longer exists."""
+
+
+async def connect() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        await config.load_kube_config()
+    return client.ApiClient()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.objects = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.writes = 0  # API writes made, for metrics and the benchmark
+
+    async def _guard(self, call: Any) -> Any:
+        self.writes += 1
+        try:
+            return await call
+        except ApiException as exc:
+            if exc.status == 404:
+                raise Gone() from exc
+            raise
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        await self._guard(
+            self.objects.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": patch},
+                _content_type=MERGE_PATCH,
+            )
+        )
+
+    async def record_intent(self, body: dict[str, Any], task_id: str) -> None:
+        """Add our finalizer and the id about to be sent, in one write, before sending."""
+        meta = body["metadata"]
+        finalizers: list[str] = meta.get("finalizers") or []
+        ops: list[dict[str, Any]] = []
+        if not finalizers:
+            ops.append({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]})
+        elif FINALIZER not in finalizers:
+            ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER})
+        if meta.get("annotations"):
+            path = f"/metadata/annotations/{escape(INTENT_ANNOTATION)}"
+            ops.append({"op": "add", "path": path, "value": task_id})
+        else:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations",
+                    "value": {INTENT_ANNOTATION: task_id},
+                }
+            )
+        await self._guard(
+            self.objects.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                ops,
+                _content_type=JSON_PATCH,
+            )
+        )
+
+    async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str]) -> None:
+        if FINALIZER not in finalizers:
+            return
+        index = finalizers.index(FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        await self._guard(
+            self.objects.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH
+            )
+        )
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            body: dict[str, Any] = await self.objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise Gone() from exc
+            raise
+        return body
+
+    async def delete(self, namespace: str, name: str, uid: str) -> None:
+        await self._guard(
+            self.objects.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+            )
+        )
+
+    async def event(
+        self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event on the TaskRun, as `kubectl describe` and dashboards show."""
+        stamp = datetime.now(UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                name=f"{name}.{uuid.uuid4().hex[:12]}", namespace=namespace
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=name, namespace=namespace, uid=uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=kind,
+            source=client.V1EventSource(component="celery-taskrun"),
+            reporting_component="celery-taskrun",
+            reporting_instance="celery-taskrun-operator",
+            first_timestamp=stamp,
+            last_timestamp=stamp,
+            count=1,
+        )
+        await self._guard(self.core.create_namespaced_event(namespace, body))
+
+
+def escape(key: str) -> str:
+    """JSON Pointer escaping for a map key (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
