@@ -1,0 +1,51 @@
+"""Kopf wiring: every watch event goes to the tracker, nothing else.
+
+Only `on.event` is used: it costs no API writes of Kopf's own (no progress or
+last-handled annotations, no Kopf finalizer), so a run's writes are the tracker's
+alone.  Kopf still brings the watch, its reconnects, and the operator lifecycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from .backend import open_backend
+from .celery_client import CeleryClient, make_app
+from .config import OperatorConfig
+from .kube import Kube, connect
+from .model import GROUP, PLURAL, VERSION
+from .tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: OperatorConfig = memo["config"]
+    # The tracker posts its own events; Kopf's would echo handler logs as events.
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 270
+    settings.networking.request_timeout = 30
+    app = make_app(config)
+    tracker = Tracker(
+        config, Kube(await connect()), CeleryClient(app), open_backend(config.resultBackend, app)
+    )
+    await tracker.start()
+    memo["tracker"] = tracker
+    log.info("celery-taskrun operator started (backend %s)", config.resultBackend.split("://")[0])
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    tracker: Tracker | None = memo.get("tracker")
+    if tracker is not None:
+        await tracker.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    tracker: Tracker = memo["tracker"]
+    await tracker.observe(event.get("type"), dict(event["object"]))

@@ -1,0 +1,65 @@
+"""`celery-taskrun-operator`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import kopf
+from pydantic import ValidationError
+
+from . import config as config_module
+from . import (
+    handlers,  # noqa: F401  (registers the Kopf handlers)
+    metrics,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="celery-taskrun-operator",
+        description="Run Celery tasks declared as TaskRun resources.",
+    )
+    parser.add_argument("--config", help="YAML config file (default: $TASKRUN_CONFIG)")
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable, globs allowed); default: all",
+    )
+    parser.add_argument(
+        "--liveness", help="Kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = config_module.load(args.config)
+    except (ValidationError, OSError, ValueError) as exc:
+        sys.exit(f"celery-taskrun-operator: invalid configuration: {exc}")
+    namespaces = args.namespace or config.namespaces
+    if config.metricsPort is not None:
+        metrics.serve(config.metricsHost, config.metricsPort)
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            memo=kopf.Memo(config=config),
+            liveness_endpoint=args.liveness,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
