@@ -1,0 +1,286 @@
+"""The worker-side guard: a cancelled run never executes later, and no run executes twice.
+
+Plain Celery keeps neither promise. A revoke is an in-memory broadcast to the workers
+online at that moment, lost by any worker that is offline, restarting or not yet
+started. And a task id can reach the workers twice: Redis redelivers a message left
+unacknowledged past its ``visibility_timeout`` (a countdown longer than that is enough),
+and an operator that crashed between sending a task and recording that it did may send
+the same id again.
+
+So the operator, when it cancels a run or its deadline passes, also stores REVOKED for
+the task id in the result backend; and before a worker lets a message in, the guard
+reads the backend record of its id:
+
+- REVOKED: the id goes into ``celery.worker.state.revoked``, and Celery's own strategy
+  then discards the message through its normal path (stores REVOKED again, acks it,
+  sends ``task_revoked``), as if the broadcast had reached this worker.
+- PENDING (no record): a first delivery; it runs.
+- any other state (STARTED, SUCCESS, FAILURE, PROGRESS or another custom state) written
+  by the same attempt or a later one: a duplicate. The message is acknowledged and
+  dropped without storing anything, since storing REVOKED would overwrite the outcome of
+  the run that did happen. A Celery retry sends the same id again with the next attempt
+  number (``retries``), and ``result_extended`` stores the attempt number with the
+  record, so a record of an earlier attempt does not stop a retry. Without an attempt
+  number in the record, RETRY lets the message run and other states do not.
+
+Two deliveries of the same attempt received before either has started (both held for a
+countdown, say) both find no record. For that race the guard takes a claim: ``SET NX``
+of ``taskrun:claim:<task id>:<attempt>`` in the result backend's Redis (or the broker's,
+when the backend is a database and the broker is Redis). A claim is a lease of
+``LEASE_SECONDS``, renewed while its message waits in this worker, released when the
+consumer stops or loses its connection with the message unacknowledged (the broker then
+hands it to another worker, which must be able to take it), and left to lapse once the
+message is acknowledged (by then the backend record says STARTED). A worker killed
+outright leaves its claims to lapse within ``LEASE_SECONDS``, well before Redis
+redelivers its messages (``visibility_timeout``, one hour by default, must stay above
+``LEASE_SECONDS``). Without any Redis to hold claims the race stays open.
+
+How: the guard is a consumer bootstep that wraps the consumer's task strategies (the
+per-task-name message handlers in ``consumer.strategies``, rebuilt by the ``Tasks``
+bootstep each time the consumer starts), so it decides on the raw message before Celery
+builds a request from it. A duplicate is acknowledged with the same ``ack`` callback a
+request would use, and never becomes a request: nothing is reserved, stored, or
+announced. (A ``task_received`` signal handler can only mark an already reserved request
+revoked, which leaves it in the worker's bookkeeping.) The tests in
+``tests/workers/test_guard_e2e.py`` run a real worker, so a Celery upgrade that changes
+these internals fails them.
+
+The guard fails open: when the backend or the claim store cannot be read, it logs and
+lets the message run. Refusing would acknowledge and drop a message that is almost
+always a legitimate first delivery, losing the run for good, while letting it run
+risks a second execution only in the rare case that it really is a duplicate.
+
+Consequences for callers: a run resubmitted after a failure needs a new task id (the
+same id would be refused as a duplicate), and a task that re-queues itself with
+``Reject(requeue=True)`` is refused the second time (use ``self.retry()``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import redis
+from celery import bootsteps, states
+from celery.backends.base import DisabledBackend
+from celery.backends.redis import RedisBackend
+from celery.worker import state as worker_state
+
+from taskrun_workers import ledger
+
+logger = logging.getLogger(__name__)
+
+CLAIM_PREFIX = "taskrun:claim:"
+LEASE_SECONDS = 30
+RENEW_EVERY_SECONDS = 10
+_SOCKET_TIMEOUT = 5.0
+
+# Compare-and-act, so that a worker never extends or deletes a claim another one holds
+# (its own may have lapsed and been taken meanwhile).
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('expire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+StrategyHandler = Callable[[Any, Any, Any, Any, Any], Any]
+
+
+class Verdict(enum.Enum):
+    RUN = "run"
+    REVOKED = "revoked"
+    DUPLICATE = "duplicate"
+
+
+def verdict(meta: Mapping[str, Any], retries: int) -> Verdict:
+    """What to do with a delivery of attempt ``retries``, given the backend record."""
+    state = meta.get("status") or states.PENDING
+    if state == states.REVOKED:
+        return Verdict.REVOKED
+    if state == states.PENDING:
+        return Verdict.RUN
+    stored = meta.get("retries")
+    if isinstance(stored, int) and not isinstance(stored, bool):
+        return Verdict.RUN if retries > stored else Verdict.DUPLICATE
+    return Verdict.RUN if state == states.RETRY else Verdict.DUPLICATE
+
+
+def message_identity(message: Any, body: Any) -> tuple[str, str | None, int] | None:
+    """(task id, task name, attempt) of a task message, or None if it has no id.
+
+    Protocol 2 carries them in the headers; protocol 1 in the body, which the consumer
+    has already decoded and passes along.
+    """
+    source: Any = message.headers or {}
+    if "id" not in source and isinstance(body, Mapping):
+        source = body
+    task_id = source.get("id")
+    if not isinstance(task_id, str):
+        return None
+    retries = source.get("retries")
+    attempt = retries if isinstance(retries, int) and not isinstance(retries, bool) else 0
+    return task_id, source.get("task"), attempt
+
+
+def claim_key(task_id: str, retries: int) -> str:
+    return f"{CLAIM_PREFIX}{task_id}:{retries}"
+
+
+class Claims:
+    """Leases on (task id, attempt) in Redis, held under one holder token."""
+
+    def __init__(self, client: redis.Redis, holder: str, lease_seconds: int = LEASE_SECONDS):
+        self.client = client
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def take(self, key: str) -> bool:
+        return bool(self.client.set(key, self.holder, nx=True, ex=self.lease_seconds))
+
+    def renew(self, keys: Iterable[str]) -> None:
+        self._each(self._renew, keys, self.holder, self.lease_seconds)
+
+    def release(self, keys: Iterable[str]) -> None:
+        self._each(self._release, keys, self.holder)
+
+    def _each(self, script: Any, keys: Iterable[str], *args: Any) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                script(keys=[key], args=list(args), client=pipe)
+            pipe.execute()
+
+
+def claims_for(app: Any, holder: str) -> Claims | None:
+    """Claims in the backend's Redis, else the broker's, else None (no Redis at all)."""
+    backend = app.backend
+    if isinstance(backend, RedisBackend):
+        return Claims(backend.client, holder)
+    broker_url = app.conf.broker_url or ""
+    if broker_url.split(":", 1)[0].lower() in ("redis", "rediss", "unix"):
+        client = redis.Redis.from_url(
+            broker_url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
+        )
+        return Claims(client, holder)
+    return None
+
+
+class TaskRunGuard(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Consumer bootstep that screens every task message before Celery takes it."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.app = parent.app
+        self.enabled = not isinstance(self.app.backend, DisabledBackend)
+        if not self.enabled:
+            logger.warning("taskrun guard off: the app has no result backend to read")
+        holder = f"{parent.hostname}/{os.getpid()}/{uuid.uuid4().hex}"
+        self.claims = claims_for(self.app, holder) if self.enabled else None
+        # claim key -> the kombu message it was taken for, while that message is ours
+        self._held: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._renewal: Any = None
+
+    def start(self, parent: Any) -> None:
+        if not self.enabled:
+            return
+        strategies = parent.strategies
+        for name, handler in list(strategies.items()):
+            strategies[name] = self._guarded(parent, handler)
+        if self.claims is not None:
+            self._renewal = parent.timer.call_repeatedly(RENEW_EVERY_SECONDS, self._renew_held)
+
+    def stop(self, parent: Any) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
+        with self._lock:
+            unacked = [key for key, message in self._held.items() if not message.acknowledged]
+            self._held.clear()
+        if unacked and self.claims is not None:
+            try:
+                self.claims.release(unacked)
+            except Exception as exc:
+                # They lapse within LEASE_SECONDS anyway.
+                logger.warning("taskrun guard: could not release claims %s: %r", unacked, exc)
+
+    terminate = stop
+    shutdown = stop
+
+    def _guarded(self, consumer: Any, handler: StrategyHandler) -> StrategyHandler:
+        def guarded(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
+            identity = message_identity(message, body)
+            if identity is not None:
+                task_id, task_name, retries = identity
+                decision = self._decide(task_id, retries, message)
+                if decision is Verdict.DUPLICATE:
+                    logger.info("taskrun guard: dropping duplicate %s[%s]", task_name, task_id)
+                    ledger.record(
+                        self.app, "skipped-duplicate", task_id, task_name, consumer.hostname
+                    )
+                    ack(logger, consumer.connection_errors)
+                    return None
+                if decision is Verdict.REVOKED:
+                    logger.info("taskrun guard: %s[%s] was revoked", task_name, task_id)
+                    ledger.record(
+                        self.app, "skipped-revoked", task_id, task_name, consumer.hostname
+                    )
+                    worker_state.revoked.add(task_id)
+            return handler(message, body, ack, reject, callbacks)
+
+        return guarded
+
+    def _decide(self, task_id: str, retries: int, message: Any) -> Verdict:
+        try:
+            meta = self.app.backend.get_task_meta(task_id, cache=False)
+        except Exception as exc:
+            # Fail open (see the module docstring): refusing would lose the run for good.
+            logger.warning("taskrun guard: cannot read %s, letting it run: %r", task_id, exc)
+            return Verdict.RUN
+        decision = verdict(meta, retries)
+        if decision is not Verdict.RUN or self.claims is None:
+            return decision
+        key = claim_key(task_id, retries)
+        try:
+            taken = self.claims.take(key)
+        except Exception as exc:
+            logger.warning("taskrun guard: cannot claim %s, letting it run: %r", task_id, exc)
+            return Verdict.RUN
+        if not taken:
+            return Verdict.DUPLICATE
+        with self._lock:
+            self._held[key] = message
+        return Verdict.RUN
+
+    def _renew_held(self) -> None:
+        with self._lock:
+            for key in [key for key, message in self._held.items() if message.acknowledged]:
+                del self._held[key]
+            keys = list(self._held)
+        if not keys or self.claims is None:
+            return
+        try:
+            self.claims.renew(keys)
+        except Exception as exc:
+            logger.warning("taskrun guard: could not renew claims: %r", exc)
+
+
+def install(app: Any) -> None:
+    """Put the guard and the ledger into ``app``'s workers; call before the worker starts."""
+    app.steps["consumer"].add(TaskRunGuard)
+    ledger.install(app)
