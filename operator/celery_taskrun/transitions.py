@@ -185,10 +185,9 @@ def with_phase(
         if start and end:
             update["duration"] = human_duration((end - start).total_seconds())
     changed = status.model_copy(update=update)
-    if (status.phase, status.reason, status.message) != (phase, reason.value, message):
-        changed.conditions = conditions_for(
-            phase, reason.value, message, generation, status.conditions, at
-        )
+    changed.conditions = conditions_for(
+        phase, reason.value, message, generation, status.conditions, at
+    )
     return changed
 
 

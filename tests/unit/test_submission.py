@@ -1,0 +1,157 @@
+"""Spec + operator config -> what is sent to Celery."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from celery_taskrun.config import OperatorConfig
+from celery_taskrun.model import Reason, TaskRunSpec
+from celery_taskrun.submission import Refusal, Submission, plan, size_based_time_limits, task_id_for
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+MIB = 1024 * 1024
+
+CONFIG = OperatorConfig.model_validate(
+    {
+        "defaults": {"timeLimit": 600, "softTimeLimit": 540},
+        "tasks": {
+            "tasks.process_email": {"timeLimit": 60, "softTimeLimit": 50},
+            "tasks.video.*": {"timeLimit": 3600, "softTimeLimit": 3300, "timeout": 7200},
+        },
+    }
+)
+
+
+def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> Submission:
+    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", attempt=1, now=NOW, **kw)
+    assert isinstance(decided, Submission), decided
+    return decided
+
+
+def refuse(spec: dict[str, Any], config: OperatorConfig = CONFIG) -> Refusal:
+    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", attempt=1, now=NOW)
+    assert isinstance(decided, Refusal), decided
+    return decided
+
+
+@pytest.mark.parametrize(
+    ("spec", "hard", "soft"),
+    [
+        # spec > per-task > global, each limit on its own.
+        ({"task": "tasks.other"}, (600, "globalDefault"), (540, "globalDefault")),
+        ({"task": "tasks.process_email"}, (60, "taskDefault"), (50, "taskDefault")),
+        ({"task": "tasks.video.encode"}, (3600, "taskDefault"), (3300, "taskDefault")),
+        ({"task": "tasks.process_email", "timeLimit": 55}, (55, "spec"), (50, "taskDefault")),
+        ({"task": "t", "timeLimit": 10, "softTimeLimit": 5}, (10, "spec"), (5, "spec")),
+        # The seed's dynamic timeout: 1 min per MiB, at least 60 s, at most 3600 s.
+        (
+            {"task": "t", "sizeBasedLimits": {"inputBytes": 10 * MIB}},
+            (600, "sizeBasedLimits"),
+            (540, "sizeBasedLimits"),
+        ),
+        (
+            {"task": "t", "sizeBasedLimits": {"inputBytes": 1}},
+            (60, "sizeBasedLimits"),
+            (54, "sizeBasedLimits"),
+        ),
+        (
+            {"task": "t", "sizeBasedLimits": {"inputBytes": 10**12}},
+            (3600, "sizeBasedLimits"),
+            (3240, "sizeBasedLimits"),
+        ),
+        (
+            {"task": "t", "timeLimit": 900, "sizeBasedLimits": {"inputBytes": 10 * MIB}},
+            (900, "spec"),
+            (540, "sizeBasedLimits"),
+        ),
+    ],
+)
+def test_limit_precedence(
+    spec: dict[str, Any], hard: tuple[float, str], soft: tuple[float, str]
+) -> None:
+    decided = submit(spec)
+    assert decided.limits.timeLimit is not None and decided.limits.softTimeLimit is not None
+    assert (decided.limits.timeLimit.seconds, decided.limits.timeLimit.source) == hard
+    assert (decided.limits.softTimeLimit.seconds, decided.limits.softTimeLimit.source) == soft
+    assert decided.options["time_limit"] == hard[0]
+    assert decided.options["soft_time_limit"] == soft[0]
+
+
+def test_no_limits_without_defaults() -> None:
+    decided = submit({"task": "t", "args": [1, 2]}, OperatorConfig())
+    assert decided.options == {}
+    assert decided.limits.timeLimit is None
+    assert (decided.task, decided.task_id, decided.args, decided.kwargs) == (
+        "t",
+        "tr-u1-1",
+        [1, 2],
+        {},
+    )
+
+
+def test_options_are_passed_per_call() -> None:
+    decided = submit(
+        {"task": "t", "queue": "q", "priority": 7, "countdown": 3, "kwargs": {"a": 1}},
+        OperatorConfig(),
+    )
+    assert decided.options == {"queue": "q", "priority": 7, "countdown": 3}
+    assert decided.kwargs == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("spec", "first", "expires_in"),
+    [
+        ({"task": "t", "expires": 30}, None, 30),
+        ({"task": "t", "timeout": 20}, None, 20),
+        ({"task": "t", "timeout": 20, "expires": 30}, None, 20),
+        ({"task": "t", "timeout": 100, "expires": 30}, None, 30),
+        # A later attempt: the deadline still counts from the first submission.
+        ({"task": "t", "timeout": 100}, NOW - timedelta(seconds=90), 10),
+    ],
+)
+def test_message_expires_at_the_earliest_of_expires_and_deadline(
+    spec: dict[str, Any], first: datetime | None, expires_in: float
+) -> None:
+    decided = submit(spec, OperatorConfig(), first_submitted_at=first)
+    assert decided.options["expires"] == NOW + timedelta(seconds=expires_in)
+
+
+@pytest.mark.parametrize(
+    ("spec", "config", "reason", "words"),
+    [
+        ({"task": "t", "softTimeLimit": 700}, CONFIG, Reason.INVALID_SPEC, "below timeLimit 600s"),
+        (
+            {"task": "tasks.process_email", "softTimeLimit": 60},
+            CONFIG,
+            Reason.INVALID_SPEC,
+            "from taskDefault",
+        ),
+        ({"task": "t", "args": ["x" * 300_000]}, CONFIG, Reason.INVALID_SPEC, "over the bound"),
+        (
+            {"task": "evil.rm_rf"},
+            OperatorConfig(allowedTasks=["tasks.*"]),
+            Reason.TASK_NOT_ALLOWED,
+            "allowedTasks",
+        ),
+    ],
+)
+def test_refusals(spec: dict[str, Any], config: OperatorConfig, reason: Reason, words: str) -> None:
+    refusal = refuse(spec, config)
+    assert refusal.reason is reason
+    assert words in refusal.message
+
+
+def test_allowed_task_globs() -> None:
+    assert (
+        submit({"task": "tasks.add"}, OperatorConfig(allowedTasks=["tasks.*"])).task == "tasks.add"
+    )
+
+
+def test_task_ids_are_derived_per_attempt() -> None:
+    assert task_id_for("abc", 1) != task_id_for("abc", 2)
+    assert task_id_for("abc", 2) == task_id_for("abc", 2)
+
+
+def test_size_based_limits_absent() -> None:
+    assert size_based_time_limits(TaskRunSpec(task="t")) is None

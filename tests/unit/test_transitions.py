@@ -1,0 +1,334 @@
+"""(spec, status, backend record, clock) -> next status: every Celery outcome."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from celery_taskrun import records
+from celery_taskrun.model import (
+    EffectiveLimit,
+    EffectiveLimits,
+    Phase,
+    TaskRunSpec,
+    TaskRunStatus,
+)
+from celery_taskrun.records import TaskRecord
+from celery_taskrun.transitions import (
+    BackendError,
+    Bounds,
+    advance,
+    human_duration,
+    next_check,
+    resubmitted,
+    timestamp,
+)
+
+SENT = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+NOW = SENT + timedelta(seconds=5)
+EXC = {"exc_module": "builtins"}
+
+
+def queued(**update: Any) -> TaskRunStatus:
+    status = TaskRunStatus(
+        phase=Phase.QUEUED,
+        reason="Queued",
+        message="waiting for a worker",
+        taskId="tr-u-1",
+        attempt=1,
+        state="PENDING",
+        submittedAt=timestamp(SENT),
+        limits=EffectiveLimits(),
+    )
+    return status.model_copy(update=update)
+
+
+def step(
+    record: TaskRecord | BackendError,
+    status: TaskRunStatus | None = None,
+    spec: dict[str, Any] | None = None,
+    now: datetime = NOW,
+    bounds: Bounds = Bounds(),
+) -> Any:
+    return advance(
+        TaskRunSpec.model_validate(spec or {"task": "t"}),
+        status or queued(),
+        record,
+        now,
+        generation=3,
+        bounds=bounds,
+    )
+
+
+def failure(exc_type: str, *message: str, traceback: str | None = "Traceback ...") -> TaskRecord:
+    return TaskRecord(
+        records.FAILURE,
+        {"exc_type": exc_type, "exc_message": list(message), **EXC},
+        traceback,
+        "2026-01-01T12:00:04.500000+00:00",
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "phase", "reason", "state"),
+    [
+        (records.NO_RECORD, Phase.QUEUED, "Queued", "PENDING"),
+        (
+            TaskRecord("STARTED", {"pid": 7, "hostname": "w1@h"}),
+            Phase.RUNNING,
+            "Started",
+            "STARTED",
+        ),
+        (TaskRecord("PROGRESS", {"current": 3, "total": 4}), Phase.RUNNING, "Progress", "PROGRESS"),
+        (
+            TaskRecord("RETRY", {"exc_type": "Retry", "exc_message": ["again"]}, retries=1),
+            Phase.RETRYING,
+            "Retry",
+            "RETRY",
+        ),
+        (
+            TaskRecord("SUCCESS", 15, None, "2026-01-01T12:00:04.900000+00:00"),
+            Phase.SUCCEEDED,
+            "Succeeded",
+            "SUCCESS",
+        ),
+        (failure("ValueError", "boom"), Phase.FAILED, "TaskError", "FAILURE"),
+        (
+            failure("SoftTimeLimitExceeded", "SoftTimeLimitExceeded()"),
+            Phase.TIMED_OUT,
+            "SoftTimeLimitExceeded",
+            "FAILURE",
+        ),
+        (
+            failure("TimeLimitExceeded", "3", traceback=None),
+            Phase.TIMED_OUT,
+            "TimeLimitExceeded",
+            "FAILURE",
+        ),
+        (
+            failure("WorkerLostError", "Worker exited prematurely"),
+            Phase.FAILED,
+            "WorkerLost",
+            "FAILURE",
+        ),
+        (
+            TaskRecord("REVOKED", {"exc_type": "TaskRevokedError", "exc_message": ["expired"]}),
+            Phase.REVOKED,
+            "Expired",
+            "REVOKED",
+        ),
+        (
+            TaskRecord("REVOKED", {"exc_type": "TaskRevokedError", "exc_message": ["terminated"]}),
+            Phase.REVOKED,
+            "Cancelled",
+            "REVOKED",
+        ),
+    ],
+)
+def test_every_celery_state(record: TaskRecord, phase: Phase, reason: str, state: str) -> None:
+    status = step(record).status
+    assert (status.phase, status.reason, status.state) == (phase, reason, state)
+    assert status.observedGeneration == 3
+    conditions = {c.type: (c.status, c.reason, c.observedGeneration) for c in status.conditions}
+    done = phase.terminal
+    assert conditions["Finished"] == ("True" if done else "False", reason, 3)
+    assert conditions["Reconciling"][0] == ("False" if done else "True")
+    success = phase is Phase.SUCCEEDED
+    assert conditions["Succeeded"][0] == ("True" if success else "False" if done else "Unknown")
+    assert conditions["Ready"][0] == ("True" if success else "False")
+    assert conditions["Stalled"][0] == ("True" if done and not success else "False")
+
+
+def test_success_carries_result_completion_and_duration() -> None:
+    status = step(
+        TaskRecord("SUCCESS", 15, None, "2026-01-01T12:00:04.900000+00:00", worker="w1@h")
+    ).status
+    assert status.result == 15
+    assert status.completedAt == "2026-01-01T12:00:04.900Z"
+    assert status.duration == "4.9s"
+    assert status.worker == "w1@h"
+    assert status.resultTruncated is None
+
+
+def test_failure_carries_type_message_and_traceback() -> None:
+    status = step(failure("ValueError", "boom")).status
+    assert status.error is not None
+    assert (status.error.type, status.error.message, status.error.traceback) == (
+        "ValueError",
+        "boom",
+        "Traceback ...",
+    )
+    assert status.message == "ValueError: boom"
+
+
+def test_long_traceback_keeps_its_end() -> None:
+    record = failure("ValueError", "boom", traceback="x" * 5000 + "THE END")
+    error = step(record, bounds=Bounds(max_traceback_bytes=1000)).status.error
+    assert error.traceback.endswith("THE END") and len(error.traceback) < 1100
+
+
+def test_big_result_is_cut_to_a_preview_and_never_fails() -> None:
+    status = step(TaskRecord("SUCCESS", "y" * 5000), bounds=Bounds(max_result_bytes=1024)).status
+    assert status.phase is Phase.SUCCEEDED
+    assert status.resultTruncated is True and status.resultBytes == 5002
+    assert isinstance(status.result, str) and len(status.result) < 1024
+
+
+@pytest.mark.parametrize(
+    ("meta", "percent"),
+    [
+        ({"current": 3, "total": 4}, 75.0),
+        ({"percent": 12.34}, 12.3),
+        ({"progress": 40}, 40.0),
+        ({"stage": "x"}, None),
+    ],
+)
+def test_progress(meta: dict[str, Any], percent: float | None) -> None:
+    status = step(TaskRecord("PROGRESS", meta)).status
+    assert status.progress is not None
+    assert status.progress.percent == percent
+    assert status.progress.info == meta
+    assert status.startedAt == timestamp(NOW)
+
+
+def test_started_keeps_first_start_time_and_worker() -> None:
+    running = step(TaskRecord("STARTED", {"pid": 1, "hostname": "w1@h"})).status
+    later = step(TaskRecord("PROGRESS", {"percent": 10}), running, now=NOW + timedelta(seconds=9))
+    assert later.status.startedAt == timestamp(NOW)
+    assert later.status.worker == "w1@h"
+
+
+def test_cancel_revokes_and_terminates() -> None:
+    outcome = step(records.NO_RECORD, spec={"task": "t", "cancel": True})
+    assert (outcome.status.phase, outcome.status.reason) == (Phase.REVOKED, "Cancelled")
+    assert (outcome.revoke, outcome.terminate) == ("tr-u-1", True)
+
+
+def test_a_finished_task_beats_a_late_cancel() -> None:
+    outcome = step(TaskRecord("SUCCESS", 1), spec={"task": "t", "cancel": True})
+    assert outcome.status.phase is Phase.SUCCEEDED and outcome.revoke is None
+
+
+def with_limits(**limits: float) -> TaskRunStatus:
+    return queued(
+        limits=EffectiveLimits(
+            **{k: EffectiveLimit(seconds=v, source="spec") for k, v in limits.items()}
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "record", [records.NO_RECORD, TaskRecord("STARTED", {}), BackendError("down")]
+)
+def test_deadline_counts_queueing_and_running(record: TaskRecord | BackendError) -> None:
+    status = with_limits(timeout=5)
+    outcome = step(record, status, now=SENT + timedelta(seconds=5))
+    assert (outcome.status.phase, outcome.status.reason) == (Phase.TIMED_OUT, "DeadlineExceeded")
+    assert outcome.revoke == "tr-u-1" and outcome.terminate
+    assert (
+        step(record, status, now=SENT + timedelta(seconds=4.9)).status.phase is not Phase.TIMED_OUT
+    )
+
+
+def test_expires_only_before_start() -> None:
+    status = with_limits(expires=3)
+    outcome = step(records.NO_RECORD, status)
+    assert (outcome.status.phase, outcome.status.reason) == (Phase.REVOKED, "Expired")
+    assert outcome.revoke and not outcome.terminate
+    assert step(TaskRecord("STARTED", {}), status).status.phase is Phase.RUNNING
+
+
+def test_next_check_is_the_earliest_clock_event() -> None:
+    status = with_limits(timeout=30, expires=10)
+    assert next_check(status, TaskRunSpec(task="t")) == SENT + timedelta(seconds=10)
+    running = status.model_copy(update={"phase": Phase.RUNNING})
+    assert next_check(running, TaskRunSpec(task="t")) == SENT + timedelta(seconds=30)
+    assert next_check(queued(), TaskRunSpec(task="t")) is None
+
+
+def test_backend_outage_is_not_terminal() -> None:
+    status = step(BackendError("Connection refused")).status
+    assert (status.phase, status.reason) == (Phase.QUEUED, "BackendUnavailable")
+    assert "Connection refused" in status.message
+    assert {c.type: c.status for c in status.conditions}["Finished"] == "False"
+
+
+def test_record_gone_after_start_is_result_lost() -> None:
+    running = step(TaskRecord("STARTED", {})).status
+    status = step(records.NO_RECORD, running).status
+    assert (status.phase, status.reason) == (Phase.FAILED, "ResultLost")
+
+
+@pytest.mark.parametrize(
+    ("spec", "record", "attempt", "resubmit"),
+    [
+        ({"task": "t", "retries": 2}, failure("ValueError", "x"), 1, 2),
+        ({"task": "t", "retries": 2}, failure("ValueError", "x"), 3, None),
+        ({"task": "t", "retries": 1}, failure("TimeLimitExceeded", "3"), 1, 2),
+        ({"task": "t", "retries": 1}, failure("WorkerLostError", "x"), 1, 2),
+        ({"task": "t"}, failure("ValueError", "x"), 1, None),
+        (
+            {"task": "t", "retries": 1},
+            TaskRecord("REVOKED", {"exc_type": "TaskRevokedError", "exc_message": ["revoked"]}),
+            1,
+            None,
+        ),
+    ],
+)
+def test_retries(
+    spec: dict[str, Any], record: TaskRecord, attempt: int, resubmit: int | None
+) -> None:
+    outcome = step(record, queued(attempt=attempt), spec=spec)
+    assert outcome.resubmit == resubmit
+
+
+def test_no_retry_past_the_deadline() -> None:
+    outcome = step(
+        failure("ValueError", "x"), with_limits(timeout=3), spec={"task": "t", "retries": 3}
+    )
+    assert outcome.resubmit is None
+
+
+def test_resubmission_keeps_history_and_first_submission() -> None:
+    failed = step(failure("ValueError", "x"), spec={"task": "t", "retries": 2}).status
+    again = resubmitted(
+        failed,
+        attempt=2,
+        attempts=3,
+        task_id="tr-u-2",
+        generation=3,
+        now=NOW + timedelta(seconds=1),
+    )
+    assert (again.phase, again.reason, again.attempt, again.taskId) == (
+        Phase.RETRYING,
+        "Resubmitted",
+        2,
+        "tr-u-2",
+    )
+    assert again.error is None and again.completedAt is None
+    assert [(a.attempt, a.taskId, a.phase, a.reason) for a in again.attempts] == [
+        (1, "tr-u-1", Phase.FAILED, "TaskError")
+    ]
+    assert again.attempts[0].submittedAt == timestamp(SENT)
+    assert "attempt 2 of 3" in again.message
+
+
+def test_conditions_keep_transition_time_while_status_holds() -> None:
+    first = step(TaskRecord("STARTED", {})).status
+    later = step(TaskRecord("PROGRESS", {"percent": 5}), first, now=NOW + timedelta(seconds=7))
+    before = {c.type: c.lastTransitionTime for c in first.conditions}
+    after = {c.type: c.lastTransitionTime for c in later.status.conditions}
+    assert before == after
+
+
+def test_terminal_runs_do_not_move() -> None:
+    done = step(TaskRecord("SUCCESS", 1)).status
+    assert step(failure("ValueError", "late"), done).status == done
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.25, "250ms"), (4.94, "4.9s"), (42, "42s"), (187, "3m7s"), (7500, "2h5m")],
+)
+def test_human_duration(seconds: float, text: str) -> None:
+    assert human_duration(seconds) == text
