@@ -1,0 +1,178 @@
+"""etcd + kube-apiserver on loopback, as controller-runtime's envtest runs them.
+
+The API server serves HTTPS only, authenticates clients by certificate (the admin,
+O=system:masters) or service-account token (the operator), and authorizes with RBAC,
+so the operator's permissions are the ones deploy/rbac.yaml grants.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from taskrun_dev.binaries import Binaries
+from taskrun_dev.pki import SERVICE_CLUSTER_IP_RANGE, Pki
+from taskrun_dev.processes import StackError
+
+HOST = "127.0.0.1"
+# A fixed issuer (not the URL with its port): tokens stay valid if the port changes.
+SA_ISSUER = "https://kubernetes.default.svc"
+CRD_NAME = "taskruns.celery.taskrun.dev"
+OPERATOR_NAMESPACE = "celery-taskrun-system"
+OPERATOR_SERVICE_ACCOUNT = "celery-taskrun-operator"
+
+
+def etcd_argv(binaries: Binaries, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+    client = f"http://{HOST}:{client_port}"
+    peer = f"http://{HOST}:{peer_port}"
+    return [
+        str(binaries.etcd),
+        "--name=taskrun-dev",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=taskrun-dev={peer}",
+        # A throwaway dev store: skipping fsync makes every API write much cheaper.
+        "--unsafe-no-fsync=true",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_argv(binaries: Binaries, pki: Pki, etcd_url: str, port: int) -> list[str]:
+    # Certificates come ready-made from pki.py (envtest uses --cert-dir instead).
+    return [
+        str(binaries.kube_apiserver),
+        f"--etcd-servers={etcd_url}",
+        f"--advertise-address={HOST}",
+        f"--bind-address={HOST}",
+        f"--secure-port={port}",
+        f"--tls-cert-file={pki.serving_cert}",
+        f"--tls-private-key-file={pki.serving_key}",
+        f"--client-ca-file={pki.ca_cert}",
+        f"--service-account-issuer={SA_ISSUER}",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        "--authorization-mode=RBAC",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--allow-privileged=true",
+        # As envtest: no controller-manager creates `default` service accounts, so the
+        # admission plugin that requires them would reject pods.
+        "--disable-admission-plugins=ServiceAccount",
+    ]
+
+
+def _no_proxy_opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    # Loopback traffic must never go through an HTTP(S)_PROXY from the environment.
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
+def http_get(url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None) -> str | None:
+    """Body of a 200 answer, or None for any error (connection refused, 5xx, ...)."""
+    try:
+        with _no_proxy_opener(context).open(url, timeout=timeout) as resp:
+            body: bytes = resp.read()
+            return body.decode("utf-8", errors="replace") if resp.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def etcd_healthy(client_port: int) -> bool:
+    body = http_get(f"http://{HOST}:{client_port}/health")
+    if body is None:
+        return False
+    try:
+        return bool(json.loads(body).get("health") == "true")
+    except ValueError:
+        return False
+
+
+def admin_ssl_context(pki: Pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+    return context
+
+
+def apiserver_ready(port: int, pki: Pki) -> bool:
+    return http_get(f"https://{HOST}:{port}/readyz", context=admin_ssl_context(pki)) == "ok"
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _kubeconfig(server: str, pki: Pki, user: str, credentials: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "taskrun-dev",
+                "cluster": {"server": server, "certificate-authority-data": _b64(pki.ca_cert)},
+            }
+        ],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [
+            {
+                "name": f"{user}@taskrun-dev",
+                "context": {"cluster": "taskrun-dev", "user": user, "namespace": "default"},
+            }
+        ],
+        "current-context": f"{user}@taskrun-dev",
+        "preferences": {},
+    }
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def write_admin_kubeconfig(path: Path, server: str, pki: Pki) -> None:
+    creds = {
+        "client-certificate-data": _b64(pki.admin_cert),
+        "client-key-data": _b64(pki.admin_key),
+    }
+    _write_private(path, yaml.safe_dump(_kubeconfig(server, pki, "admin", creds), sort_keys=False))
+
+
+def write_token_kubeconfig(path: Path, server: str, pki: Pki, user: str, token: str) -> None:
+    config = _kubeconfig(server, pki, user, {"token": token})
+    _write_private(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def run_kubectl(
+    binaries: Binaries,
+    kubeconfig: Path,
+    args: Sequence[str],
+    *,
+    input: str | None = None,
+    check: bool = False,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run the built kubectl; with check=True a failure raises StackError with stderr."""
+    argv = [str(binaries.kubectl), f"--kubeconfig={kubeconfig}", *args]
+    result = subprocess.run(
+        argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise StackError(
+            f"kubectl {' '.join(args)} failed (exit {result.returncode}):\n"
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+    return result
