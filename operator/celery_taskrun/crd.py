@@ -42,6 +42,9 @@ SPEC_RULES: list[tuple[str, str]] = [
     ),
 ]
 MUTABLE_SPEC_FIELDS = frozenset({"cancel"})
+# Free-form JSON is invisible to a CRD's CEL (no schema type), so the immutability of
+# these is checked by a ValidatingAdmissionPolicy, whose CEL sees the whole object.
+FREE_FORM_SPEC_FIELDS = ("args", "kwargs")
 
 PRINTER_COLUMNS: list[JSONSchema] = [
     {"name": "Task", "type": "string", "jsonPath": ".spec.task"},
@@ -110,7 +113,7 @@ def spec_schema() -> JSONSchema:
     schema["properties"]["kwargs"]["maxProperties"] = 256
     rules = [{"rule": rule, "message": message} for rule, message in SPEC_RULES]
     for field in schema["properties"]:
-        if field in MUTABLE_SPEC_FIELDS:
+        if field in MUTABLE_SPEC_FIELDS or field in FREE_FORM_SPEC_FIELDS:
             continue
         # Transition rules run on update only: the spec is frozen once created.
         rules.append(
@@ -167,6 +170,47 @@ def crd() -> JSONSchema:
     }
 
 
+def admission_policy() -> list[JSONSchema]:
+    """A ValidatingAdmissionPolicy (and its binding) freezing args and kwargs."""
+    name = f"{PLURAL}.{GROUP}-immutable-input"
+    validations = [
+        {
+            "expression": f"has(object.spec.{field}) == has(oldObject.spec.{field})"
+            f" && (!has(object.spec.{field}) || object.spec.{field} == oldObject.spec.{field})",
+            "message": f"spec.{field} is immutable; only spec.cancel may change",
+            "reason": "Invalid",
+        }
+        for field in FREE_FORM_SPEC_FIELDS
+    ]
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [GROUP],
+                            "apiVersions": [VERSION],
+                            "operations": ["UPDATE"],
+                            "resources": [PLURAL],
+                        }
+                    ]
+                },
+                "validations": validations,
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"]},
+        },
+    ]
+
+
 class _Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data: Any) -> bool:
         return True  # a manifest reads better without YAML anchors
@@ -176,7 +220,8 @@ def render() -> str:
     header = (
         "# Generated from operator/celery_taskrun/model.py by `python -m celery_taskrun.crd`.\n"
     )
-    return header + yaml.dump(crd(), Dumper=_Dumper, sort_keys=False, width=100)
+    documents = [crd(), *admission_policy()]
+    return header + yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, width=100)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.writes = 0  # API writes made, for metrics and the benchmark
 
+    async def close(self) -> None:
+        await self.api.close()
+
     async def _guard(self, call: Any) -> Any:
         self.writes += 1
         try:

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # Kopf logs every handler call; the tracker logs what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         config = config_module.load(args.config)
     except (ValidationError, OSError, ValueError) as exc:

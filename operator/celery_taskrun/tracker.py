@@ -141,6 +141,7 @@ class Tracker:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.backend.close()
+        await self.kube.close()
         self.celery.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

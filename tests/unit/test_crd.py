@@ -46,7 +46,7 @@ def test_schema_is_structural() -> None:
 
 
 def test_contract_names() -> None:
-    doc = yaml.safe_load(crd.render())
+    doc = next(yaml.safe_load_all(crd.render()))
     names = doc["spec"]["names"]
     assert (doc["spec"]["group"], names["plural"], names["kind"], names["shortNames"]) == (
         "celery.taskrun.dev",
