@@ -69,6 +69,9 @@ def apiserver_argv(binaries: Binaries, pki: Pki, etcd_url: str, port: int) -> li
         # As envtest: no controller-manager creates `default` service accounts, so the
         # admission plugin that requires them would reject pods.
         "--disable-admission-plugins=ServiceAccount",
+        # Endpoints may not be loopback addresses, and no pod needs the `kubernetes`
+        # Service here: without this the server logs an error every few seconds.
+        "--endpoint-reconciler-type=none",
     ]
 
 

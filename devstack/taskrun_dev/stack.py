@@ -21,12 +21,13 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +289,22 @@ class Stack:
         self._started[name] = proc
         return proc, True
 
+    def _await(
+        self,
+        proc: ManagedProcess,
+        check: Callable[[], bool],
+        what: str,
+        timeout: float,
+        interval: float = 0.1,
+    ) -> None:
+        """Wait for `check`; if the process dies or times out, stop it and raise."""
+        try:
+            ok = wait_until(check, timeout=timeout, interval=interval, abort=proc.death_reason)
+        except StackError:
+            ok = False
+        if not ok:
+            raise self._fail(proc, f"{what} within {timeout:.0f}s")
+
     def _fail(self, proc: ManagedProcess, what: str) -> StackError:
         """Stop a process that failed to come up; the error carries its log tail."""
         reason = proc.death_reason()
@@ -317,10 +334,7 @@ class Stack:
         )
         if started:
             self.say(f"redis on 127.0.0.1:{port}")
-            if not wait_until(
-                lambda: services.redis_pings(port), timeout=timeout, abort=proc.death_reason
-            ):
-                raise self._fail(proc, "answer PING")
+            self._await(proc, lambda: services.redis_pings(port), "answer PING", timeout)
         return proc
 
     def start_etcd(self, timeout: float = 30.0) -> ManagedProcess:
@@ -340,10 +354,7 @@ class Stack:
         )
         if started:
             self.say(f"etcd on 127.0.0.1:{client}")
-            if not wait_until(
-                lambda: cp.etcd_healthy(client), timeout=timeout, abort=proc.death_reason
-            ):
-                raise self._fail(proc, "become healthy")
+            self._await(proc, lambda: cp.etcd_healthy(client), "become healthy", timeout)
         return proc
 
     def start_apiserver(self, *, wait: bool = True, timeout: float = 90.0) -> ManagedProcess:
@@ -373,13 +384,11 @@ class Stack:
         if proc is None:
             raise StackError("kube-apiserver is not running")
         port = proc.port or self._known_port(APISERVER)
-        if not wait_until(
-            lambda: cp.apiserver_ready(port, self.pki),
-            timeout=timeout,
-            interval=0.25,
-            abort=proc.death_reason,
-        ):
-            raise self._fail(proc, f"report /readyz ok within {timeout:.0f}s")
+
+        def ready() -> bool:
+            return cp.apiserver_ready(port, self.pki)
+
+        self._await(proc, ready, "report /readyz ok", timeout, interval=0.25)
 
     def install(self) -> None:
         """Apply the CRD and RBAC, wait for the CRD, mint the operator's kubeconfig."""
@@ -470,8 +479,12 @@ class Stack:
         return proc
 
     def wait_worker(self, proc: ManagedProcess, timeout: float = 60.0) -> None:
-        if not proc.wait_for_log(services.worker_ready_pattern(proc.name), timeout):
-            raise self._fail(proc, f"log 'ready' within {timeout:.0f}s")
+        pattern = re.compile(services.worker_ready_pattern(proc.name))
+
+        def ready() -> bool:
+            return pattern.search(proc.log_text()) is not None
+
+        self._await(proc, ready, "log 'ready'", timeout, interval=0.2)
 
     def start_operator(
         self,
@@ -513,10 +526,9 @@ class Stack:
         )
         if started:
             self.say(f"operator {name}, metrics on http://127.0.0.1:{port}/metrics")
-        if wait and not wait_until(
-            lambda: port_answers(port), timeout=timeout, interval=0.2, abort=proc.death_reason
-        ):
-            raise self._fail(proc, f"open its metrics port {port} within {timeout:.0f}s")
+        if wait:
+            what = f"open its metrics port {port}"
+            self._await(proc, lambda: port_answers(port), what, timeout, interval=0.2)
         return proc
 
     # -- the whole stack ---------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Shared fixtures: a real local stack (kube-apiserver + etcd + redis) for e2e tests.
+
+- `stack` (session): control plane + redis, started once under a pytest tmp dir, with
+  deploy/crd.yaml and deploy/rbac.yaml installed. No worker, no operator: take the
+  fixtures below, or start your own (`stack.start_worker("w2", queues=[...])`,
+  `stack.start_operator("op2", env_overrides={...}, config_path=...)`).
+- `worker` (session): the default Celery worker `worker1` (taskrun_workers.app).
+- `operator` (session): the default operator, running with its ServiceAccount's RBAC.
+- `namespace` (function): a fresh namespace per test.
+
+Tests that kill or stop a process should start their own rather than the shared ones.
+When a test that uses the stack fails, the report gets every process's log path and
+tail. Teardown stops every process the stack recorded, also on failures, on
+Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import signal
+import uuid
+from collections.abc import Generator, Iterator
+from types import FrameType
+
+import pytest
+
+from taskrun_dev.processes import ManagedProcess, tail
+from taskrun_dev.stack import Stack
+
+STACK_KEY = pytest.StashKey[Stack]()
+LOG_TAIL_LINES = 25
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "e2e: runs against the real local stack (kube-apiserver, etcd, redis, Celery, "
+        "operator); the first run builds the control plane with Go",
+    )
+
+
+def _logs_report(stack: Stack) -> str:
+    procs = stack.processes()
+    lines = [f"state dir: {stack.dir}"]
+    for log in sorted(stack.logs_dir.glob("*.log")):
+        name = log.name.removesuffix(".log")
+        proc = procs.get(name)
+        state = "not recorded" if proc is None else f"pid {proc.pid}, alive={proc.alive}"
+        lines += [f"--- {name} ({state}): {log}", tail(log, LOG_TAIL_LINES), ""]
+    return "\n".join(lines)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    stack = item.config.stash.get(STACK_KEY, None)
+    uses_stack = "stack" in getattr(item, "fixturenames", ())
+    if report.failed and stack is not None and uses_stack:
+        report.sections.append(("taskrun-dev process logs", _logs_report(stack)))
+    return report
+
+
+def _install_emergency_down(stack: Stack) -> None:
+    """Stop the stack if pytest dies by SIGTERM or exits without running teardown."""
+    atexit.register(stack.down, 5.0)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        stack.down(timeout=5.0)
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signum)
+
+    if previous in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """Control plane + redis, once per session; everything it recorded stops at the end."""
+    the_stack = Stack(tmp_path_factory.mktemp("taskrun-dev"))
+    request.config.stash[STACK_KEY] = the_stack
+    _install_emergency_down(the_stack)
+    try:
+        the_stack.up(operator=False, worker=False)
+        yield the_stack
+    finally:
+        the_stack.down()
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Stack) -> Iterator[ManagedProcess]:
+    """The default worker `worker1` (prefork, concurrency 2) on the stack's redis."""
+    proc = stack.start_worker()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(stack: Stack) -> Iterator[ManagedProcess]:
+    """The default operator, as a process with operator.kubeconfig (RBAC, not admin)."""
+    proc = stack.start_operator()
+    yield proc
+    proc.stop()
+
+
+def _namespace_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"t-{slug}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for this test.
+
+    Teardown deletes its TaskRuns and the namespace without waiting: no
+    controller-manager runs here, so the namespace itself stays Terminating.
+    """
+    name = _namespace_name(request.node.name)
+    stack.kubectl("create", "namespace", name, check=True)
+    yield name
+    stack.kubectl("delete", "taskruns", "--all", "-n", name, "--wait=false")
+    stack.kubectl("delete", "namespace", name, "--wait=false")

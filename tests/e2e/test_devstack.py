@@ -1,0 +1,241 @@
+"""The local stack itself: RBAC on, CRD established, loopback only, clean `down`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskrun_dev import controlplane as cp
+from taskrun_dev.binaries import controlplane_source, versions
+from taskrun_dev.processes import ManagedProcess, StackError, is_running, proc_info
+from taskrun_dev.services import redis_pings
+from taskrun_dev.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+OPERATOR_USER = "system:serviceaccount:celery-taskrun-system:celery-taskrun-operator"
+
+# A Celery app of our own for process tests, so they do not depend on the product's tasks.
+PROBE_APP = """
+import os
+from celery import Celery
+app = Celery("probe", broker=os.environ["CELERY_BROKER_URL"],
+             backend=os.environ["CELERY_RESULT_BACKEND"])
+"""
+
+
+def _can_i(stack: Stack, *args: str) -> str:
+    result = stack.kubectl("auth", "can-i", *args, kubeconfig=stack.operator_kubeconfig)
+    return result.stdout.strip()
+
+
+def test_crd_is_established(stack: Stack) -> None:
+    if not (REPO / "deploy" / "crd.yaml").is_file():
+        pytest.skip("deploy/crd.yaml not generated yet")
+    crd = stack.kubectl_json("get", "crd", cp.CRD_NAME)
+    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conditions.get("Established") == "True"
+    assert stack.kubectl("get", "taskruns", "-A", check=True).returncode == 0
+
+
+def test_server_is_the_pinned_version(stack: Stack) -> None:
+    if os.environ.get("KUBEBUILDER_ASSETS"):
+        pytest.skip("binaries come from KUBEBUILDER_ASSETS")
+    kube_version, _ = versions(controlplane_source())
+    info = json.loads(stack.kubectl("version", "-o", "json", check=True).stdout)
+    assert info["serverVersion"]["gitVersion"] == kube_version
+    assert info["clientVersion"]["gitVersion"] == kube_version
+
+
+def test_operator_kubeconfig_is_the_service_account(stack: Stack) -> None:
+    whoami = stack.kubectl_json("auth", "whoami", kubeconfig=stack.operator_kubeconfig)
+    assert whoami["status"]["userInfo"]["username"] == OPERATOR_USER
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("get", "taskruns.celery.taskrun.dev", "yes"),
+        ("list", "taskruns.celery.taskrun.dev", "yes"),
+        ("watch", "taskruns.celery.taskrun.dev", "yes"),
+        ("patch", "taskruns.celery.taskrun.dev", "yes"),
+        ("update", "taskruns.celery.taskrun.dev", "yes"),
+        ("patch", "taskruns.celery.taskrun.dev/status", "yes"),
+        ("create", "events", "yes"),
+        ("create", "events.events.k8s.io", "yes"),
+        ("list", "customresourcedefinitions.apiextensions.k8s.io", "yes"),
+        ("watch", "namespaces", "yes"),
+        ("list", "secrets", "no"),
+        ("get", "configmaps", "no"),
+        ("create", "taskruns.celery.taskrun.dev", "no"),
+        ("delete", "namespaces", "no"),
+        ("create", "pods", "no"),
+    ],
+)
+def test_operator_rbac(stack: Stack, verb: str, resource: str, allowed: str) -> None:
+    assert _can_i(stack, verb, resource, "--all-namespaces") == allowed
+
+
+def test_operator_is_really_forbidden_secrets(stack: Stack) -> None:
+    # can-i asks the authorizer; this proves the token is what the server enforces.
+    denied = stack.kubectl("get", "secrets", "-A", kubeconfig=stack.operator_kubeconfig)
+    assert denied.returncode != 0
+    assert "forbidden" in denied.stderr.lower()
+    allowed = stack.kubectl("get", "namespaces", kubeconfig=stack.operator_kubeconfig)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_admin_is_cluster_admin(stack: Stack) -> None:
+    assert stack.kubectl("auth", "can-i", "*", "*", "--all-namespaces").stdout.strip() == "yes"
+
+
+def test_env_exports(stack: Stack) -> None:
+    env = stack.env
+    assert env["KUBECONFIG"] == str(stack.admin_kubeconfig)
+    assert env["CELERY_BROKER_URL"] == f"redis://127.0.0.1:{stack.redis_port}/0"
+    assert env["CELERY_RESULT_BACKEND"] == f"redis://127.0.0.1:{stack.redis_port}/1"
+    assert env["PATH"].split(os.pathsep)[0] == str(stack.binaries.dir)
+    assert redis_pings(stack.redis_port)
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """Local addresses of the TCP sockets in LISTEN state owned by `pids`."""
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.is_dir() else []:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append(fields[1])
+    return found
+
+
+def test_everything_listens_on_loopback_only(stack: Stack) -> None:
+    pids: set[int] = set()
+    for proc in stack.processes().values():
+        pids |= proc.group_pids()
+    addresses = _listening_addresses(pids)
+    assert addresses, "no listening sockets found"
+    loopback = ("0100007F:",)  # 127.0.0.1, little-endian hex
+    loopback6 = ("0000000000000000FFFF00000100007F:", "00000000000000000000000001000000:")
+    bad = [a for a in addresses if not a.startswith(loopback + loopback6)]
+    assert not bad, f"listening beyond loopback: {bad}"
+
+
+def test_worker_fixture_answers_ping(stack: Stack, worker: ManagedProcess) -> None:
+    assert worker.alive
+    node = f"{worker.name}@{socket.gethostname()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "taskrun_workers.app", "inspect", "ping",
+         "-d", node, "--timeout", "10"],
+        env={**os.environ, **stack.env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pong" in result.stdout
+
+
+def test_operator_fixture_serves_metrics(operator: ManagedProcess) -> None:
+    assert operator.alive
+    assert operator.url is not None
+    assert cp.http_get(operator.url) is not None
+
+
+def test_failed_start_reports_the_log_tail(stack: Stack, tmp_path: Path) -> None:
+    with pytest.raises(StackError) as failure:
+        stack.start_worker("broken", app="no_such_module_anywhere", timeout=30)
+    assert "broken" in str(failure.value)
+    assert "no_such_module_anywhere" in str(failure.value)  # Celery's error, from the log
+    assert stack.process("broken") is None  # stopped and forgotten
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskrun_dev.cli", *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _dead(pid: int) -> bool:
+    return not is_running(proc_info(pid))  # a zombie waiting for init has exited
+
+
+def test_cli_lifecycle_leaves_no_process_behind(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    try:
+        _cli_lifecycle(state, tmp_path)
+    finally:
+        Stack(state).down(timeout=5.0)  # whatever an assertion left running
+
+
+def _cli_lifecycle(state: Path, tmp_path: Path) -> None:
+    up = _run_cli("up", "--no-operator", "--no-worker", "--dir", str(state))
+    assert up.returncode == 0, up.stderr
+    env_file = state / "env.sh"
+    assert up.stdout.strip().splitlines()[-1] == str(env_file)
+    assert "export KUBECONFIG=" in env_file.read_text()
+
+    # The env file alone gives a working shell: the built kubectl, admin access.
+    shell = subprocess.run(
+        ["bash", "-c", f". {env_file} && command -v kubectl && kubectl get namespace default"],
+        capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"]},
+    )  # fmt: skip
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.startswith(str(Stack(state).binaries.dir))
+
+    stack = Stack(state)
+    first_pids = {name: proc.pid for name, proc in stack.processes().items()}
+    assert set(first_pids) == {"etcd", "kube-apiserver", "redis"}
+
+    again = _run_cli("up", "--no-operator", "--no-worker", "--dir", str(state))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines()[-1] == str(env_file)
+    assert "already running" in again.stderr
+    assert {name: p.pid for name, p in Stack(state).processes().items()} == first_pids
+
+    # Redis comes back on the same port, so broker URLs stay valid.
+    redis_port = stack.redis_port
+    redis = stack.process("redis")
+    assert redis is not None
+    redis.stop()
+    assert not redis_pings(redis_port)
+    assert stack.start_redis().port == redis_port
+
+    # A prefork worker: its pool children must go down with it.
+    (tmp_path / "probe_app.py").write_text(PROBE_APP)
+    worker = stack.start_worker(
+        "probe", app="probe_app", env_overrides={"PYTHONPATH": str(tmp_path)}
+    )
+    assert len(worker.group_pids()) >= 3, "expected the main process and 2 pool children"
+
+    pids: set[int] = set()
+    for proc in stack.processes().values():
+        pids |= proc.group_pids()
+    status = _run_cli("status", "--dir", str(state))
+    assert status.returncode == 0, status.stdout
+    assert "probe" in status.stdout
+
+    down = _run_cli("down", "--dir", str(state))
+    assert down.returncode == 0, down.stderr
+    assert not worker.alive  # also reaps our own child; the CLI's belong to init
+    left = sorted(pid for pid in pids if not _dead(pid))
+    assert not left, f"still running after down: {left}"
+    assert not list((state / "pids").glob("*.json"))
+
+    assert _run_cli("down", "--dir", str(state)).returncode == 0
+    assert "nothing running" in _run_cli("status", "--dir", str(state)).stdout
