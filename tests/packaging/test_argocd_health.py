@@ -1,0 +1,211 @@
+"""deploy/argocd/health.lua, run in a real Lua 5.1 (lupa) as Argo CD runs it.
+
+Argo CD evaluates health scripts with gopher-lua, a Lua 5.1, with only the base,
+table, string and math libraries open and the resource in the global `obj`.  The
+statuses fed to it are built by the operator's own `with_phase`, so the conditions are
+exactly the ones the operator writes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from celery_taskrun.model import Phase, Progress, Reason, TaskRunStatus
+from celery_taskrun.transitions import with_phase
+
+lua51 = pytest.importorskip("lupa.lua51", reason="lupa (PyPI) embeds Lua: pip install lupa")
+
+REPO = Path(__file__).resolve().parents[2]
+HEALTH_LUA = REPO / "deploy" / "argocd" / "health.lua"
+README = REPO / "deploy" / "argocd" / "README.md"
+CM_KEY = "resource.customizations.health.celery.taskrun.dev_TaskRun"
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+# What gopher-lua opens for Argo CD's health scripts; everything else is removed.
+ARGO_LIBS = {"_G", "_VERSION", "table", "string", "math"}
+BASE_FUNCTIONS = {
+    "assert", "error", "ipairs", "next", "pairs", "pcall", "print", "rawequal", "rawget",
+    "rawset", "select", "setmetatable", "getmetatable", "tonumber", "tostring", "type",
+    "unpack", "xpcall",
+}  # fmt: skip
+
+
+def to_lua(runtime: Any, value: Any) -> Any:
+    """JSON -> Lua as Argo CD converts it: objects and arrays become tables, null nil."""
+    if isinstance(value, dict):
+        return runtime.table_from({k: to_lua(runtime, v) for k, v in value.items()})
+    if isinstance(value, list):
+        return runtime.table_from([to_lua(runtime, v) for v in value])
+    return value
+
+
+def health(obj: dict[str, Any]) -> dict[str, str]:
+    runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
+    g = runtime.globals()
+    for name in list(g.keys()):
+        if name not in ARGO_LIBS | BASE_FUNCTIONS:
+            g[name] = None
+    g.obj = to_lua(runtime, obj)
+    result = runtime.execute(HEALTH_LUA.read_text())
+    assert result is not None, "health.lua must return a table"
+    return {str(k): str(v) for k, v in result.items()}
+
+
+def taskrun(status: TaskRunStatus | None, generation: int = 1) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "celery.taskrun.dev/v1alpha1",
+        "kind": "TaskRun",
+        "metadata": {"name": "run", "namespace": "default", "generation": generation},
+        "spec": {"task": "taskrun_workers.tasks.add", "args": [1, 2]},
+    }
+    if status is not None:
+        obj["status"] = status.model_dump(mode="json", exclude_none=True)
+    return obj
+
+
+def status(phase: Phase, reason: Reason, message: str, **fields: Any) -> TaskRunStatus:
+    base = TaskRunStatus(taskId="3f1c", attempt=1, submittedAt="2026-01-01T11:59:00Z")
+    return with_phase(base, phase, reason, message, generation=1, now=NOW, **fields)
+
+
+CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    (
+        "no status",
+        taskrun(None),
+        "Progressing",
+        "Waiting for the operator to accept the TaskRun",
+    ),
+    (
+        "empty status",
+        {**taskrun(None), "status": {}},
+        "Progressing",
+        "Pending",
+    ),
+    (
+        "pending",
+        taskrun(status(Phase.PENDING, Reason.SUBMITTING, "sending the task")),
+        "Progressing",
+        "Pending (Submitting): sending the task",
+    ),
+    (
+        "queued",
+        taskrun(status(Phase.QUEUED, Reason.QUEUED, "waiting for a worker", state="PENDING")),
+        "Progressing",
+        "Queued (Queued): waiting for a worker",
+    ),
+    (
+        "running with progress",
+        taskrun(
+            status(
+                Phase.RUNNING,
+                Reason.PROGRESS,
+                "task reports PROGRESS (42.5%)",
+                state="PROGRESS",
+                progress=Progress(percent=42.5, current=17, total=40, state="PROGRESS"),
+            )
+        ),
+        "Progressing",
+        "Running (Progress), 42%: task reports PROGRESS (42.5%)",
+    ),
+    (
+        "retrying",
+        taskrun(status(Phase.RETRYING, Reason.RETRY, "the task asked Celery to retry it")),
+        "Progressing",
+        "Retrying (Retry): the task asked Celery to retry it",
+    ),
+    (
+        "backend unavailable (not terminal)",
+        taskrun(
+            status(
+                Phase.RUNNING,
+                Reason.BACKEND_UNAVAILABLE,
+                "result backend unreachable: Connection refused; retrying",
+            )
+        ),
+        "Progressing",
+        "Running (BackendUnavailable): result backend unreachable: Connection refused; retrying",
+    ),
+    (
+        "succeeded",
+        taskrun(status(Phase.SUCCEEDED, Reason.SUCCEEDED, "task succeeded", result=3)),
+        "Healthy",
+        "task succeeded",
+    ),
+    (
+        "failed",
+        taskrun(status(Phase.FAILED, Reason.TASK_ERROR, "ValueError: bad input", state="FAILURE")),
+        "Degraded",
+        "ValueError: bad input",
+    ),
+    (
+        "timed out: hard limit",
+        taskrun(
+            status(
+                Phase.TIMED_OUT,
+                Reason.TIME_LIMIT_EXCEEDED,
+                "the worker killed the task at its hard time limit (10s)",
+            )
+        ),
+        "Degraded",
+        "the worker killed the task at its hard time limit (10s)",
+    ),
+    (
+        "timed out: deadline",
+        taskrun(status(Phase.TIMED_OUT, Reason.DEADLINE_EXCEEDED, "")),
+        "Degraded",
+        "DeadlineExceeded",
+    ),
+    (
+        "revoked",
+        taskrun(status(Phase.REVOKED, Reason.CANCELLED, "cancelled by spec.cancel")),
+        "Degraded",
+        "cancelled by spec.cancel",
+    ),
+    (
+        "invalid spec",
+        taskrun(status(Phase.FAILED, Reason.INVALID_SPEC, "spec.task is not registered")),
+        "Degraded",
+        "spec.task is not registered",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_health(obj: dict[str, Any], expected: str, message: str) -> None:
+    assert health(obj) == {"status": expected, "message": message}
+
+
+def test_success_after_a_cancel_edit_stays_healthy() -> None:
+    # spec.cancel on a finished run bumps the generation; the outcome does not change.
+    done = status(Phase.SUCCEEDED, Reason.SUCCEEDED, "task succeeded")
+    assert health(taskrun(done, generation=2))["status"] == "Healthy"
+
+
+def test_every_phase_maps_to_one_of_three() -> None:
+    seen = {phase: health(taskrun(status(phase, Reason.STARTED, "x")))["status"] for phase in Phase}
+    assert seen == {
+        Phase.PENDING: "Progressing",
+        Phase.QUEUED: "Progressing",
+        Phase.RUNNING: "Progressing",
+        Phase.RETRYING: "Progressing",
+        Phase.SUCCEEDED: "Healthy",
+        Phase.FAILED: "Degraded",
+        Phase.TIMED_OUT: "Degraded",
+        Phase.REVOKED: "Degraded",
+    }
+
+
+def test_readme_snippet_is_health_lua_verbatim() -> None:
+    text = README.read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert block is not None, "README.md lost its argocd-cm block"
+    config_map = yaml.safe_load(block.group(1))
+    assert config_map["metadata"]["name"] == "argocd-cm"
+    assert config_map["data"][CM_KEY] == HEALTH_LUA.read_text()
