@@ -507,6 +507,7 @@ class Stack:
             "KUBECONFIG": str(kubeconfig or self.operator_kubeconfig),
             "CELERY_BROKER_URL": self.broker_url,
             "CELERY_RESULT_BACKEND": self.result_backend,
+            "TASKRUN_METRICS_HOST": cp.HOST,
             "TASKRUN_METRICS_PORT": str(metrics_port),
         }
         if config_path is not None:

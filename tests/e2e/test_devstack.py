@@ -126,7 +126,9 @@ def _listening_addresses(pids: set[int]) -> list[str]:
     return found
 
 
-def test_everything_listens_on_loopback_only(stack: Stack) -> None:
+def test_everything_listens_on_loopback_only(
+    stack: Stack, worker: ManagedProcess, operator: ManagedProcess
+) -> None:
     pids: set[int] = set()
     for proc in stack.processes().values():
         pids |= proc.group_pids()
