@@ -42,7 +42,7 @@ builds a request from it. A duplicate is acknowledged with the same ``ack`` call
 request would use, and never becomes a request: nothing is reserved, stored, or
 announced. (A ``task_received`` signal handler can only mark an already reserved request
 revoked, which leaves it in the worker's bookkeeping.) The tests in
-``tests/workers/test_guard_e2e.py`` run a real worker, so a Celery upgrade that changes
+``tests/workers/test_workers_guard_e2e.py`` run a real worker, so a Celery upgrade that changes
 these internals fails them.
 
 The guard fails open: when the backend or the claim store cannot be read, it logs and

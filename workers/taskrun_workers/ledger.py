@@ -7,12 +7,15 @@ appends one JSON entry per event to the list ``taskrun:ledger``::
     {"event": "start" | "end" | "cleanup" | "skipped-duplicate" | "skipped-revoked",
      "task_id": ..., "task": ..., "pid": ..., "hostname": ..., "time": <epoch seconds>}
 
-("end" entries also carry the final Celery ``state``). ``start`` and ``end`` come from
-the ``task_prerun`` and ``task_postrun`` signals, so users' own tasks are recorded too;
-``cleanup`` from :func:`taskrun_workers.helpers.on_soft_timeout` and the example tasks;
-the ``skipped-*`` events from the guard. The operator's end-to-end tests read it with
-:func:`read_ledger` and :func:`executions` to assert that a run executed exactly once,
-or never.
+"start" and "end" entries also carry the attempt number, ``retries``, so a retried task
+has one "start" per attempt; "end" entries carry the final Celery ``state`` (None when
+the pool process was terminated, as by a hard time limit, before the task ended).
+
+``start`` and ``end`` come from the ``task_prerun`` and ``task_postrun`` signals, so
+users' own tasks are recorded too; ``cleanup`` from
+:func:`taskrun_workers.helpers.on_soft_timeout` and the example tasks; the ``skipped-*``
+events from the guard. The operator's end-to-end tests read it with :func:`read_ledger`
+and :func:`executions` to assert that a run executed exactly once, or never.
 
 Where it is written: ``TASKRUN_LEDGER_URL`` (a ``redis://`` URL) if set, else the broker
 when the broker is Redis, else nowhere. The list is capped to the newest
@@ -152,13 +155,23 @@ def install(app: Any) -> None:
 
     def on_prerun(sender: Any = None, task_id: str = "", **_: Any) -> None:
         if sender is not None and sender.app is app:
-            record(app, "start", task_id, sender.name, sender.request.hostname)
+            request = sender.request
+            record(app, "start", task_id, sender.name, request.hostname, retries=request.retries)
 
     def on_postrun(
         sender: Any = None, task_id: str = "", state: str | None = None, **_: Any
     ) -> None:
         if sender is not None and sender.app is app:
-            record(app, "end", task_id, sender.name, sender.request.hostname, state=state)
+            request = sender.request
+            record(
+                app,
+                "end",
+                task_id,
+                sender.name,
+                request.hostname,
+                retries=request.retries,
+                state=state,
+            )
 
     # weak=False: the receivers are closures that nothing else keeps alive.
     signals.task_prerun.connect(on_prerun, weak=False, dispatch_uid=f"taskrun-ledger-pre-{id(app)}")

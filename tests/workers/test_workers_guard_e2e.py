@@ -1,0 +1,153 @@
+"""The guard in real prefork workers: cancelled runs never execute, none executes twice.
+
+These also pin the Celery internals the guard relies on (the consumer's task
+strategies, their handler signature and ack callback, the worker's revoked set): a
+Celery upgrade that changes them fails here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from taskrun_workers.app import create_app
+from taskrun_workers.ledger import executions
+
+pytestmark = pytest.mark.e2e
+
+
+def unacked_holds(broker: redis.Redis, task_id: str) -> bool:
+    """Whether kombu's Redis transport still holds a message of ``task_id`` unacked."""
+    return any(task_id.encode() in value for value in broker.hvals("unacked"))
+
+
+@pytest.mark.parametrize(
+    ("first", "resend_at"),
+    [
+        # The first run is over: SUCCESS must stay as it is.
+        (("calculate_sum", [1, 2, 3, 4, 5]), "SUCCESS"),
+        (("fail", "boom"), "FAILURE"),
+        # The first run is under way.
+        (("sleep", 1.5), "STARTED"),
+        (("progress", 6, 0.25), "PROGRESS"),
+    ],
+    ids=["after-success", "after-failure", "while-started", "while-progress"],
+)
+def test_the_same_task_id_sent_again_is_dropped(
+    worker: Any,
+    redis_server: Any,
+    record_states: Callable[[str], Any],
+    first: tuple[Any, ...],
+    resend_at: str,
+) -> None:
+    name, *args = first
+    task_id = worker.send(name, *args)
+    worker.wait_state(task_id, resend_at)
+    before = worker.meta(task_id)
+    recorder = record_states(task_id)
+
+    worker.send(name, *args, task_id=task_id)
+    worker.wait_ledger(task_id, "skipped-duplicate")
+
+    final = worker.wait_state(task_id, "SUCCESS", "FAILURE")
+    broker_url = worker.env["CELERY_BROKER_URL"]
+    assert executions(broker_url, task_id) == 1
+    if resend_at in ("SUCCESS", "FAILURE"):
+        # Nothing was stored for the duplicate: the first outcome is untouched.
+        assert recorder.records == []
+        assert final["date_done"] == before["date_done"]
+    assert "REVOKED" not in recorder.states
+    broker = redis_server.client(0)
+    assert not unacked_holds(broker, task_id)
+    broker.close()
+
+
+def test_two_deliveries_held_for_a_countdown_run_once(worker: Any) -> None:
+    # Both copies are received and held until their countdown ends, so neither finds a
+    # record in the backend: the claim alone decides.
+    task_id = str(uuid.uuid4())
+    for _ in range(2):
+        worker.send("sleep", 0.2, task_id=task_id, countdown=1)
+    worker.wait_ledger(task_id, "skipped-duplicate")
+    meta = worker.wait_state(task_id, "SUCCESS", "FAILURE")
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 0.2)
+    assert executions(worker.env["CELERY_BROKER_URL"], task_id) == 1
+
+
+def test_a_celery_retry_of_the_same_id_is_not_a_duplicate(worker: Any) -> None:
+    task_id = worker.send("flaky", 1, kwargs={"countdown": 0})
+    meta = worker.wait_state(task_id, "SUCCESS", "FAILURE")
+    assert (meta["status"], meta["result"]) == ("SUCCESS", {"attempts": 2})
+    events = [e["event"] for e in worker.ledger(task_id)]
+    assert "skipped-duplicate" not in events
+    assert events.count("start") == 2
+
+
+def test_a_run_revoked_before_any_worker_starts_never_executes(
+    env_for: Callable[..., dict[str, str]],
+    launch_worker: Callable[..., Any],
+    worker: Any,
+) -> None:
+    queue = f"late-{uuid.uuid4().hex[:8]}"
+    client = worker.client
+    # The operator cancels while no worker is up: its revoke broadcast reaches nobody,
+    # and the REVOKED it stores in the backend is all that is left.
+    revoked = client.send_task("taskrun_workers.tasks.calculate_sum", args=[[1, 2]], queue=queue).id
+    client.control.revoke(revoked)
+    client.backend.mark_as_revoked(revoked, "Cancelled")
+    after = client.send_task("taskrun_workers.tasks.calculate_sum", args=[[3]], queue=queue).id
+
+    late = launch_worker(env_for(), queue)
+    late.wait_ledger(revoked, "skipped-revoked")
+    assert late.wait_state(after, "SUCCESS", "FAILURE")["result"] == 3
+    assert late.meta(revoked)["status"] == "REVOKED"
+    assert executions(late.env["CELERY_BROKER_URL"], revoked) == 0
+
+
+def test_a_database_backend_gets_the_same_guarantees(
+    env_for: Callable[..., dict[str, str]],
+    launch_worker: Callable[..., Any],
+    worker: Any,
+    tmp_path: Path,
+) -> None:
+    queue = f"db-{uuid.uuid4().hex[:8]}"
+    late = env_for(backend=f"db+sqlite:///{tmp_path / 'results.sqlite'}")
+    client = create_app(late)
+    revoked = client.send_task("taskrun_workers.tasks.calculate_sum", args=[[1, 2]], queue=queue).id
+    client.backend.mark_as_revoked(revoked, "Cancelled")
+    summed = client.send_task(
+        "taskrun_workers.tasks.calculate_sum", args=[[1, 2, 3, 4, 5]], queue=queue
+    ).id
+
+    db_worker = launch_worker(late, queue)
+    assert db_worker.wait_state(summed, "SUCCESS", "FAILURE")["result"] == 15
+    db_worker.wait_ledger(revoked, "skipped-revoked")
+    assert db_worker.meta(revoked)["status"] == "REVOKED"
+
+    db_worker.send("calculate_sum", [100], task_id=summed, queue=queue)
+    db_worker.wait_ledger(summed, "skipped-duplicate")
+    assert db_worker.meta(summed)["result"] == 15
+    broker_url = late["CELERY_BROKER_URL"]
+    assert executions(broker_url, summed) == 1
+    assert executions(broker_url, revoked) == 0
+
+
+def test_an_unreachable_backend_lets_tasks_run(
+    env_for: Callable[..., dict[str, str]],
+    launch_worker: Callable[..., Any],
+    worker: Any,
+    closed_port: int,
+) -> None:
+    # Fail open: the guard cannot read the backend, logs, and lets the task through.
+    queue = f"blind-{uuid.uuid4().hex[:8]}"
+    blind = launch_worker(env_for(backend=f"redis://127.0.0.1:{closed_port}/1"), queue)
+    task_id = worker.send("calculate_sum", [1], queue=queue)
+    blind.wait_ledger(task_id, "end")
+    assert executions(blind.env["CELERY_BROKER_URL"], task_id) == 1
+    assert "cannot read" in blind.log.read_text()
+    assert blind.alive()

@@ -1,0 +1,239 @@
+"""The workers' pure parts, table by table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu import Message
+
+from taskrun_workers.app import DEFAULT_RESULT_EXPIRES, settings_from_env
+from taskrun_workers.guard import Verdict, claim_key, message_identity, verdict
+from taskrun_workers.helpers import on_soft_timeout, progress_meta
+from taskrun_workers.ledger import ledger_url
+
+# -- app settings ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {},
+            {
+                "broker_url": "redis://localhost:6379/0",
+                "result_backend": "redis://localhost:6379/0",
+                "result_expires": DEFAULT_RESULT_EXPIRES,
+                "imports": ["taskrun_workers.tasks"],
+            },
+        ),
+        (
+            {
+                "CELERY_BROKER_URL": "redis://broker:6379/2",
+                "CELERY_RESULT_BACKEND": "db+sqlite:///results.sqlite",
+                "TASKRUN_RESULT_EXPIRES": "3600",
+                "TASKRUN_WORKER_IMPORTS": " acme.tasks, ,acme.more ",
+            },
+            {
+                "broker_url": "redis://broker:6379/2",
+                "result_backend": "db+sqlite:///results.sqlite",
+                "result_expires": 3600,
+                "imports": ["taskrun_workers.tasks", "acme.tasks", "acme.more"],
+            },
+        ),
+        # 0 keeps results forever, which Celery spells None.
+        ({"TASKRUN_RESULT_EXPIRES": "0"}, {"result_expires": None}),
+        # Empty variables count as unset.
+        (
+            {"CELERY_BROKER_URL": "", "TASKRUN_RESULT_EXPIRES": ""},
+            {
+                "broker_url": "redis://localhost:6379/0",
+                "result_expires": DEFAULT_RESULT_EXPIRES,
+            },
+        ),
+    ],
+)
+def test_settings_from_env(env: dict[str, str], expected: dict[str, Any]) -> None:
+    settings = settings_from_env(env)
+    assert {key: settings[key] for key in expected} == expected
+
+
+def test_settings_fixed_whatever_the_env() -> None:
+    settings = settings_from_env({})
+    assert settings["accept_content"] == settings["result_accept_content"] == ["json"]
+    assert settings["task_serializer"] == settings["result_serializer"] == "json"
+    assert settings["task_track_started"] is True
+    assert settings["result_extended"] is True
+    assert settings["worker_prefetch_multiplier"] == 1
+    assert settings["task_acks_late"] is False
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CELERY_RESULT_BACKEND": "rpc://"}, "rpc:// is not supported"),
+        ({"CELERY_RESULT_BACKEND": "RPC://guest@rabbit//"}, "rpc:// is not supported"),
+        ({"TASKRUN_RESULT_EXPIRES": "1d"}, "whole number of seconds, got '1d'"),
+        ({"TASKRUN_RESULT_EXPIRES": "-5"}, "must not be negative"),
+    ],
+)
+def test_settings_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings_from_env(env)
+
+
+# -- guard decisions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("meta", "retries", "expected"),
+    [
+        ({"status": "PENDING", "result": None}, 0, Verdict.RUN),
+        ({}, 0, Verdict.RUN),
+        # Revoked stays revoked, whatever the attempt.
+        ({"status": "REVOKED"}, 0, Verdict.REVOKED),
+        ({"status": "REVOKED", "retries": 0}, 3, Verdict.REVOKED),
+        # A record of the same attempt: a redelivery or a resend.
+        ({"status": "STARTED", "retries": 0}, 0, Verdict.DUPLICATE),
+        ({"status": "SUCCESS", "retries": 0}, 0, Verdict.DUPLICATE),
+        ({"status": "FAILURE", "retries": 2}, 2, Verdict.DUPLICATE),
+        ({"status": "PROGRESS", "retries": 0}, 0, Verdict.DUPLICATE),
+        ({"status": "RETRY", "retries": 0}, 0, Verdict.DUPLICATE),
+        # A record of an earlier attempt: this is the retry Celery sent.
+        ({"status": "RETRY", "retries": 0}, 1, Verdict.RUN),
+        # The retry message can arrive before the RETRY record is written.
+        ({"status": "STARTED", "retries": 0}, 1, Verdict.RUN),
+        ({"status": "PROGRESS", "retries": 1}, 2, Verdict.RUN),
+        # A later attempt's record: an old message resurfacing.
+        ({"status": "STARTED", "retries": 2}, 1, Verdict.DUPLICATE),
+        # No attempt number stored (result_extended off): only RETRY lets it through.
+        ({"status": "RETRY"}, 1, Verdict.RUN),
+        ({"status": "STARTED"}, 1, Verdict.DUPLICATE),
+        ({"status": "SUCCESS", "retries": None}, 0, Verdict.DUPLICATE),
+        ({"status": "SUCCESS", "retries": True}, 2, Verdict.DUPLICATE),
+    ],
+)
+def test_verdict(meta: dict[str, Any], retries: int, expected: Verdict) -> None:
+    assert verdict(meta, retries) is expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({"id": "a", "task": "t", "retries": 2}, None, ("a", "t", 2)),
+        ({"id": "a", "task": "t"}, None, ("a", "t", 0)),
+        ({"id": "a", "task": "t", "retries": None}, None, ("a", "t", 0)),
+        # Protocol 1: everything is in the (decoded) body.
+        ({}, {"id": "b", "task": "u", "retries": 1}, ("b", "u", 1)),
+        ({}, None, None),
+        ({"id": None}, None, None),
+        ({"task": "t"}, {"args": []}, None),
+    ],
+)
+def test_message_identity(
+    headers: dict[str, Any], body: Any, expected: tuple[str, str, int] | None
+) -> None:
+    message = Message(body=b"{}", headers=headers, content_type="application/json")
+    assert message_identity(message, body) == expected
+
+
+def test_claims_are_per_attempt() -> None:
+    assert claim_key("abc", 0) == "taskrun:claim:abc:0"
+    assert claim_key("abc", 1) != claim_key("abc", 0)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("current", "total", "extra", "expected"),
+    [
+        (0, 4, {}, {"current": 0, "total": 4, "percent": 0.0}),
+        (1, 3, {}, {"current": 1, "total": 3, "percent": 33.3}),
+        (2, 3, {"stage": "x"}, {"current": 2, "total": 3, "percent": 66.7, "stage": "x"}),
+        (3, 3, {}, {"current": 3, "total": 3, "percent": 100.0}),
+        # Over the total (a task that underestimated) stays at 100 %.
+        (5, 3, {}, {"current": 5, "total": 3, "percent": 100.0}),
+        # Nothing to do is done.
+        (0, 0, {}, {"current": 0, "total": 0, "percent": 100.0}),
+        (0.5, 2.0, {}, {"current": 0.5, "total": 2.0, "percent": 25.0}),
+    ],
+)
+def test_progress_meta(
+    current: float, total: float, extra: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert progress_meta(current, total, **extra) == expected
+
+
+@pytest.mark.parametrize(
+    ("current", "total", "extra", "message"),
+    [
+        (-1, 3, {}, "must not be negative"),
+        (1, -3, {}, "must not be negative"),
+        (1, 3, {"percent": 50}, r"may not be named \['percent'\]"),
+    ],
+)
+def test_progress_meta_refused(
+    current: float, total: float, extra: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        progress_meta(current, total, **extra)
+
+
+def test_on_soft_timeout_cleans_up_and_reraises() -> None:
+    cleaned: list[str] = []
+    with pytest.raises(SoftTimeLimitExceeded), on_soft_timeout(lambda: cleaned.append("x")):
+        raise SoftTimeLimitExceeded()
+    assert cleaned == ["x"]
+
+
+def test_on_soft_timeout_leaves_other_outcomes_alone() -> None:
+    cleaned: list[str] = []
+    guard = on_soft_timeout(lambda: cleaned.append("x"))
+    with guard:
+        pass
+    with pytest.raises(KeyError), guard:
+        raise KeyError("not a timeout")
+    assert cleaned == []
+
+
+def test_on_soft_timeout_as_a_decorator() -> None:
+    cleaned: list[str] = []
+
+    @on_soft_timeout(lambda: cleaned.append("x"))
+    def work(fail: bool) -> str:
+        if fail:
+            raise SoftTimeLimitExceeded()
+        return "done"
+
+    assert work(False) == "done"
+    with pytest.raises(SoftTimeLimitExceeded):
+        work(True)
+    assert cleaned == ["x"]
+
+
+# -- ledger location -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "broker", "expected"),
+    [
+        ({}, "redis://b:6379/0", "redis://b:6379/0"),
+        ({}, "rediss://b:6380/0", "rediss://b:6380/0"),
+        ({"TASKRUN_LEDGER_URL": "redis://l:1/3"}, "redis://b:6379/0", "redis://l:1/3"),
+        ({"TASKRUN_LEDGER_URL": "redis://l:1/3"}, "amqp://rabbit//", "redis://l:1/3"),
+        ({}, "amqp://rabbit//", None),
+        ({}, None, None),
+        ({"TASKRUN_LEDGER_MAX_ENTRIES": "0"}, "redis://b:6379/0", None),
+        ({"TASKRUN_LEDGER_MAX_ENTRIES": "0", "TASKRUN_LEDGER_URL": "redis://l:1/3"}, None, None),
+    ],
+)
+def test_ledger_url(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], broker: str | None, expected: str | None
+) -> None:
+    monkeypatch.delenv("TASKRUN_LEDGER_URL", raising=False)
+    monkeypatch.delenv("TASKRUN_LEDGER_MAX_ENTRIES", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert ledger_url(broker) == expected
