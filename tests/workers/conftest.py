@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 START_TIMEOUT = 30.0
 WAIT_TIMEOUT = 20.0
+CLAIM_LEASE_SECONDS = 3
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,6 +133,8 @@ def worker_env(
         "CELERY_BROKER_URL": redis_server.url(0),
         "CELERY_RESULT_BACKEND": backend or redis_server.url(1),
         "TASKRUN_WORKER_IMPORTS": "taskrun_user_tasks",
+        # Short leases, so that the tests can see them renewed and released.
+        "TASKRUN_CLAIM_LEASE_SECONDS": str(CLAIM_LEASE_SECONDS),
         **extra,
     }
 
@@ -151,6 +154,11 @@ class Worker:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def stop(self) -> int:
+        """Warm shutdown; the exit code."""
+        stop_process(self.process)
+        return int(self.process.returncode)
 
     def send(self, name: str, *args: Any, task_id: str | None = None, **options: Any) -> str:
         """Send ``taskrun_workers.tasks.<name>`` (or a dotted name) as the operator does."""

@@ -7,6 +7,7 @@ Celery upgrade that changes them fails here.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from taskrun_workers.app import create_app
+from taskrun_workers.guard import claim_key
 from taskrun_workers.ledger import executions
 
 pytestmark = pytest.mark.e2e
@@ -77,6 +79,52 @@ def test_two_deliveries_held_for_a_countdown_run_once(worker: Any) -> None:
     meta = worker.wait_state(task_id, "SUCCESS", "FAILURE")
     assert (meta["status"], meta["result"]) == ("SUCCESS", 0.2)
     assert executions(worker.env["CELERY_BROKER_URL"], task_id) == 1
+
+
+def test_a_claim_is_renewed_while_its_message_waits(
+    worker: Any, redis_server: Any, wait: Callable[..., Any]
+) -> None:
+    lease = int(worker.env["TASKRUN_CLAIM_LEASE_SECONDS"])
+    claims = redis_server.client(1)  # the backend's Redis
+    task_id = str(uuid.uuid4())
+    worker.send("sleep", 0.1, task_id=task_id, countdown=2 * lease)
+    wait(lambda: claims.exists(claim_key(task_id, 0)), what="the claim")
+    taken = time.monotonic()
+    # Once the first lease is over, only its renewals keep the claim.
+    wait(lambda: time.monotonic() > taken + lease + 0.5, what="the first lease to end")
+    assert claims.get(claim_key(task_id, 0)) is not None
+
+    worker.send("sleep", 0.1, task_id=task_id)
+    worker.wait_ledger(task_id, "skipped-duplicate")
+    worker.wait_state(task_id, "SUCCESS", "FAILURE")
+    assert executions(worker.env["CELERY_BROKER_URL"], task_id) == 1
+    claims.close()
+
+
+def test_a_message_held_by_a_worker_that_stops_runs_on_the_next_one(
+    env_for: Callable[..., dict[str, str]],
+    launch_worker: Callable[..., Any],
+    worker: Any,
+    redis_server: Any,
+    wait: Callable[..., Any],
+) -> None:
+    # A rolling restart: the message a stopping worker held goes back to the queue, and
+    # the claim on it must go too, or the next worker would drop it as a duplicate.
+    queue = f"handover-{uuid.uuid4().hex[:8]}"
+    claims = redis_server.client(1)
+    first = launch_worker(env_for(), queue)
+    task_id = worker.send("calculate_sum", [2, 2], queue=queue, countdown=3)
+    wait(lambda: claims.exists(claim_key(task_id, 0)), what="the claim")
+    assert first.stop() == 0
+    assert not claims.exists(claim_key(task_id, 0))
+
+    second = launch_worker(env_for(), queue)
+    assert second.wait_state(task_id, "SUCCESS", "FAILURE")["result"] == 4
+    assert [(e["event"], e["hostname"]) for e in second.ledger(task_id)] == [
+        ("start", second.hostname),
+        ("end", second.hostname),
+    ]
+    claims.close()
 
 
 def test_a_celery_retry_of_the_same_id_is_not_a_duplicate(worker: Any) -> None:

@@ -75,12 +75,12 @@ def claim_store(redis_server: Any) -> Iterator[redis.Redis]:
 
 
 def test_claims_are_exclusive_leases(claim_store: redis.Redis) -> None:
-    mine, theirs = Claims(claim_store, "me"), Claims(claim_store, "them")
+    mine, theirs = Claims(claim_store, "me", 30), Claims(claim_store, "them", 30)
     key = f"taskrun:claim:{uuid.uuid4()}:0"
 
     assert mine.take(key)
     assert not theirs.take(key)
-    assert 0 < claim_store.ttl(key) <= mine.lease_seconds
+    assert 0 < claim_store.ttl(key) <= 30
 
     claim_store.expire(key, 5)
     theirs.renew([key])  # not theirs to renew
@@ -102,12 +102,14 @@ def test_claims_live_in_the_backend_redis_else_the_broker_redis(redis_server: An
             {"CELERY_BROKER_URL": redis_server.url(0), "CELERY_RESULT_BACKEND": "db+sqlite://"}
         ),
         "h",
+        30,
     )
     nowhere = claims_for(
         create_app(
             {"CELERY_BROKER_URL": "amqp://127.0.0.1//", "CELERY_RESULT_BACKEND": "db+sqlite://"}
         ),
         "h",
+        30,
     )
     assert on_backend is not None and on_broker is not None
     assert on_backend.client.connection_pool.connection_kwargs["db"] == 1

@@ -9,7 +9,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu import Message
 
 from taskrun_workers.app import DEFAULT_RESULT_EXPIRES, settings_from_env
-from taskrun_workers.guard import Verdict, claim_key, message_identity, verdict
+from taskrun_workers.guard import (
+    DEFAULT_LEASE_SECONDS,
+    Verdict,
+    claim_key,
+    lease_seconds,
+    message_identity,
+    verdict,
+)
 from taskrun_workers.helpers import on_soft_timeout, progress_meta
 from taskrun_workers.ledger import ledger_url
 
@@ -141,6 +148,26 @@ def test_message_identity(
 def test_claims_are_per_attempt() -> None:
     assert claim_key("abc", 0) == "taskrun:claim:abc:0"
     assert claim_key("abc", 1) != claim_key("abc", 0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, DEFAULT_LEASE_SECONDS),
+        ("", DEFAULT_LEASE_SECONDS),
+        ("3", 3),
+        ("600", 600),
+        ("2", DEFAULT_LEASE_SECONDS),
+        ("-1", DEFAULT_LEASE_SECONDS),
+        ("soon", DEFAULT_LEASE_SECONDS),
+    ],
+)
+def test_lease_seconds(monkeypatch: pytest.MonkeyPatch, raw: str | None, expected: int) -> None:
+    if raw is None:
+        monkeypatch.delenv("TASKRUN_CLAIM_LEASE_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("TASKRUN_CLAIM_LEASE_SECONDS", raw)
+    assert lease_seconds() == expected
 
 
 # -- helpers ---------------------------------------------------------------------------

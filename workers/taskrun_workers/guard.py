@@ -27,13 +27,14 @@ Two deliveries of the same attempt received before either has started (both held
 countdown, say) both find no record. For that race the guard takes a claim: ``SET NX``
 of ``taskrun:claim:<task id>:<attempt>`` in the result backend's Redis (or the broker's,
 when the backend is a database and the broker is Redis). A claim is a lease of
-``LEASE_SECONDS``, renewed while its message waits in this worker, released when the
+lease, renewed while its message waits in this worker, released when the
 consumer stops or loses its connection with the message unacknowledged (the broker then
 hands it to another worker, which must be able to take it), and left to lapse once the
 message is acknowledged (by then the backend record says STARTED). A worker killed
-outright leaves its claims to lapse within ``LEASE_SECONDS``, well before Redis
-redelivers its messages (``visibility_timeout``, one hour by default, must stay above
-``LEASE_SECONDS``). Without any Redis to hold claims the race stays open.
+outright leaves its claims to lapse within the lease, well before Redis redelivers its
+messages: the broker's ``visibility_timeout`` (one hour by default) must stay above the
+lease, ``TASKRUN_CLAIM_LEASE_SECONDS`` (default 30; renewed every third of it). Without
+any Redis to hold claims the race stays open.
 
 How: the guard is a consumer bootstep that wraps the consumer's task strategies (the
 per-task-name message handlers in ``consumer.strategies``, rebuilt by the ``Tasks``
@@ -76,8 +77,7 @@ from taskrun_workers import ledger
 logger = logging.getLogger(__name__)
 
 CLAIM_PREFIX = "taskrun:claim:"
-LEASE_SECONDS = 30
-RENEW_EVERY_SECONDS = 10
+DEFAULT_LEASE_SECONDS = 30
 _SOCKET_TIMEOUT = 5.0
 
 # Compare-and-act, so that a worker never extends or deletes a claim another one holds
@@ -138,10 +138,28 @@ def claim_key(task_id: str, retries: int) -> str:
     return f"{CLAIM_PREFIX}{task_id}:{retries}"
 
 
+def lease_seconds() -> int:
+    raw = os.environ.get("TASKRUN_CLAIM_LEASE_SECONDS") or str(DEFAULT_LEASE_SECONDS)
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    # Renewed every third of the lease, and EXPIRE counts whole seconds: shorter leases
+    # would renew more often than once a second and risk lapsing between renewals.
+    if seconds < 3:
+        logger.warning(
+            "TASKRUN_CLAIM_LEASE_SECONDS=%r is not a number of seconds >= 3, using %d",
+            raw,
+            DEFAULT_LEASE_SECONDS,
+        )
+        return DEFAULT_LEASE_SECONDS
+    return seconds
+
+
 class Claims:
     """Leases on (task id, attempt) in Redis, held under one holder token."""
 
-    def __init__(self, client: redis.Redis, holder: str, lease_seconds: int = LEASE_SECONDS):
+    def __init__(self, client: redis.Redis, holder: str, lease_seconds: int):
         self.client = client
         self.holder = holder
         self.lease_seconds = lease_seconds
@@ -164,17 +182,17 @@ class Claims:
             pipe.execute()
 
 
-def claims_for(app: Any, holder: str) -> Claims | None:
+def claims_for(app: Any, holder: str, lease: int) -> Claims | None:
     """Claims in the backend's Redis, else the broker's, else None (no Redis at all)."""
     backend = app.backend
     if isinstance(backend, RedisBackend):
-        return Claims(backend.client, holder)
+        return Claims(backend.client, holder, lease)
     broker_url = app.conf.broker_url or ""
     if broker_url.split(":", 1)[0].lower() in ("redis", "rediss", "unix"):
         client = redis.Redis.from_url(
             broker_url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
         )
-        return Claims(client, holder)
+        return Claims(client, holder, lease)
     return None
 
 
@@ -190,7 +208,7 @@ class TaskRunGuard(bootsteps.StartStopStep):  # type: ignore[misc]
         if not self.enabled:
             logger.warning("taskrun guard off: the app has no result backend to read")
         holder = f"{parent.hostname}/{os.getpid()}/{uuid.uuid4().hex}"
-        self.claims = claims_for(self.app, holder) if self.enabled else None
+        self.claims = claims_for(self.app, holder, lease_seconds()) if self.enabled else None
         # claim key -> the kombu message it was taken for, while that message is ours
         self._held: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -203,7 +221,9 @@ class TaskRunGuard(bootsteps.StartStopStep):  # type: ignore[misc]
         for name, handler in list(strategies.items()):
             strategies[name] = self._guarded(parent, handler)
         if self.claims is not None:
-            self._renewal = parent.timer.call_repeatedly(RENEW_EVERY_SECONDS, self._renew_held)
+            self._renewal = parent.timer.call_repeatedly(
+                self.claims.lease_seconds / 3, self._renew_held
+            )
 
     def stop(self, parent: Any) -> None:
         if self._renewal is not None:
@@ -216,7 +236,7 @@ class TaskRunGuard(bootsteps.StartStopStep):  # type: ignore[misc]
             try:
                 self.claims.release(unacked)
             except Exception as exc:
-                # They lapse within LEASE_SECONDS anyway.
+                # They lapse with their lease anyway.
                 logger.warning("taskrun guard: could not release claims %s: %r", unacked, exc)
 
     terminate = stop
