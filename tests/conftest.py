@@ -17,6 +17,7 @@ Ctrl-C and on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import re
 import signal
 import uuid
@@ -85,6 +86,10 @@ def stack(
     the_stack = Stack(tmp_path_factory.mktemp("taskrun-dev"))
     request.config.stash[STACK_KEY] = the_stack
     _install_emergency_down(the_stack)
+    # The first run builds the control plane with Go (minutes): show its progress live.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        the_stack.binaries  # noqa: B018 (builds or finds the binaries)
     try:
         the_stack.up(operator=False, worker=False)
         yield the_stack

@@ -34,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", parents=[common], help="start the stack (idempotent)")
-    up.add_argument("--no-operator", action="store_true", help="do not run the operator")
-    up.add_argument("--no-worker", action="store_true", help="do not run the Celery worker")
+    up.add_argument("--no-operator", action="store_true", help="do not start the operator")
+    up.add_argument("--no-worker", action="store_true", help="do not start the Celery worker")
     up.add_argument(
         "--worker-imports",
         type=_csv,
@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument(
         "--purge", action="store_true", help="also delete etcd data, certificates and logs"
     )
-    down.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL")
+    down.add_argument(
+        "--timeout", type=float, default=None, help="seconds before SIGKILL (default 10, API 3)"
+    )
 
     sub.add_parser("status", parents=[common], help="show the stack's processes")
 

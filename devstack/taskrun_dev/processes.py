@@ -182,6 +182,8 @@ class ManagedProcess:
     url: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
+    # Seconds between SIGTERM and SIGKILL when stopping.
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
     # Only set in the process that spawned it: lets us reap the child (no zombies).
     _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
@@ -201,6 +203,7 @@ class ManagedProcess:
         url: str | None = None,
         cwd: Path | None = None,
         meta: Mapping[str, Any] | None = None,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> ManagedProcess:
         log_dir.mkdir(parents=True, exist_ok=True)
         pid_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +236,7 @@ class ManagedProcess:
             url=url,
             meta=dict(meta or {}),
             started_at=time.time(),
+            stop_timeout=stop_timeout,
             _popen=popen,
         )
         proc.save()
@@ -257,6 +261,7 @@ class ManagedProcess:
             url=data.get("url"),
             meta=data.get("meta", {}),
             started_at=data.get("started_at", 0.0),
+            stop_timeout=data.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
         )
 
     def save(self) -> None:
@@ -272,6 +277,7 @@ class ManagedProcess:
             "url": self.url,
             "meta": self.meta,
             "started_at": self.started_at,
+            "stop_timeout": self.stop_timeout,
         }
         tmp = self.pid_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -346,8 +352,9 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
-    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """SIGTERM the group, SIGKILL whatever is left after `timeout`, forget the pid file."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM the group, SIGKILL whatever is left after `timeout` (default
+        stop_timeout), forget the pid file."""
         stop_all([self], timeout=timeout)
 
     def kill(self) -> None:
@@ -386,22 +393,28 @@ def _wait_gone(pids: set[int], proc: ManagedProcess, timeout: float) -> bool:
     return wait_until(lambda: _gone(pids, [proc]), timeout=timeout, interval=0.05)
 
 
-def stop_all(procs: Sequence[ManagedProcess], timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-    """Stop several processes in parallel: one SIGTERM round, one shared deadline."""
-    targets: dict[int, ManagedProcess] = {}
-    for proc in procs:
-        for pid in proc.group_pids():
-            targets[pid] = proc
-    _signal_pids(targets, signal.SIGTERM)
-    if not wait_until(lambda: _gone(targets, procs), timeout=timeout, interval=0.05):
-        # Re-scan: children forked after the first scan must not survive either.
-        for proc in procs:
-            for pid in proc.group_pids():
-                targets[pid] = proc
-        _signal_pids(targets, signal.SIGKILL)
-        if not wait_until(lambda: _gone(targets, procs), timeout=5.0, interval=0.05):
-            left = sorted(pid for pid in targets if is_running(proc_info(pid)))
-            raise StackError(f"processes still alive after SIGKILL: {left}")
+def stop_all(procs: Sequence[ManagedProcess], timeout: float | None = None) -> None:
+    """Stop several processes in parallel: SIGTERM every group at once, then SIGKILL each
+    one still running after `timeout` (default: its own stop_timeout)."""
+    started = time.monotonic()
+    pending = [(proc, proc.group_pids()) for proc in procs]
+    for _, pids in pending:
+        _signal_pids(pids, signal.SIGTERM)
+    killed: set[str] = set()
+    while pending:
+        pending = [(proc, pids) for proc, pids in pending if not _gone(pids, [proc])]
+        waited = time.monotonic() - started
+        for proc, pids in pending:
+            limit = proc.stop_timeout if timeout is None else timeout
+            if proc.name not in killed and waited >= limit:
+                # Re-scan: children forked after the first scan must not survive either.
+                pids |= proc.group_pids()
+                _signal_pids(pids, signal.SIGKILL)
+                killed.add(proc.name)
+            elif proc.name in killed and waited >= limit + 5.0:
+                left = sorted(pid for pid in pids if is_running(proc_info(pid)))
+                raise StackError(f"{proc.name}: processes still alive after SIGKILL: {left}")
+        time.sleep(0.05)
     for proc in procs:
         proc._reap()
         proc.pid_file.unlink(missing_ok=True)

@@ -62,6 +62,9 @@ _STOP_PHASES: tuple[tuple[str, ...], ...] = (
 )
 
 TOKEN_DURATION = "24h"
+# kube-apiserver waits up to a minute for open watches on SIGTERM; its state is all in
+# etcd, so a short grace is enough.
+_STOP_TIMEOUTS = {APISERVER: 3.0}
 
 
 def _stderr_say(message: str) -> None:
@@ -285,6 +288,7 @@ class Stack:
             url=url,
             cwd=cwd,
             meta={"spec": wanted, **(extra_meta or {})},
+            stop_timeout=_STOP_TIMEOUTS.get(name, DEFAULT_STOP_TIMEOUT),
         )
         self._started[name] = proc
         return proc, True
@@ -532,6 +536,46 @@ class Stack:
             self._await(proc, lambda: port_answers(port), what, timeout, interval=0.2)
         return proc
 
+    def restart(self, name: str, *, down_for: float = 0.0, timeout: float = 90.0) -> ManagedProcess:
+        """Stop `name`, wait `down_for` seconds (an outage), start it again, wait until ready.
+
+        Same port, same command line and settings, so clients' URLs stay valid: for
+        reliability tests (Redis outage, API server restart, operator or worker restart).
+        """
+        proc = self.process(name)
+        if proc is None:
+            raise StackError(f"no process named {name} in {self.dir}")
+        spec = proc.meta.get("spec") or {}
+        proc.stop()
+        time.sleep(down_for)
+        if name == REDIS:
+            return self.start_redis(timeout)
+        if name == ETCD:
+            return self.start_etcd(timeout)
+        if name == APISERVER:
+            return self.start_apiserver(timeout=timeout)
+        cwd = spec.get("cwd")
+        again = ManagedProcess.spawn(
+            name,
+            spec["argv"],
+            kind=proc.kind,
+            env=services.base_env(spec.get("env", {}), None),
+            log_dir=self.logs_dir,
+            pid_dir=self.pids_dir,
+            port=proc.port,
+            url=proc.url,
+            cwd=Path(cwd) if cwd else None,
+            meta=proc.meta,
+            stop_timeout=proc.stop_timeout,
+        )
+        self._started[name] = again
+        if proc.kind == "worker":
+            self.wait_worker(again, timeout)
+        elif proc.kind == "operator" and again.port:
+            port = again.port
+            self._await(again, lambda: port_answers(port), f"open port {port}", timeout)
+        return again
+
     # -- the whole stack ---------------------------------------------------------
 
     def up(
@@ -566,9 +610,10 @@ class Stack:
         self.say(f"stack up in {time.monotonic() - started_at:.1f}s ({self.dir})")
         return self
 
-    def down(self, timeout: float = DEFAULT_STOP_TIMEOUT, *, purge: bool = False) -> list[str]:
+    def down(self, timeout: float | None = None, *, purge: bool = False) -> list[str]:
         """Stop every recorded process (whole process groups); return their names.
 
+        `timeout`: seconds from SIGTERM to SIGKILL (default: each process's own).
         `purge` also deletes the state (etcd data, certificates, logs, kubeconfigs).
         """
         with self._lock():

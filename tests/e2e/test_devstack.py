@@ -166,6 +166,24 @@ def test_failed_start_reports_the_log_tail(stack: Stack, tmp_path: Path) -> None
     assert stack.process("broken") is None  # stopped and forgotten
 
 
+def test_namespace_fixture(stack: Stack, namespace: str) -> None:
+    assert namespace.startswith("t-test-namespace-fixture-")
+    ns = stack.kubectl_json("get", "namespace", namespace)
+    assert ns["status"]["phase"] == "Active"
+
+
+def test_restart_respawns_with_the_same_settings(stack: Stack, tmp_path: Path) -> None:
+    (tmp_path / "probe_app.py").write_text(PROBE_APP)
+    worker = stack.start_worker(
+        "restart-probe", app="probe_app", env_overrides={"PYTHONPATH": str(tmp_path)}
+    )
+    again = stack.restart(worker.name, down_for=0.2)
+    assert again.pid != worker.pid and again.alive
+    assert not worker.alive
+    again.stop()
+    assert stack.process("restart-probe") is None
+
+
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "taskrun_dev.cli", *args],
@@ -195,7 +213,8 @@ def _cli_lifecycle(state: Path, tmp_path: Path) -> None:
     # The env file alone gives a working shell: the built kubectl, admin access.
     shell = subprocess.run(
         ["bash", "-c", f". {env_file} && command -v kubectl && kubectl get namespace default"],
-        capture_output=True, text=True, timeout=60, env={"PATH": os.environ["PATH"]},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},  # kubectl caches in ~/.kube
     )  # fmt: skip
     assert shell.returncode == 0, shell.stderr
     assert shell.stdout.startswith(str(Stack(state).binaries.dir))
