@@ -61,7 +61,7 @@ def taskrun(status: TaskRunStatus | None, generation: int = 1) -> dict[str, Any]
         "apiVersion": "celery.taskrun.dev/v1alpha1",
         "kind": "TaskRun",
         "metadata": {"name": "run", "namespace": "default", "generation": generation},
-        "spec": {"task": "taskrun_workers.tasks.add", "args": [1, 2]},
+        "spec": {"task": "taskrun_workers.tasks.calculate_sum", "args": [[1, 2]]},
     }
     if status is not None:
         obj["status"] = status.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,115 @@
+"""Helpers of the packaging tests: the repo's paths, the helm binary, manifests."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+CHART = REPO / "charts" / "celery-taskrun"
+HELM_MODULE = REPO / "devstack" / "tools" / "helm"
+# Building helm is opt-in: a cold build takes about 6 minutes on 2 cores.
+BUILD_ENV = "TASKRUN_BUILD_HELM"
+
+Manifest = dict[str, Any]
+# render(values=None, *, namespace=..., release=..., include_crds=False) -> manifests
+Render = Callable[..., list[Manifest]]
+
+
+def helm_version() -> str:
+    go_mod = (HELM_MODULE / "go.mod").read_text()
+    match = re.search(r"^require\s+helm\.sh/helm/v\d+\s+(v\S+)", go_mod, re.M)
+    assert match, f"{HELM_MODULE}/go.mod requires no helm"
+    return match.group(1)
+
+
+def cached_helm() -> Path:
+    """Where devstack/tools/helm/build.sh puts the binary."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "celery-taskrun" / "tools" / f"helm-{helm_version()}" / "helm"
+
+
+def find_helm() -> tuple[Path | None, str]:
+    """(the helm binary, or None and why not).  $HELM wins, then the build cache."""
+    explicit = os.environ.get("HELM")
+    if explicit:
+        path = Path(explicit)
+        if os.access(path, os.X_OK):
+            return path, ""
+        return None, f"HELM={explicit} is not an executable"
+    cached = cached_helm()
+    if os.access(cached, os.X_OK):
+        return cached, ""
+    if os.environ.get(BUILD_ENV) == "1":
+        built = subprocess.run(
+            [str(HELM_MODULE / "build.sh")], capture_output=True, text=True, timeout=3600
+        )
+        if built.returncode == 0:
+            return Path(built.stdout.strip().splitlines()[-1]), ""
+        return None, f"devstack/tools/helm/build.sh failed:\n{built.stderr[-3000:]}"
+    return None, (
+        f"helm {helm_version()} is not built: run devstack/tools/helm/build.sh (about 6 "
+        f"minutes cold on 2 cores, cached in {cached.parent}), set {BUILD_ENV}=1 to build "
+        "it from the tests, or point HELM at a helm binary"
+    )
+
+
+def load_all(text: str) -> list[Manifest]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def dump_all(docs: Iterable[Manifest]) -> str:
+    return yaml.safe_dump_all(list(docs), sort_keys=False)
+
+
+def by_kind(docs: Iterable[Manifest], kind: str) -> list[Manifest]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: Iterable[Manifest], kind: str, name_suffix: str = "") -> Manifest:
+    found = [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {len(found)}"
+    return found[0]
+
+
+def rule_set(rules: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """RBAC rules flattened to (apiGroup, resource, verb) for comparison."""
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule.get("verbs", [])
+    }
+
+
+def pod_from(workload: Manifest, namespace: str) -> Manifest:
+    """A bare Pod of a workload's template: Pod Security admission enforces on Pods."""
+    template = workload["spec"]["template"]
+    name = f"{workload['metadata']['name']}-pod"[:63]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": template["metadata"].get("labels", {}),
+        },
+        "spec": template["spec"],
+    }
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result

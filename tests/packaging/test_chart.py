@@ -1,0 +1,313 @@
+"""The Helm chart: in sync with deploy/, lint-clean, and rendering what values ask for.
+
+Everything here but the CRD sync check needs the helm binary built by
+devstack/tools/helm/build.sh, and is skipped (saying so) without it.  The rendered
+manifests are applied to the real API server in test_dry_run.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging_helpers import (
+    CHART,
+    DEPLOY,
+    REPO,
+    Render,
+    by_kind,
+    load_all,
+    one,
+    rule_set,
+    run_helm,
+)
+
+from celery_taskrun import config as operator_config
+
+# Values that turn on everything the defaults leave off, and change the rest.
+NON_DEFAULT: dict[str, Any] = {
+    "image": {"repository": "registry.example/celery-taskrun", "tag": "1.2.3"},
+    "imagePullSecrets": [{"name": "pull"}],
+    "fullnameOverride": "tr",
+    "celery": {"existingSecret": "celery-connection"},
+    "config": {
+        "defaults": {"timeLimit": 3600, "softTimeLimit": 3300},
+        "tasks": {"reports.*": {"timeLimit": 600, "softTimeLimit": 540}},
+        "allowedTasks": ["reports.*", "taskrun_workers.tasks.*"],
+        "poll": {"initialInterval": 1, "factor": 2, "maxInterval": 10},
+        "wakeups": False,
+        "maxResultBytes": 65536,
+    },
+    "watchNamespaces": ["team-a", "team-b"],
+    "serviceAccount": {"annotations": {"example.com/role": "taskrun"}},
+    "operator": {
+        "verbose": True,
+        "env": [{"name": "EXTRA", "value": "1"}],
+        "podAnnotations": {"a": "b"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+    },
+    "metrics": {"port": 9999, "serviceMonitor": {"enabled": True, "labels": {"release": "p"}}},
+    "worker": {
+        "enabled": True,
+        "replicas": 3,
+        "concurrency": 4,
+        "queues": ["reports", "default"],
+        "imports": ["my_tasks.reports", "my_tasks.mail"],
+        "env": [{"name": "TASKRUN_RESULT_EXPIRES", "value": "3600"}],
+    },
+}
+METRICS_OFF: dict[str, Any] = {"metrics": {"enabled": False}, "rbac": {"create": False},
+                               "serviceAccount": {"create": False, "name": "mine"},
+                               "admissionPolicy": {"enabled": False}}  # fmt: skip
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+def env_of(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in c.get("env", [])}
+
+
+def deploy_rbac_rules() -> set[tuple[str, str, str]]:
+    docs = load_all((DEPLOY / "rbac.yaml").read_text())
+    return rule_set(one(docs, "ClusterRole")["rules"])
+
+
+# -- no helm needed ----------------------------------------------------------------------
+
+
+def test_chart_crd_is_a_copy_of_deploy_crd() -> None:
+    result = subprocess.run(
+        [str(REPO / "charts" / "sync-crd.sh"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    chart_crd = load_all((CHART / "crds" / "taskruns.celery.taskrun.dev.yaml").read_text())
+    deploy_docs = load_all((DEPLOY / "crd.yaml").read_text())
+    assert chart_crd == by_kind(deploy_docs, "CustomResourceDefinition")
+
+
+def test_chart_version_follows_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = (REPO / "pyproject.toml").read_text()
+    assert f'version = "{chart["appVersion"]}"' in project
+
+
+# -- helm lint and template ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values", [None, NON_DEFAULT, METRICS_OFF], ids=["default", "custom", "off"]
+)
+def test_helm_lint(helm: Path, tmp_path: Path, values: dict[str, Any] | None) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    if values:
+        path = tmp_path / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        args += ["--values", str(path)]
+    result = run_helm(helm, *args, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
+    docs = render()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "Deployment",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ]
+    )
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    c = container(deployment)
+    assert c["image"] == "celery-taskrun:0.1.0"
+    assert c["args"] == [
+        "--config=/etc/celery-taskrun/config.yaml",
+        "--liveness=http://0.0.0.0:8080/healthz",
+    ]
+    assert env_of(c) == {"TASKRUN_METRICS_HOST": "0.0.0.0", "TASKRUN_METRICS_PORT": "9808"}
+    secret = one(docs, "Secret")
+    assert c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    assert set(secret["stringData"]) == {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"healthz": 8080, "metrics": 9808}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["config"] == "/etc/celery-taskrun"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
+    service = one(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9808, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": pod["serviceAccountName"],
+            "namespace": "celery-taskrun-system",
+        }
+    ]
+
+
+def test_cluster_role_mirrors_deploy_rbac(render: Render) -> None:
+    assert rule_set(one(render(), "ClusterRole")["rules"]) == deploy_rbac_rules()
+
+
+def test_namespaced_rbac_splits_the_same_rules(render: Render) -> None:
+    docs = render({"watchNamespaces": ["team-a", "team-b"]}, namespace="ops")
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert rule_set(roles[0]["rules"]) == rule_set(roles[1]["rules"])
+    cluster = one(docs, "ClusterRole")
+    # Together, what deploy/rbac.yaml grants; cluster-wide, only reading (and peering).
+    assert rule_set(roles[0]["rules"]) | rule_set(cluster["rules"]) == deploy_rbac_rules()
+    assert {g for g, _, _ in rule_set(cluster["rules"])} <= {"", "apiextensions.k8s.io", "kopf.dev"}
+    assert {r for _, r, _ in rule_set(cluster["rules"])} == {
+        "customresourcedefinitions",
+        "namespaces",
+        "clusterkopfpeerings",
+    }
+    for binding in by_kind(docs, "RoleBinding"):
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[0]["metadata"]["name"],
+        }
+        assert binding["subjects"][0]["namespace"] == "ops"
+    args = container(one(docs, "Deployment"))["args"]
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+
+
+def test_non_default_values(render: Render) -> None:
+    docs = render(NON_DEFAULT, namespace="ops", release="rel")
+    assert by_kind(docs, "Secret") == [], "existingSecret: the chart makes no Secret"
+    operator = one(docs, "Deployment", "-operator")
+    c = container(operator)
+    assert operator["metadata"]["name"] == "tr-operator"
+    assert c["image"] == "registry.example/celery-taskrun:1.2.3"
+    assert c["envFrom"] == [{"secretRef": {"name": "celery-connection"}}]
+    assert "--verbose" in c["args"]
+    assert env_of(c) == {
+        "TASKRUN_METRICS_HOST": "0.0.0.0",
+        "TASKRUN_METRICS_PORT": "9999",
+        "EXTRA": "1",
+    }
+    pod = operator["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "pull"}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert "checksum/connection" not in operator["spec"]["template"]["metadata"]["annotations"]
+
+    worker = one(docs, "Deployment", "-worker")
+    w = container(worker)
+    assert worker["spec"]["replicas"] == 3
+    assert w["command"] == [
+        "celery",
+        "-A",
+        "taskrun_workers.app",
+        "worker",
+        "--pool=prefork",
+        "--concurrency=4",
+        "--loglevel=INFO",
+        "--queues=reports,default",
+    ]
+    assert env_of(w) == {
+        "TASKRUN_WORKER_IMPORTS": "my_tasks.reports,my_tasks.mail",
+        "TASKRUN_RESULT_EXPIRES": "3600",
+    }
+    assert w["envFrom"] == c["envFrom"]
+    assert worker["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert worker["spec"]["selector"] != operator["spec"]["selector"]
+
+    monitor = one(docs, "ServiceMonitor")
+    service = one(docs, "Service")
+    assert monitor["metadata"]["labels"]["release"] == "p"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+
+
+def test_everything_off(render: Render) -> None:
+    docs = render(METRICS_OFF)
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Secret"]
+    deployment = one(docs, "Deployment")
+    c = container(deployment)
+    assert "env" not in c
+    assert [p["name"] for p in c["ports"]] == ["healthz"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "custom"])
+def test_rendered_config_is_a_valid_operator_config(
+    render: Render, tmp_path: Path, values: dict[str, Any] | None
+) -> None:
+    config_map = one(render(values), "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    loaded = operator_config.load(str(path), environ={})
+    expected = (values or {}).get("config") or yaml.safe_load((CHART / "values.yaml").read_text())[
+        "config"
+    ]
+    assert loaded.model_dump(
+        include=set(expected)
+    ) == operator_config.OperatorConfig.model_validate(expected).model_dump(include=set(expected))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"brokerUrl": "redis://x"}}, "config.brokerUrl is set by the chart"),
+        ({"config": {"namespaces": ["a"]}}, "use watchNamespaces"),
+        ({"config": {"metricsPort": 1}}, "use metrics.port"),
+        ({"watchNamespaces": ["team-*"]}, "is a glob"),
+        ({"celery": {"resultBackend": "rpc://"}}, "rpc:// cannot work"),
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ],
+    ids=["broker-in-config", "namespaces-in-config", "metrics-in-config", "glob", "rpc", "no-sa"],
+)
+def test_refused_values(helm: Path, tmp_path: Path, values: dict[str, Any], message: str) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = run_helm(helm, "template", "x", str(CHART), "--values", str(path), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_include_crds_renders_the_crd_first(render: Render) -> None:
+    docs = render(include_crds=True)
+    assert docs[0]["kind"] == "CustomResourceDefinition"
+    assert docs[0]["metadata"]["name"] == "taskruns.celery.taskrun.dev"
