@@ -96,7 +96,7 @@ def test_claims_are_exclusive_leases(claim_store: redis.Redis) -> None:
 
 
 def test_claims_live_in_the_backend_redis_else_the_broker_redis(redis_server: Any) -> None:
-    on_backend = claims_for(create_app({"CELERY_RESULT_BACKEND": redis_server.url(1)}), "h")
+    on_backend = claims_for(create_app({"CELERY_RESULT_BACKEND": redis_server.url(1)}), "h", 30)
     on_broker = claims_for(
         create_app(
             {"CELERY_BROKER_URL": redis_server.url(0), "CELERY_RESULT_BACKEND": "db+sqlite://"}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from kombu import Message
+from kombu.message import Message
 
 from taskrun_workers.app import DEFAULT_RESULT_EXPIRES, settings_from_env
 from taskrun_workers.guard import (
@@ -136,10 +136,13 @@ def test_verdict(meta: dict[str, Any], retries: int, expected: Verdict) -> None:
         ({}, None, None),
         ({"id": None}, None, None),
         ({"task": "t"}, {"args": []}, None),
+        # Malformed messages are Celery's to reject, not the guard's to crash on.
+        ({"id": 7}, None, None),
+        ({"id": "a", "retries": "2"}, None, ("a", None, 0)),
     ],
 )
 def test_message_identity(
-    headers: dict[str, Any], body: Any, expected: tuple[str, str, int] | None
+    headers: dict[str, Any], body: Any, expected: tuple[str, str | None, int] | None
 ) -> None:
     message = Message(body=b"{}", headers=headers, content_type="application/json")
     assert message_identity(message, body) == expected

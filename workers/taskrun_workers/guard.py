@@ -27,24 +27,25 @@ Two deliveries of the same attempt received before either has started (both held
 countdown, say) both find no record. For that race the guard takes a claim: ``SET NX``
 of ``taskrun:claim:<task id>:<attempt>`` in the result backend's Redis (or the broker's,
 when the backend is a database and the broker is Redis). A claim is a lease of
-lease, renewed while its message waits in this worker, released when the
-consumer stops or loses its connection with the message unacknowledged (the broker then
-hands it to another worker, which must be able to take it), and left to lapse once the
-message is acknowledged (by then the backend record says STARTED). A worker killed
-outright leaves its claims to lapse within the lease, well before Redis redelivers its
-messages: the broker's ``visibility_timeout`` (one hour by default) must stay above the
-lease, ``TASKRUN_CLAIM_LEASE_SECONDS`` (default 30; renewed every third of it). Without
-any Redis to hold claims the race stays open.
+``TASKRUN_CLAIM_LEASE_SECONDS`` (default 30), renewed every third of that while its
+message waits in this worker; released when the consumer stops or loses its connection
+with the message unacknowledged (the broker then hands the message to another worker,
+which must be able to take it); and left to lapse once the message is acknowledged (by
+then the backend record says STARTED). A worker killed outright leaves its claims to
+lapse before Redis redelivers its messages, as long as the broker's
+``visibility_timeout`` (one hour by default) stays above the lease. Without any Redis to
+hold claims the race stays open.
 
 How: the guard is a consumer bootstep that wraps the consumer's task strategies (the
 per-task-name message handlers in ``consumer.strategies``, rebuilt by the ``Tasks``
 bootstep each time the consumer starts), so it decides on the raw message before Celery
 builds a request from it. A duplicate is acknowledged with the same ``ack`` callback a
 request would use, and never becomes a request: nothing is reserved, stored, or
-announced. (A ``task_received`` signal handler can only mark an already reserved request
-revoked, which leaves it in the worker's bookkeeping.) The tests in
-``tests/workers/test_workers_guard_e2e.py`` run a real worker, so a Celery upgrade that changes
-these internals fails them.
+announced. (Skipped from a ``task_received`` signal handler instead, through the
+request's ``_already_revoked`` flag, a duplicate would stay registered as reserved in the
+worker's state: the strategy reserves the request after sending that signal.) The tests
+in ``tests/workers/test_workers_guard_e2e.py`` run real workers, so a Celery upgrade that
+changes these internals fails them.
 
 The guard fails open: when the backend or the claim store cannot be read, it logs and
 lets the message run. Refusing would acknowledge and drop a message that is almost
@@ -123,7 +124,8 @@ def message_identity(message: Any, body: Any) -> tuple[str, str | None, int] | N
     Protocol 2 carries them in the headers; protocol 1 in the body, which the consumer
     has already decoded and passes along.
     """
-    source: Any = message.headers or {}
+    headers = message.headers
+    source: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
     if "id" not in source and isinstance(body, Mapping):
         source = body
     task_id = source.get("id")
