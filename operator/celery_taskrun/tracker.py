@@ -353,6 +353,13 @@ class Tracker:
             return
         task_id = decided.task_id
         recovering = run.intent == task_id  # an earlier incarnation may have sent it
+        log.info(
+            "submitting %s/%s as %s%s",
+            run.namespace,
+            run.name,
+            task_id,
+            " (recovering)" if recovering else "",
+        )
         try:
             if not recovering or FINALIZER not in run.finalizers:
                 await self.kube.record_intent(run.body(), task_id)

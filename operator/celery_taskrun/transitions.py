@@ -200,11 +200,16 @@ def finished(
     bounds: Bounds,
 ) -> Outcome:
     """A ready record (SUCCESS, FAILURE, REVOKED) -> the terminal status, or a retry."""
+    completed = parse_time(record.date_done) or now
     common: dict[str, Any] = {
         "state": record.state,
-        "completedAt": timestamp(parse_time(record.date_done) or now),
+        "completedAt": timestamp(completed),
         "worker": record.meta_worker or status.worker,
     }
+    started = parse_time(status.startedAt)
+    if started is not None and started > completed:
+        # Seen running only after it had ended (a late read): it started by then.
+        common["startedAt"] = timestamp(completed)
     if record.state == records.SUCCESS:
         result, truncated, size = truncate_result(record.result, bounds.max_result_bytes)
         message = "task succeeded"
@@ -335,15 +340,18 @@ def in_flight(
                 now=now,
                 state=records.PENDING,
             )
+        # Still queued: keep the message written at submission (no write for nothing).
+        unchanged = status.reason == Reason.QUEUED and status.message
         return with_phase(
             status,
             Phase.QUEUED,
             Reason.QUEUED,
-            "waiting for a worker",
+            status.message if unchanged else "waiting for a worker",
             generation=generation,
             now=now,
             state=records.PENDING,
         )
+    # Celery records no start time: the first time we see it running stands in for it.
     started = {"startedAt": status.startedAt or at, "worker": record.meta_worker or status.worker}
     if record.state == records.RETRY:
         count = (record.retries or 0) + 1

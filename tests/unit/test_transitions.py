@@ -332,3 +332,14 @@ def test_terminal_runs_do_not_move() -> None:
 )
 def test_human_duration(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
+
+
+def test_a_queued_run_that_stays_queued_is_not_rewritten() -> None:
+    status = queued(conditions=step(records.NO_RECORD).status.conditions, observedGeneration=3)
+    assert step(records.NO_RECORD, status).status == status
+
+
+def test_late_sight_of_start_never_puts_start_after_end() -> None:
+    late = step(TaskRecord("STARTED", {}), now=SENT + timedelta(seconds=9)).status
+    done = step(TaskRecord("SUCCESS", 1, None, "2026-01-01T12:00:04.000000+00:00"), late).status
+    assert done.startedAt == done.completedAt == "2026-01-01T12:00:04.000Z"

@@ -1,0 +1,32 @@
+"""Fixtures for the operator's end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from taskrun_dev.processes import ManagedProcess
+from taskrun_dev.stack import Stack
+
+from support import TaskRuns
+
+# The shared operator follows the per-test namespaces (`t-...`) only, so a test that
+# needs an operator of its own (another backend, a restart) runs it on an `iso-...`
+# namespace without two operators fighting over one TaskRun.
+SHARED_NAMESPACES = "t-*"
+
+
+@pytest.fixture(scope="session")
+def operator(stack: Stack) -> Iterator[ManagedProcess]:
+    proc = stack.start_operator(extra_args=["--namespace", SHARED_NAMESPACES])
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def runs(
+    stack: Stack, worker: ManagedProcess, operator: ManagedProcess, namespace: str
+) -> TaskRuns:
+    """TaskRuns in a fresh namespace, with the shared worker and operator running."""
+    return TaskRuns(stack, namespace)
