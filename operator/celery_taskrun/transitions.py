@@ -341,12 +341,14 @@ def in_flight(
                 state=records.PENDING,
             )
         # Still queued: keep the message written at submission (no write for nothing).
-        unchanged = status.reason == Reason.QUEUED and status.message
+        message = "waiting for a worker"
+        if status.reason == Reason.QUEUED and status.message:
+            message = status.message
         return with_phase(
             status,
             Phase.QUEUED,
             Reason.QUEUED,
-            status.message if unchanged else "waiting for a worker",
+            message,
             generation=generation,
             now=now,
             state=records.PENDING,
