@@ -13,7 +13,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/celery-taskrun
 WORKDIR /src
 # Only what the package needs: a change to tests or deploy/ does not rebuild it.
-COPY pyproject.toml README.md ./
+# (README.md* : the package's readme, copied when the repository has one.)
+COPY pyproject.toml README.md* ./
 COPY operator/ operator/
 COPY workers/ workers/
 COPY devstack/taskrun_dev/ devstack/taskrun_dev/
