@@ -8,6 +8,7 @@ import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.message import Message
 
+from taskrun_workers import tasks
 from taskrun_workers.app import DEFAULT_RESULT_EXPIRES, settings_from_env
 from taskrun_workers.guard import (
     DEFAULT_LEASE_SECONDS,
@@ -267,3 +268,42 @@ def test_ledger_url(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert ledger_url(broker) == expected
+
+
+# -- tasks called directly (no worker, no backend) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs", "expected"),
+    [
+        ("calculate_sum", [[1, 2, 3, 4, 5]], {}, 15),
+        ("calculate_sum", [[0.5, 0.25]], {}, 0.75),
+        ("echo", [1, [2]], {"x": None}, {"args": [1, [2]], "kwargs": {"x": None}}),
+        ("big_result", [5], {}, "xxxxx"),
+        ("big_result", [0], {}, ""),
+        ("sleep", [0], {}, 0),
+        ("flaky", [0], {}, {"attempts": 1}),
+        # Progress reporting is skipped outside a run, not an error.
+        ("progress", [2, 0], {}, {"steps": 2}),
+        ("process_file", [0, 1.0], {}, {"bytes": 0}),
+        ("process_file", [2 * 1024 * 1024, 0], {}, {"bytes": 2 * 1024 * 1024}),
+        ("cleanup_on_soft_timeout", [0], {"reraise": False}, {"completed": True, "elapsed": 0.0}),
+    ],
+)
+def test_tasks_called_directly(
+    name: str, args: list[Any], kwargs: dict[str, Any], expected: Any
+) -> None:
+    assert getattr(tasks, name)(*args, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "error"),
+    [
+        ("fail", ["boom"], "boom"),
+        ("big_result", [-1], "must not be negative"),
+        ("process_file", [-1, 1.0], "must not be negative"),
+    ],
+)
+def test_tasks_called_directly_fail(name: str, args: list[Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        getattr(tasks, name)(*args)
