@@ -164,6 +164,9 @@ def test_failed_start_reports_the_log_tail(stack: Stack, tmp_path: Path) -> None
     assert "broken" in str(failure.value)
     assert "no_such_module_anywhere" in str(failure.value)  # Celery's error, from the log
     assert stack.process("broken") is None  # stopped and forgotten
+    # Its log would otherwise show up in every later failure report of the session.
+    for log in stack.logs_dir.glob("broken.log*"):
+        log.unlink()
 
 
 def test_namespace_fixture(stack: Stack, namespace: str) -> None:
