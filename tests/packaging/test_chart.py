@@ -7,6 +7,7 @@ manifests are applied to the real API server in test_dry_run.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,31 @@ def test_include_crds_renders_the_crd_first(render: Render) -> None:
     docs = render(include_crds=True)
     assert docs[0]["kind"] == "CustomResourceDefinition"
     assert docs[0]["metadata"]["name"] == "taskruns.celery.taskrun.dev"
+
+
+def test_values_schema_knows_every_operator_setting() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    config_keys = set(schema["properties"]["config"]["properties"])
+    assert config_keys == set(operator_config.OperatorConfig.model_fields)
+    limit_keys = set(schema["properties"]["config"]["properties"]["defaults"]["properties"])
+    assert limit_keys == set(operator_config.LimitDefaults.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"operator": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"config": {"defaults": {"timeLimit": "1h"}}}, "got string, want number"),
+        ({"config": {"pollInterval": 1}}, "additional properties 'pollInterval' not allowed"),
+        ({"worker": {"concurrency": 0}}, "minimum"),
+    ],
+    ids=["no-replicas", "seconds-are-numbers", "config-typo", "concurrency"],
+)
+def test_values_schema_refuses(
+    helm: Path, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = run_helm(helm, "template", "x", str(CHART), "--values", str(path), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
