@@ -25,7 +25,7 @@ class TaskRecord:
     state: str
     result: Any = None
     traceback: str | None = None
-    date_done: str | None = None
+    date_done: object = None  # an ISO string (Redis) or a datetime (database backends)
     worker: str | None = None
     retries: int | None = None
 

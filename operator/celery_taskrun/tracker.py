@@ -303,6 +303,14 @@ class Tracker:
     # -- one step of one run ------------------------------------------------------------
 
     async def _step(self, run: Run, observed: TaskRecord | BackendError) -> None:
+        try:
+            await self._step_locked(run, observed)
+        except Exception:  # a bug or a record we cannot read must not stop the tracker
+            log.exception("step of %s/%s failed; trying again later", run.namespace, run.name)
+            run.polls += 1
+            self._schedule(run)
+
+    async def _step_locked(self, run: Run, observed: TaskRecord | BackendError) -> None:
         async with run.lock:
             if self.runs.get(run.uid) is not run:
                 return  # finished or forgotten while this step waited

@@ -68,10 +68,17 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 / ISO string (or a datetime, as database backends return) -> aware UTC."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None  # someone else's record: a time we cannot read is no time
+    else:
         return None
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -213,6 +220,9 @@ def finished(
     if record.state == records.SUCCESS:
         result, truncated, size = truncate_result(record.result, bounds.max_result_bytes)
         message = "task succeeded"
+        if status.progress is not None:
+            # A poll may miss the last report before the end: a success is all done.
+            common["progress"] = status.progress.model_copy(update={"percent": 100.0})
         if truncated:
             message = f"task succeeded; result of {size} bytes cut to a preview"
         return Outcome(

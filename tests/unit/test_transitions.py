@@ -343,3 +343,23 @@ def test_late_sight_of_start_never_puts_start_after_end() -> None:
     late = step(TaskRecord("STARTED", {}), now=SENT + timedelta(seconds=9)).status
     done = step(TaskRecord("SUCCESS", 1, None, "2026-01-01T12:00:04.000000+00:00"), late).status
     assert done.startedAt == done.completedAt == "2026-01-01T12:00:04.000Z"
+
+
+@pytest.mark.parametrize(
+    ("date_done", "completed"),
+    [
+        ("2026-01-01T12:00:04.500000+00:00", "2026-01-01T12:00:04.500Z"),
+        (datetime(2026, 1, 1, 12, 0, 4, 500000), "2026-01-01T12:00:04.500Z"),  # SQLAlchemy
+        ("yesterday-ish", timestamp(NOW)),
+        (12345, timestamp(NOW)),
+    ],
+)
+def test_completion_time_from_any_backend(date_done: object, completed: str) -> None:
+    status = step(TaskRecord("SUCCESS", 1, None, date_done)).status
+    assert status.completedAt == completed
+
+
+def test_success_completes_progress_a_poll_missed() -> None:
+    running = step(TaskRecord("PROGRESS", {"current": 2, "total": 3})).status
+    done = step(TaskRecord("SUCCESS", 1), running).status
+    assert done.progress.percent == 100 and done.progress.info == {"current": 2, "total": 3}
