@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("status", parents=[common], help="show the stack's processes")
+    sub.add_parser(
+        "build",
+        parents=[common],
+        help="build the control-plane binaries with Go (or find them); print their dir",
+    )
 
     logs = sub.add_parser("logs", parents=[common], help="print the tail of a process's log")
     logs.add_argument("name", help="process name, e.g. kube-apiserver, worker1, operator")
@@ -118,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_status_table(stack))
             if not all(item["alive"] for item in stack.status()):
                 return 1
+        elif args.command == "build":
+            print(stack.binaries.dir)
         elif args.command == "logs":
             log = stack.logs_dir / f"{args.name}.log"
             if not log.is_file():

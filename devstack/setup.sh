@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server (Debian package),
+# the Python packages, and a real kube-apiserver + etcd + kubectl built with Go from the
+# module proxy (cached in ~/.cache/celery-taskrun; the first build takes ~8 min on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "setup: installing redis-server" >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+fi
+if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! command -v go >/dev/null 2>&1; then
+  echo "setup: Go (1.26+) is needed to build kube-apiserver and etcd," \
+       "or set KUBEBUILDER_ASSETS to a directory holding them" >&2
+  exit 1
+fi
+
+echo "setup: installing the project and its development tools" >&2
+python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+echo "setup: control-plane binaries" >&2
+taskrun-dev build >/dev/null
