@@ -7,6 +7,13 @@
 #
 # Both read CELERY_BROKER_URL and CELERY_RESULT_BACKEND; the operator also reads
 # TASKRUN_CONFIG, TASKRUN_METRICS_PORT and TASKRUN_METRICS_HOST.
+#
+# Workers with your own tasks: build on this image, into the same virtualenv, e.g.
+#   FROM celery-taskrun:dev
+#   USER root
+#   RUN pip install --no-cache-dir my-tasks      # `pip` is the virtualenv's (PATH)
+#   USER 10001:10001
+# and list the modules in TASKRUN_WORKER_IMPORTS.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -18,8 +25,7 @@ COPY pyproject.toml README.md* ./
 COPY operator/ operator/
 COPY workers/ workers/
 COPY devstack/taskrun_dev/ devstack/taskrun_dev/
-RUN /opt/celery-taskrun/bin/pip install . \
-    && /opt/celery-taskrun/bin/pip uninstall --yes pip
+RUN /opt/celery-taskrun/bin/pip install .
 
 FROM python:3.11-slim
 ENV PATH=/opt/celery-taskrun/bin:$PATH \

@@ -4,6 +4,8 @@
 - the build context that .dockerignore lets through holds every COPY source, and
   `pip wheel` of exactly what the build stage copies gives a package with the
   operator's console script, both Python packages and their py.typed markers;
+- that wheel, installed into a fresh virtualenv from PyPI with its runtime
+  dependencies only (as the image does), runs the operator's and the worker's commands;
 - the image's user, entrypoint and ports agree with the manifests that run it.
 """
 
@@ -129,10 +131,10 @@ def test_context_leaves_out_the_rest() -> None:
     assert not sent_to_docker("devstack/controlplane/kube/go.mod")
 
 
-def test_wheel_of_the_build_stage_copies(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What `pip install .` sees in the image's build stage, built for real by pip."""
-    context = tmp_path / "src"
-    context.mkdir()
+    context = tmp_path_factory.mktemp("context")
     for source in build_copies():
         for match in REPO.glob(source.rstrip("/")):
             relative = match.relative_to(REPO)
@@ -145,7 +147,7 @@ def test_wheel_of_the_build_stage_copies(tmp_path: Path) -> None:
                     context / relative,
                     ignore=lambda d, names: [n for n in names if n == "__pycache__"],
                 )
-    out = tmp_path / "wheels"
+    out = tmp_path_factory.mktemp("wheels")
     # Build isolation, as in the image: pip fetches the build backend from the index.
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(context)],
@@ -154,7 +156,11 @@ def test_wheel_of_the_build_stage_copies(tmp_path: Path) -> None:
         timeout=300,
     )
     assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = out.glob("celery_taskrun-*.whl")
+    (path,) = out.glob("celery_taskrun-*.whl")
+    return path
+
+
+def test_wheel_has_the_commands_and_packages(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points_file = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
@@ -170,6 +176,43 @@ def test_wheel_of_the_build_stage_copies(tmp_path: Path) -> None:
         "taskrun_workers/py.typed",
     ]:
         assert module in names, module
+
+
+def test_a_clean_virtualenv_runs_both_commands(wheel: Path, tmp_path: Path) -> None:
+    """As in the image: a fresh virtualenv, runtime dependencies only (no dev extras)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+        )
+
+    helped = run("celery-taskrun-operator", "--help")
+    assert helped.returncode == 0 and "--liveness" in helped.stdout, helped.stderr
+    # Every module imports with the runtime dependencies alone.
+    imported = run(
+        "python",
+        "-c",
+        "import celery_taskrun.handlers, celery_taskrun.main, celery_taskrun.crd, "
+        "taskrun_workers.app, taskrun_workers.tasks",
+    )
+    assert imported.returncode == 0, imported.stderr
+    worker = run("celery", "-A", "taskrun_workers.app", "worker", "--help")
+    assert worker.returncode == 0 and "--pool" in worker.stdout, worker.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resultBackend: rpc://\n")
+    refused = run("celery-taskrun-operator", "--config", str(bad))
+    assert refused.returncode != 0
+    assert "invalid configuration" in refused.stderr
 
 
 def test_image_user_entrypoint_and_ports_match_the_manifests() -> None:
