@@ -8,6 +8,7 @@ manifests are applied to the real API server in test_dry_run.py.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -340,3 +341,10 @@ def test_values_schema_refuses(
     result = run_helm(helm, "template", "x", str(CHART), "--values", str(path), check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_scripts_pass_shellcheck() -> None:
+    scripts = [REPO / "charts" / "sync-crd.sh", REPO / "devstack" / "tools" / "helm" / "build.sh"]
+    result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
