@@ -28,9 +28,13 @@ COPY devstack/taskrun_dev/ devstack/taskrun_dev/
 RUN /opt/celery-taskrun/bin/pip install .
 
 FROM python:3.11-slim
+# USER: Kopf names its peer identity after the login name, and Python's getpass looks
+# it up in /etc/passwd (a KeyError, and the operator dies) unless $USER is set: with
+# this, a pod whose runAsUser has no passwd entry (OpenShift, a chart override) works.
 ENV PATH=/opt/celery-taskrun/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    USER=taskrun
 # A fixed numeric uid/gid, so `runAsNonRoot: true` can verify it without runAsUser.
 RUN groupadd --system --gid 10001 taskrun \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \

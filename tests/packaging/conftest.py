@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from packaging_helpers import CHART, Manifest, Render, find_helm, load_all, run_helm
+from packaging_helpers import (
+    CHART,
+    Manifest,
+    Render,
+    build_wheel,
+    find_helm,
+    image_python,
+    load_all,
+    make_venv,
+    run_helm,
+)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +53,22 @@ def render(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Render:
         return load_all(run_helm(helm, *args).stdout)
 
     return _render
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `pip install .` makes in the image's build stage."""
+    return build_wheel(tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("context"))
+
+
+@pytest.fixture(scope="session")
+def image_venv(wheel: Path) -> Iterator[Path]:
+    """The image's /opt/celery-taskrun: a fresh virtualenv with the wheel and its runtime
+    dependencies from PyPI.  World-readable (outside pytest's private tmp), so the
+    image's uid 10001 can run it."""
+    root = Path(tempfile.mkdtemp(prefix="celery-taskrun-image-"))
+    root.chmod(0o755)
+    try:
+        yield make_venv(image_python(), root / "venv", wheel)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from taskrun_dev.stack import Stack
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CHART = REPO / "charts" / "celery-taskrun"
 HELM_MODULE = REPO / "devstack" / "tools" / "helm"
+DOCKERFILE = REPO / "Dockerfile"
 # Building helm is opt-in: a cold build takes about 6 minutes on 2 cores.
 BUILD_ENV = "TASKRUN_BUILD_HELM"
 
@@ -113,3 +119,100 @@ def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.Completed
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
     return result
+
+
+# -- the Dockerfile ----------------------------------------------------------------------
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def stages() -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for word, rest in instructions():
+        if word == "FROM":
+            result.append([])
+        result[-1].append((word, rest))
+    return result
+
+
+def build_copies() -> list[str]:
+    """Sources of the build stage's COPY lines (globs kept)."""
+    sources = []
+    for word, rest in stages()[0]:
+        if word == "COPY":
+            sources += rest.split()[:-1]
+    return sources
+
+
+def build_wheel(out: Path, context: Path) -> Path:
+    """`pip wheel` of exactly what the Dockerfile's build stage copies."""
+    for source in build_copies():
+        for match in REPO.glob(source.rstrip("/")):
+            relative = match.relative_to(REPO)
+            if match.is_file():
+                (context / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(match, context / relative)
+            else:
+                shutil.copytree(
+                    match,
+                    context / relative,
+                    ignore=lambda d, names: [n for n in names if n == "__pycache__"],
+                )
+    # Build isolation, as in the image: pip fetches the build backend from the index.
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (path,) = out.glob("celery_taskrun-*.whl")
+    return path
+
+
+def image_python() -> str:
+    """Python 3.11 for the image-like virtualenv: the system's, which any uid can run."""
+    system = Path("/usr/bin/python3.11")
+    return str(system) if os.access(system, os.X_OK) else sys.executable
+
+
+def make_venv(python: str, venv: Path, wheel: Path) -> Path:
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return venv
+
+
+def cluster_wide_operator(stack: Stack) -> str | None:
+    """The name of a live operator of the stack that watches every namespace, if any."""
+    for proc in stack.processes().values():
+        namespaced = any(a == "-n" or a.startswith("--namespace") for a in proc.argv)
+        if proc.kind == "operator" and proc.alive and not namespaced:
+            return proc.name
+    return None
+
+
+def image_env() -> dict[str, str]:
+    """The final stage's ENV, as the image's processes see it (PATH unexpanded)."""
+    env: dict[str, str] = {}
+    for word, rest in stages()[-1]:
+        if word == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env

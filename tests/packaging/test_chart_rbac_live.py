@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from packaging_helpers import Render, dump_all, one
+from packaging_helpers import Render, cluster_wide_operator, dump_all, one
 
 from taskrun_dev import controlplane
 from taskrun_dev.processes import ManagedProcess
@@ -33,14 +33,6 @@ spec:
   args: [[1, 2, 3, 4, 5]]
   timeout: 60
 """
-
-
-def cluster_wide_operator(stack: Stack) -> str | None:
-    for proc in stack.processes().values():
-        namespaced = any(a == "-n" or a.startswith("--namespace") for a in proc.argv)
-        if proc.kind == "operator" and proc.alive and not namespaced:
-            return proc.name
-    return None
 
 
 @pytest.fixture

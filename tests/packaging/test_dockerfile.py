@@ -15,37 +15,24 @@ import configparser
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-from packaging_helpers import CHART, DEPLOY, REPO, by_kind, load_all
+from packaging_helpers import (
+    CHART,
+    DEPLOY,
+    DOCKERFILE,
+    REPO,
+    build_copies,
+    by_kind,
+    instructions,
+    load_all,
+    stages,
+)
 
-DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-
-
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
-    for word, rest in instructions():
-        if word == "FROM":
-            result.append([])
-        result[-1].append((word, rest))
-    return result
 
 
 def ignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
@@ -85,15 +72,6 @@ def sent_to_docker(relative: str) -> bool:
     return not excluded
 
 
-def build_copies() -> list[str]:
-    """Sources of the build stage's COPY lines (globs kept)."""
-    sources = []
-    for word, rest in stages()[0]:
-        if word == "COPY":
-            sources += rest.split()[:-1]
-    return sources
-
-
 def final_stage() -> dict[str, str]:
     return {word: rest for word, rest in stages()[-1]}
 
@@ -131,35 +109,6 @@ def test_context_leaves_out_the_rest() -> None:
     assert not sent_to_docker("devstack/controlplane/kube/go.mod")
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What `pip install .` sees in the image's build stage, built for real by pip."""
-    context = tmp_path_factory.mktemp("context")
-    for source in build_copies():
-        for match in REPO.glob(source.rstrip("/")):
-            relative = match.relative_to(REPO)
-            if match.is_file():
-                (context / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(match, context / relative)
-            else:
-                shutil.copytree(
-                    match,
-                    context / relative,
-                    ignore=lambda d, names: [n for n in names if n == "__pycache__"],
-                )
-    out = tmp_path_factory.mktemp("wheels")
-    # Build isolation, as in the image: pip fetches the build backend from the index.
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(context)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    (path,) = out.glob("celery_taskrun-*.whl")
-    return path
-
-
 def test_wheel_has_the_commands_and_packages(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -178,18 +127,9 @@ def test_wheel_has_the_commands_and_packages(wheel: Path) -> None:
         assert module in names, module
 
 
-def test_a_clean_virtualenv_runs_both_commands(wheel: Path, tmp_path: Path) -> None:
+def test_a_clean_virtualenv_runs_both_commands(image_venv: Path, tmp_path: Path) -> None:
     """As in the image: a fresh virtualenv, runtime dependencies only (no dev extras)."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {"PATH": f"{image_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
