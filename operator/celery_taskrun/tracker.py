@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import metrics, records
+from . import faults, metrics, records
 from .backend import BackendUnavailable, ResultBackend
 from .backoff import Backoff, backoff_for
 from .celery_client import CeleryClient
@@ -326,7 +326,8 @@ class Tracker:
                 bounds=self.bounds,
             )
             if outcome.revoke:
-                await self._revoke(run, outcome.revoke, terminate=outcome.terminate)
+                reason = outcome.status.reason or "revoked"
+                await self._revoke(run, outcome.revoke, terminate=outcome.terminate, reason=reason)
             if outcome.resubmit is not None:
                 await self._submit(run, outcome.resubmit, previous=outcome.status)
                 return
@@ -383,6 +384,7 @@ class Tracker:
             self.by_task[task_id] = run.uid
             if not (recovering and await self._has_record(task_id)):
                 await self.celery.send(decided)
+                faults.crash_point("after-send")
             metrics.SUBMISSIONS.labels("sent").inc()
         except Gone:
             self._forget(run.uid)
@@ -458,8 +460,7 @@ class Tracker:
             now=self.now(),
         )
 
-    async def _revoke(self, run: Run, task_id: str, *, terminate: bool) -> None:
-        reason = run.status.reason or "revoked"
+    async def _revoke(self, run: Run, task_id: str, *, terminate: bool, reason: str) -> None:
         try:
             await asyncio.wait_for(
                 self.celery.revoke(task_id, terminate=terminate, reason=reason),
@@ -559,6 +560,6 @@ class Tracker:
         """The TaskRun is being deleted: revoke its task if in flight, then let it go."""
         self._forget(run.uid)
         if run.status.taskId and not (run.status.phase and run.status.phase.terminal):
-            await self._revoke(run, run.status.taskId, terminate=True)
+            await self._revoke(run, run.status.taskId, terminate=True, reason="TaskRun deleted")
         with contextlib.suppress(Gone):
             await self.kube.remove_finalizer(run.namespace, run.name, run.finalizers)

@@ -125,6 +125,15 @@ class TaskRuns:
         items.sort(key=lambda e: int(e.metadata.resource_version))
         return [(e.type, e.reason, e.message) for e in items]
 
+    def wait_event(self, name: str, kind: str, reason: str, timeout: float = 15) -> None:
+        """An event of this type and reason recorded on the TaskRun (posted after status)."""
+        wait_for(
+            lambda: any((t, r) == (kind, reason) for t, r, _ in self.events(name)),
+            timeout=timeout,
+            what=f"{kind} event {reason} on {name}",
+            interval=0.2,
+        )
+
     def condition(self, name: str, kind: str) -> Body:
         conditions = {c["type"]: c for c in self.status(name).get("conditions", [])}
         return conditions[kind]

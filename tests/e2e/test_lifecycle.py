@@ -68,7 +68,7 @@ def test_failure_reports_type_message_and_traceback(runs: TaskRuns) -> None:
     assert "raise ValueError(message)" in status["error"]["traceback"]
     assert runs.condition("boom", "Succeeded")["status"] == "False"
     assert runs.condition("boom", "Stalled")["status"] == "True"
-    assert ("Warning", "TaskError") in [(t, r) for t, r, _ in runs.events("boom")]
+    runs.wait_event("boom", "Warning", "TaskError")
     assert kubectl_wait(runs, "boom", "Succeeded", timeout=2).returncode != 0
 
 
@@ -182,7 +182,7 @@ def test_queue_nobody_consumes_ends_at_its_deadline(runs: TaskRuns) -> None:
     status = runs.finished("lonely", timeout=30)
     assert (status["phase"], status["reason"]) == ("TimedOut", "DeadlineExceeded")
     assert runs.condition("lonely", "Finished")["status"] == "True"
-    assert ("Warning", "DeadlineExceeded") in [(t, r) for t, r, _ in runs.events("lonely")]
+    runs.wait_event("lonely", "Warning", "DeadlineExceeded")
 
 
 INVALID = [

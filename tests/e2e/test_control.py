@@ -1,0 +1,317 @@
+"""Limits, deadlines, expiry, cancellation, deletion, retries, TTL and restarts.
+
+Each test asserts the status and events a user sees and what the worker actually ran
+(the ledger the workers keep in Redis). Lateness figures (deadline, cancel) are
+printed for the closing notes; the bounds asserted are generous, as speed targets
+belong to benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+from taskrun_dev.processes import ManagedProcess
+from taskrun_dev.stack import Stack
+from taskrun_workers.ledger import read_ledger
+
+from support import TaskRuns, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def seconds(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def starts(stack: Stack, task_id: str) -> int:
+    return sum(
+        1
+        for e in read_ledger(stack.broker_url)
+        if e["task_id"] == task_id and e["event"] == "start"
+    )
+
+
+@pytest.fixture
+def late_worker(stack: Stack) -> Iterator[tuple[str, list[ManagedProcess]]]:
+    """A queue of this test's own, and a way to start its worker later."""
+    queue = f"late-{uuid.uuid4().hex[:6]}"
+    started: list[ManagedProcess] = []
+    yield queue, started
+    for proc in started:
+        proc.stop()
+
+
+def start_late_worker(stack: Stack, queue: str, started: list[ManagedProcess]) -> ManagedProcess:
+    proc = stack.start_worker(f"w-{queue}", queues=[queue])
+    started.append(proc)
+    return proc
+
+
+def wait_discarded(stack: Stack, worker: ManagedProcess, queue: str, task_id: str) -> None:
+    """The late worker took the message off its queue and discarded it."""
+    client = redis.Redis.from_url(stack.broker_url)
+    wait_for(lambda: client.llen(queue) == 0, timeout=30, what=f"{queue} drained")
+    assert worker.wait_for_log(rf"(Discarding revoked task|skipped).*{task_id}", 30), worker.tail(
+        30
+    )
+
+
+def wait_revoked(stack: Stack, task_id: str) -> None:
+    backend = redis.Redis.from_url(stack.result_backend)
+    wait_for(
+        lambda: b'"REVOKED"' in (backend.get(f"celery-task-meta-{task_id}") or b""),
+        timeout=15,
+        what=f"{task_id} REVOKED in the result backend",
+    )
+
+
+def test_deadline_terminates_a_running_task(runs: TaskRuns) -> None:
+    runs.apply("slow", "sleep", args=[60], timeout=2)
+    status = runs.finished("slow", timeout=30)
+    assert (status["phase"], status["reason"]) == ("TimedOut", "DeadlineExceeded")
+    assert status["limits"]["timeout"] == {"seconds": 2, "source": "spec"}
+    late = seconds(status["completedAt"]) - (seconds(status["submittedAt"]) + 2)
+    print(f"deadline lateness (running task): {late * 1000:.0f} ms")
+    assert late < 2
+    # Terminated: the task started and never finished.
+    events = [
+        e["event"] for e in read_ledger(runs.stack.broker_url) if e["task_id"] == status["taskId"]
+    ]
+    assert events.count("start") == 1
+    runs.wait_event("slow", "Warning", "DeadlineExceeded")
+
+
+def test_deadline_on_an_unconsumed_queue_and_no_run_later(
+    runs: TaskRuns, late_worker: tuple[str, list[ManagedProcess]]
+) -> None:
+    queue, started = late_worker
+    runs.apply("waiting", "calculate_sum", args=[[1, 2]], queue=queue, timeout=2)
+    status = runs.finished("waiting", timeout=30)
+    assert (status["phase"], status["reason"]) == ("TimedOut", "DeadlineExceeded")
+    late = seconds(status["completedAt"]) - (seconds(status["submittedAt"]) + 2)
+    print(f"deadline lateness (queued task): {late * 1000:.0f} ms")
+    assert late < 2
+    worker = start_late_worker(runs.stack, queue, started)
+    wait_discarded(runs.stack, worker, queue, status["taskId"])
+    assert starts(runs.stack, status["taskId"]) == 0
+    assert runs.status("waiting")["phase"] == "TimedOut"
+
+
+def test_expires_before_start_and_no_run_later(
+    runs: TaskRuns, late_worker: tuple[str, list[ManagedProcess]]
+) -> None:
+    queue, started = late_worker
+    runs.apply("stale", "calculate_sum", args=[[1, 2]], queue=queue, expires=2)
+    status = runs.finished("stale", timeout=30)
+    assert (status["phase"], status["reason"]) == ("Revoked", "Expired")
+    worker = start_late_worker(runs.stack, queue, started)
+    wait_discarded(runs.stack, worker, queue, status["taskId"])
+    assert starts(runs.stack, status["taskId"]) == 0
+
+
+def test_expires_does_not_touch_a_started_task(runs: TaskRuns) -> None:
+    runs.apply("started", "sleep", args=[3], expires=1)
+    status = runs.finished("started", timeout=30)
+    assert (status["phase"], status["result"]) == ("Succeeded", 3)
+
+
+def test_cancel_terminates_a_running_task(runs: TaskRuns) -> None:
+    runs.apply("cancel-me", "sleep", args=[60])
+    running = runs.wait_phase("cancel-me", "Running")
+    asked = time.time()
+    runs.patch("cancel-me", {"cancel": True})
+    status = runs.finished("cancel-me", timeout=30)
+    assert (status["phase"], status["reason"]) == ("Revoked", "Cancelled")
+    lateness = seconds(status["completedAt"]) - asked
+    print(f"cancel lateness (running task): {lateness * 1000:.0f} ms")
+    assert lateness < 5
+    assert status["observedGeneration"] == 2
+    assert runs.condition("cancel-me", "Stalled")["observedGeneration"] == 2
+    # The pool child was terminated: the ledger shows a start and no successful end.
+    wait_revoked(runs.stack, running["taskId"])
+    entries = [e for e in read_ledger(runs.stack.broker_url) if e["task_id"] == running["taskId"]]
+    assert [e["event"] for e in entries].count("start") == 1
+    assert not any(e["event"] == "end" and e.get("state") == "SUCCESS" for e in entries)
+
+
+def test_cancelled_queued_task_never_runs_later(
+    runs: TaskRuns, late_worker: tuple[str, list[ManagedProcess]]
+) -> None:
+    queue, started = late_worker
+    runs.apply("never", "calculate_sum", args=[[1, 2]], queue=queue)
+    queued = runs.wait_phase("never", "Queued")
+    runs.patch("never", {"cancel": True})
+    status = runs.finished("never")
+    assert (status["phase"], status["reason"]) == ("Revoked", "Cancelled")
+    worker = start_late_worker(runs.stack, queue, started)
+    wait_discarded(runs.stack, worker, queue, queued["taskId"])
+    assert starts(runs.stack, queued["taskId"]) == 0
+
+
+def test_cancel_before_submission_sends_nothing(runs: TaskRuns) -> None:
+    runs.apply("no-go", "calculate_sum", args=[[1]], cancel=True)
+    status = runs.finished("no-go")
+    assert (status["phase"], status["reason"]) == ("Revoked", "Cancelled")
+    assert "taskId" not in status
+
+
+def test_delete_revokes_the_running_task(runs: TaskRuns) -> None:
+    runs.apply("doomed", "sleep", args=[60])
+    running = runs.wait_phase("doomed", "Running")
+    runs.kubectl("delete", "taskrun", "doomed", "--wait=false", check=True)
+    wait_for(lambda: not runs.exists("doomed"), timeout=15, what="doomed deleted")
+    wait_revoked(runs.stack, running["taskId"])
+    entries = [e for e in read_ledger(runs.stack.broker_url) if e["task_id"] == running["taskId"]]
+    assert not any(e["event"] == "end" and e.get("state") == "SUCCESS" for e in entries)
+
+
+def test_delete_completes_with_redis_down(runs: TaskRuns, stack: Stack) -> None:
+    runs.apply("orphan", "sleep", args=[60])
+    runs.wait_phase("orphan", "Running")
+    redis_proc = stack.process("redis")
+    assert redis_proc is not None
+    redis_proc.stop()
+    try:
+        began = time.monotonic()
+        runs.kubectl("delete", "taskrun", "orphan", "--wait=false", check=True)
+        wait_for(lambda: not runs.exists("orphan"), timeout=30, what="orphan deleted")
+        print(f"deletion with Redis down took {time.monotonic() - began:.1f} s")
+        runs.wait_event("orphan", "Warning", "RevokeFailed")
+    finally:
+        stack.start_redis()
+
+
+def test_retries_resubmit_after_failure(runs: TaskRuns) -> None:
+    runs.apply("again", "fail", args=["still broken"], retries=2)
+    status = runs.finished("again", timeout=60)
+    assert (status["phase"], status["reason"], status["attempt"]) == ("Failed", "TaskError", 3)
+    history = status["attempts"]
+    assert [(a["attempt"], a["phase"], a["reason"]) for a in history] == [
+        (1, "Failed", "TaskError"),
+        (2, "Failed", "TaskError"),
+    ]
+    ids = [a["taskId"] for a in history] + [status["taskId"]]
+    assert len(set(ids)) == 3
+    assert [starts(runs.stack, tid) for tid in ids] == [1, 1, 1]
+    assert "Resubmitted" in [r for _, r, _ in runs.events("again")]
+
+
+def test_no_retry_after_cancel(runs: TaskRuns) -> None:
+    runs.apply("keep-down", "sleep", args=[60], retries=3)
+    runs.wait_phase("keep-down", "Running")
+    runs.patch("keep-down", {"cancel": True})
+    status = runs.finished("keep-down")
+    assert (status["phase"], status["attempt"]) == ("Revoked", 1)
+
+
+def test_ttl_deletes_finished_runs(runs: TaskRuns) -> None:
+    runs.apply("brief", "calculate_sum", args=[[1]], ttlSecondsAfterFinished=1)
+    runs.finished("brief")
+    wait_for(lambda: not runs.exists("brief"), timeout=20, what="brief deleted by its TTL")
+
+
+@pytest.fixture
+def isolated(stack: Stack, tmp_path: Path) -> Iterator[tuple[TaskRuns, Path]]:
+    """A namespace of this test's own, for an operator of its own."""
+    namespace = f"iso-{uuid.uuid4().hex[:8]}"
+    stack.kubectl("create", "namespace", namespace, check=True)
+    yield TaskRuns(stack, namespace), tmp_path
+    stack.kubectl("delete", "taskruns", "--all", "-n", namespace, "--wait=false")
+    stack.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def own_operator(stack: Stack, namespace: str, name: str, **kw: object) -> ManagedProcess:
+    return stack.start_operator(name, extra_args=["--namespace", namespace], **kw)  # type: ignore[arg-type]
+
+
+def test_limit_defaults_from_config(
+    isolated: tuple[TaskRuns, Path], worker: ManagedProcess
+) -> None:
+    runs, tmp = isolated
+    config = tmp / "operator.yaml"
+    config.write_text(
+        "defaults: {timeLimit: 30, softTimeLimit: 25}\n"
+        "tasks:\n  taskrun_workers.tasks.sleep: {timeLimit: 2, softTimeLimit: 1}\n"
+    )
+    operator = own_operator(runs.stack, runs.namespace, "op-defaults", config_path=config)
+    try:
+        runs.apply("limited", "sleep", args=[30])
+        runs.apply("overridden", "sleep", args=[0.1], timeLimit=20)
+        runs.apply("global", "calculate_sum", args=[[1]])
+        limited = runs.finished("limited", timeout=30)
+        assert (limited["phase"], limited["reason"]) == ("TimedOut", "SoftTimeLimitExceeded")
+        assert limited["limits"]["timeLimit"] == {"seconds": 2, "source": "taskDefault"}
+        overridden = runs.finished("overridden")
+        assert overridden["limits"]["timeLimit"] == {"seconds": 20, "source": "spec"}
+        assert overridden["limits"]["softTimeLimit"] == {"seconds": 1, "source": "taskDefault"}
+        assert runs.finished("global")["limits"]["timeLimit"] == {
+            "seconds": 30,
+            "source": "globalDefault",
+        }
+        # A spec whose soft limit meets a default hard limit is refused with the reason.
+        runs.apply("clash", "sleep", args=[1], softTimeLimit=5)
+        clash = runs.finished("clash")
+        assert (clash["phase"], clash["reason"]) == ("Failed", "InvalidSpec")
+        assert "from taskDefault" in clash["message"]
+    finally:
+        operator.stop()
+
+
+def test_operator_killed_mid_flight_loses_and_repeats_nothing(
+    isolated: tuple[TaskRuns, Path],
+    late_worker: tuple[str, list[ManagedProcess]],
+    worker: ManagedProcess,
+) -> None:
+    runs, _ = isolated
+    queue, started = late_worker
+    operator = own_operator(runs.stack, runs.namespace, "op-restart")
+    for i in range(4):
+        runs.apply(f"running-{i}", "sleep", args=[3])
+        runs.apply(f"queued-{i}", "calculate_sum", args=[[i, 1]], queue=queue)
+    for i in range(4):
+        runs.wait_phase(f"running-{i}", "Running")
+        runs.wait_phase(f"queued-{i}", "Queued")
+    operator.kill()  # SIGKILL, no cleanup
+    start_late_worker(runs.stack, queue, started)
+    again = own_operator(runs.stack, runs.namespace, "op-restart")
+    try:
+        for i in range(4):
+            running = runs.finished(f"running-{i}", timeout=60)
+            queued = runs.finished(f"queued-{i}", timeout=60)
+            assert (running["phase"], running["result"]) == ("Succeeded", 3)
+            assert (queued["phase"], queued["result"]) == ("Succeeded", i + 1)
+            assert starts(runs.stack, running["taskId"]) == 1
+            assert starts(runs.stack, queued["taskId"]) == 1
+    finally:
+        again.stop()
+
+
+def test_crash_between_send_and_status_sends_once(
+    isolated: tuple[TaskRuns, Path], worker: ManagedProcess
+) -> None:
+    """A fault the test cannot time from outside: the operator exits right after
+    sending (TASKRUN_FAULT=exit-after-send), before recording it in status."""
+    runs, _ = isolated
+    crashing = own_operator(
+        runs.stack, runs.namespace, "op-crash", env_overrides={"TASKRUN_FAULT": "exit-after-send"}
+    )
+    runs.apply("once", "sleep", args=[1])
+    wait_for(lambda: not crashing.alive, timeout=30, what="the operator's crash after sending")
+    intent = runs.get("once")["metadata"]["annotations"]["celery.taskrun.dev/submitting"]
+    assert "taskId" not in runs.status("once")
+    again = own_operator(
+        runs.stack, runs.namespace, "op-crash", env_overrides={"TASKRUN_FAULT": ""}
+    )
+    try:
+        status = runs.finished("once", timeout=60)
+        assert (status["phase"], status["taskId"]) == ("Succeeded", intent)
+        assert starts(runs.stack, intent) == 1
+    finally:
+        again.stop()
