@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server (Debian package),
 # the Python packages, and a real kube-apiserver + etcd + kubectl built with Go from the
-# module proxy (cached in ~/.cache/celery-taskrun; the first build takes ~8 min on 2 cores).
+# module proxy, and helm likewise for the chart's tests (cached in ~/.cache/celery-taskrun;
+# the first build takes about 15 min on 2 cores, seconds after that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,7 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 echo "setup: control-plane binaries" >&2
 taskrun-dev build >/dev/null
+if command -v go >/dev/null 2>&1; then
+  echo "setup: helm, for the chart's tests (built once, ~6 min cold)" >&2
+  devstack/tools/helm/build.sh >/dev/null
+fi

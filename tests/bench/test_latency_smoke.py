@@ -1,0 +1,35 @@
+"""A small run of the latency benchmark, so that it cannot rot (figures are not judged)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def test_latency_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "latency.py"),
+            "--runs",
+            "2",
+            "--gap",
+            "0.2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"wakeups-on", "wakeups-off", "seed-polling"}
+    assert all(row["n"] == 2 and row["median_ms"] >= 0 for row in figures.values())
