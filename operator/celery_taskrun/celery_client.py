@@ -18,6 +18,7 @@ from .submission import Submission
 
 # Fail fast when the broker is down: the tracker retries on its own schedule.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+PING_SECONDS = 2.0
 SOCKET_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 5}
 
 
@@ -64,6 +65,13 @@ class CeleryClient:
         """
         await self._call(self.app.control.revoke, task_id, terminate=terminate)
         await self._call(self.app.backend.mark_as_revoked, task_id, reason)
+
+    async def alive(self, hostnames: set[str]) -> set[str]:
+        """Which of these workers answer a ping (their main process, even when busy)."""
+        replies = await self._call(
+            self.app.control.ping, destination=sorted(hostnames), timeout=PING_SECONDS
+        )
+        return {name for reply in replies or [] for name in reply}
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -54,6 +54,11 @@ class OperatorConfig(BaseModel):
     maxTracebackBytes: int = Field(16 * 1024, ge=256)
     # Deleting a running TaskRun revokes its task; give up after this long (Redis down).
     revokeTimeout: float = Field(5.0, gt=0)
+    # A whole worker lost mid-task leaves Celery's record at STARTED for ever: ping the
+    # workers of running tasks this often, and call a worker lost after this many
+    # unanswered pings in a row (0 turns the check off).
+    workerCheckInterval: float = Field(15.0, gt=0)
+    workerLostAfter: int = Field(3, ge=0)
     # Status patches in flight at once.
     writeConcurrency: int = Field(16, ge=1)
     metricsHost: str = "127.0.0.1"

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -53,6 +53,7 @@ from .transitions import (
     resubmitted,
     timestamp,
     with_phase,
+    worker_lost,
 )
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class Tracker:
         self._spawn(self._loop())
         if self.config.wakeups:
             self._spawn(self.backend.watch(self._on_record, self._resync))
+        if self.config.workerLostAfter:
+            self._spawn(self._watch_workers())
 
     async def stop(self) -> None:
         for task in list(self.background):
@@ -245,6 +248,43 @@ class Tracker:
     async def _resync(self) -> None:
         for run in list(self.runs.values()):
             self._schedule(run, delay=0)
+
+    async def _watch_workers(self) -> None:
+        """Ping the workers of running tasks; fail the runs of one that stays silent."""
+        misses: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(self.config.workerCheckInterval)
+            running: dict[str, list[Run]] = {}
+            for run in self.runs.values():
+                if run.status.phase is Phase.RUNNING and run.status.worker:
+                    running.setdefault(run.status.worker, []).append(run)
+            if not running:
+                misses.clear()
+                continue
+            try:
+                alive = await self.celery.alive(set(running))
+            except Exception as exc:  # broker down: silence proves nothing
+                log.info("worker ping failed: %s", exc)
+                continue
+            misses = {host: misses.get(host, 0) + 1 for host in running if host not in alive}
+            for host, count in misses.items():
+                if count < self.config.workerLostAfter:
+                    continue
+                log.warning("worker %s missed %d pings: its running tasks are lost", host, count)
+                for run in running[host]:
+                    self._spawn(self._lose(run))
+
+    async def _lose(self, run: Run) -> None:
+        """Fail a run whose worker is gone, unless its record moved on meanwhile."""
+        task_id = run.status.taskId or ""
+        try:
+            record = (await self.backend.read([task_id]))[task_id]
+        except BackendUnavailable:
+            return
+        if record.ready:
+            await self._step(run, record)
+        elif record.state != records.PENDING:
+            await self._step(run, worker_lost(run.status))
 
     # -- the schedule ---------------------------------------------------------------
 
@@ -359,6 +399,20 @@ class Tracker:
         )
         if isinstance(decided, Refusal):
             await self._commit(run, self._refused(run, decided.reason, decided.message))
+            return
+        timeout = decided.limits.timeout
+        created = parse_time(run.meta.get("creationTimestamp"))
+        if (
+            previous is None
+            and timeout
+            and created
+            and now >= created + timedelta(seconds=timeout.seconds)
+        ):
+            # Never sent (broker down, operator away): the deadline counts from creation.
+            message = f"the task could not be sent within its timeout of {timeout.seconds:g}s"
+            await self._commit(
+                run, self._refused(run, Reason.DEADLINE_EXCEEDED, message, Phase.TIMED_OUT)
+            )
             return
         task_id = decided.task_id
         recovering = run.intent == task_id  # an earlier incarnation may have sent it

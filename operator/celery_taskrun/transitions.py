@@ -273,6 +273,18 @@ def finished(
     return Outcome(final)
 
 
+def worker_lost(status: TaskRunStatus) -> TaskRecord:
+    """The record Celery would have stored had the worker lived to see its child die."""
+    return TaskRecord(
+        records.FAILURE,
+        {
+            "exc_type": "WorkerLostError",
+            "exc_message": [f"worker {status.worker} stopped answering while running the task"],
+        },
+        worker=status.worker,
+    )
+
+
 def advance(
     spec: TaskRunSpec,
     status: TaskRunStatus,

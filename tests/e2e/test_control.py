@@ -315,3 +315,57 @@ def test_crash_between_send_and_status_sends_once(
         assert starts(runs.stack, intent) == 1
     finally:
         again.stop()
+
+
+def test_worker_killed_mid_task_is_reported_lost(
+    isolated: tuple[TaskRuns, Path], late_worker: tuple[str, list[ManagedProcess]]
+) -> None:
+    """A whole worker killed (SIGKILL, pool children too): Celery's record stays STARTED,
+    so the operator's pings find it gone and the run ends WorkerLost, never Running for
+    ever; with a retry left, the task runs again elsewhere."""
+    runs, tmp = isolated
+    queue, started = late_worker
+    config = tmp / "operator.yaml"
+    config.write_text("workerCheckInterval: 1\nworkerLostAfter: 2\n")
+    operator = own_operator(runs.stack, runs.namespace, "op-lost", config_path=config)
+    try:
+        doomed = start_late_worker(runs.stack, queue, started)
+        runs.apply("lost", "sleep", args=[60], queue=queue)
+        runs.apply("lost-retry", "sleep", args=[1], queue=queue, retries=1)
+        first = runs.wait_phase("lost-retry", "Running")
+        runs.wait_phase("lost", "Running")
+        doomed.kill()
+        status = runs.finished("lost", timeout=60)
+        assert (status["phase"], status["reason"]) == ("Failed", "WorkerLost")
+        assert status["error"]["type"] == "WorkerLostError"
+        retried = runs.wait(
+            "lost-retry", lambda s: s.get("attempt") == 2, "a second attempt", timeout=60
+        )
+        assert retried["attempts"][0]["reason"] == "WorkerLost"
+        start_late_worker(runs.stack, queue, started)
+        done = runs.finished("lost-retry", timeout=60)
+        assert (done["phase"], done["result"]) == ("Succeeded", 1)
+        assert starts(runs.stack, done["taskId"]) == 1
+        assert done["taskId"] != first["taskId"]
+    finally:
+        operator.stop()
+
+
+def test_broker_down_at_submission_waits_then_meets_its_deadline(
+    runs: TaskRuns, stack: Stack
+) -> None:
+    redis_proc = stack.process("redis")
+    assert redis_proc is not None
+    redis_proc.stop()
+    try:
+        runs.apply("unsent", "calculate_sum", args=[[1]], timeout=4)
+        pending = runs.wait_phase("unsent", "Pending", timeout=30)
+        assert pending["reason"] == "BackendUnavailable"
+        assert runs.condition("unsent", "Finished")["status"] == "False"
+        status = runs.finished("unsent", timeout=30)
+        assert (status["phase"], status["reason"]) == ("TimedOut", "DeadlineExceeded")
+        assert "could not be sent" in status["message"]
+    finally:
+        stack.start_redis()
+    runs.apply("after-outage", "calculate_sum", args=[[2, 2]])
+    assert runs.finished("after-outage", timeout=60)["result"] == 4
