@@ -22,6 +22,7 @@ from celery_taskrun.transitions import (
     next_check,
     resubmitted,
     timestamp,
+    worker_lost,
 )
 
 SENT = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -363,3 +364,12 @@ def test_success_completes_progress_a_poll_missed() -> None:
     running = step(TaskRecord("PROGRESS", {"current": 2, "total": 3})).status
     done = step(TaskRecord("SUCCESS", 1), running).status
     assert done.progress.percent == 100 and done.progress.info == {"current": 2, "total": 3}
+
+
+@pytest.mark.parametrize(("retries", "resubmit"), [(0, None), (1, 2)])
+def test_a_lost_worker_fails_the_run_or_retries_it(retries: int, resubmit: int | None) -> None:
+    running = step(TaskRecord("STARTED", {"pid": 1, "hostname": "w9@h"})).status
+    outcome = step(worker_lost(running), running, spec={"task": "t", "retries": retries})
+    assert (outcome.status.phase, outcome.status.reason) == (Phase.FAILED, "WorkerLost")
+    assert "w9@h stopped answering" in outcome.status.error.message
+    assert outcome.resubmit == resubmit

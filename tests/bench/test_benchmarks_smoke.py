@@ -1,4 +1,4 @@
-"""A small run of the latency benchmark, so that it cannot rot (figures are not judged)."""
+"""Small runs of the benchmarks, so that they cannot rot (figures are not judged)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,15 @@ def test_latency_benchmark_smoke() -> None:
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(figures) == {"wakeups-on", "wakeups-off", "seed-polling"}
     assert all(row["n"] == 2 and row["median_ms"] >= 0 for row in figures.values())
+
+
+def test_lateness_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "lateness.py"), "--runs", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["deadline"]["n"] == figures["cancel"]["n"] == 1
