@@ -96,18 +96,27 @@ class Kube:
         )
 
     async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str]) -> None:
-        if FINALIZER not in finalizers:
-            return
-        index = finalizers.index(FINALIZER)
-        ops = [
-            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
-            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-        ]
-        await self._guard(
-            self.objects.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH
-            )
-        )
+        """Remove our finalizer; `finalizers` is the list as last seen, maybe stale."""
+        for attempt in range(2):
+            if FINALIZER not in finalizers:
+                return
+            index = finalizers.index(FINALIZER)
+            ops = [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ]
+            try:
+                await self._guard(
+                    self.objects.patch_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH
+                    )
+                )
+                return
+            except ApiException as exc:
+                if exc.status != 422 or attempt:
+                    raise
+            # The list moved under us (the test op failed): read it and try once more.
+            finalizers = (await self.get(namespace, name))["metadata"].get("finalizers") or []
 
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         try:

@@ -213,7 +213,7 @@ class Tracker:
                 await self._delete(run)
             return
         if status.phase is not None and status.phase.terminal:
-            await self._finish(run)
+            await self._finish(run, fresh=True)
             return
         if problem is not None:
             message = "; ".join(
@@ -582,12 +582,17 @@ class Tracker:
         except Exception as exc:  # an event is worth a try, never a failure
             log.info("event for %s/%s not posted: %s", run.namespace, run.name, exc)
 
-    async def _finish(self, run: Run) -> None:
-        """A terminal run: drop the finalizer (it only guards in-flight work), then TTL."""
+    async def _finish(self, run: Run, *, fresh: bool = False) -> None:
+        """A terminal run: drop the finalizer (it only guards in-flight work), then TTL.
+
+        `fresh`: run.meta comes straight from the watch. Otherwise our memory of the
+        finalizers may be stale, and having sent a task (the intent) means we added it.
+        """
         self._forget(run.uid)
         try:
-            if FINALIZER in run.finalizers:
-                await self.kube.remove_finalizer(run.namespace, run.name, run.finalizers)
+            if FINALIZER in run.finalizers or (run.intent and not fresh):
+                listed = run.finalizers if FINALIZER in run.finalizers else [FINALIZER]
+                await self.kube.remove_finalizer(run.namespace, run.name, listed)
                 metrics.API_WRITES.labels("metadata").inc()
                 run.meta = {**run.meta, "finalizers": [f for f in run.finalizers if f != FINALIZER]}
         except Gone:

@@ -241,13 +241,11 @@ def finished(
         )
     error = error_of(record, bounds.max_traceback_bytes)
     if record.state == records.REVOKED:
-        expired = record.exception_message == "expired"
-        reason = Reason.EXPIRED if expired else Reason.CANCELLED
-        message = "task expired before a worker started it" if expired else "task was revoked"
+        phase, reason, message = revoked_because(status, spec, record, now)
         return Outcome(
             with_phase(
                 status,
-                Phase.REVOKED,
+                phase,
                 reason,
                 message,
                 generation=generation,
@@ -271,6 +269,30 @@ def finished(
     ):
         return Outcome(final, resubmit=attempt + 1)
     return Outcome(final)
+
+
+def revoked_because(
+    status: TaskRunStatus, spec: TaskRunSpec, record: TaskRecord, now: datetime
+) -> tuple[Phase, Reason, str]:
+    """Why a REVOKED record was revoked. The reason Celery stores is unreliable (a worker
+    discarding a revoked message stores "revoked" again), so the clock decides first."""
+    if spec.cancel:
+        return Phase.REVOKED, Reason.CANCELLED, "cancelled by spec.cancel"
+    passed = []
+    expires_at, run_deadline = expiry(status, spec), deadline(status)
+    if expires_at is not None and now >= expires_at:
+        passed.append((expires_at, Phase.REVOKED, Reason.EXPIRED))
+    if run_deadline is not None and now >= run_deadline:
+        passed.append((run_deadline, Phase.TIMED_OUT, Reason.DEADLINE_EXCEEDED))
+    if passed:
+        _, phase, reason = min(passed)
+    elif record.exception_message == "expired":
+        phase, reason = Phase.REVOKED, Reason.EXPIRED
+    else:
+        return Phase.REVOKED, Reason.CANCELLED, "task was revoked outside this TaskRun"
+    if reason is Reason.EXPIRED:
+        return phase, reason, "no worker started the task before it expired"
+    return phase, reason, "the run did not finish within its timeout"
 
 
 def worker_lost(status: TaskRunStatus) -> TaskRecord:

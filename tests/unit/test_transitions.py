@@ -373,3 +373,26 @@ def test_a_lost_worker_fails_the_run_or_retries_it(retries: int, resubmit: int |
     assert (outcome.status.phase, outcome.status.reason) == (Phase.FAILED, "WorkerLost")
     assert "w9@h stopped answering" in outcome.status.error.message
     assert outcome.resubmit == resubmit
+
+
+REVOKED_RECORD = TaskRecord("REVOKED", {"exc_type": "TaskRevokedError", "exc_message": ["revoked"]})
+
+
+@pytest.mark.parametrize(
+    ("limits", "spec", "after", "phase", "reason"),
+    [
+        ({}, {"task": "t"}, 1, Phase.REVOKED, "Cancelled"),
+        ({}, {"task": "t", "cancel": True}, 1, Phase.REVOKED, "Cancelled"),
+        ({"timeout": 3}, {"task": "t"}, 4, Phase.TIMED_OUT, "DeadlineExceeded"),
+        ({"expires": 2}, {"task": "t"}, 4, Phase.REVOKED, "Expired"),
+        ({"expires": 2, "timeout": 3}, {"task": "t"}, 4, Phase.REVOKED, "Expired"),
+        ({"expires": 5, "timeout": 3}, {"task": "t"}, 6, Phase.TIMED_OUT, "DeadlineExceeded"),
+    ],
+)
+def test_why_a_revoked_record_was_revoked(
+    limits: dict[str, float], spec: dict[str, Any], after: float, phase: Phase, reason: str
+) -> None:
+    """E.g. after a restart that lost the operator's own terminal write."""
+    status = with_limits(**limits)
+    outcome = step(REVOKED_RECORD, status, spec=spec, now=SENT + timedelta(seconds=after))
+    assert (outcome.status.phase, outcome.status.reason) == (phase, reason)
