@@ -18,9 +18,15 @@ from .model import EffectiveLimit, EffectiveLimits, LimitSource, Reason, TaskRun
 MIB = 1024 * 1024
 
 
-def task_id_for(uid: str, attempt: int) -> str:
-    """The Celery task id of one attempt: derived, so a resend is recognisable."""
-    return f"tr-{uid}-{attempt}"
+def task_id_for(uid: str, submission: int) -> str:
+    """The Celery task id of one submission: derived, so a resend is recognisable."""
+    return f"tr-{uid}-{submission}"
+
+
+def submission_of(task_id: str | None) -> int:
+    """Which submission of its run a task id is (1 for none yet)."""
+    suffix = (task_id or "").rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 1
 
 
 @dataclass(frozen=True)
@@ -80,11 +86,11 @@ def plan(
     config: OperatorConfig,
     *,
     uid: str,
-    attempt: int,
+    submission: int,
     now: datetime,
     first_submitted_at: datetime | None = None,
 ) -> Submission | Refusal:
-    """What to send for `attempt` of a run, or why it must not be sent."""
+    """What to send for one submission of a run, or why it must not be sent."""
     if not config.allows(spec.task):
         return Refusal(
             Reason.TASK_NOT_ALLOWED,
@@ -130,7 +136,7 @@ def plan(
         options["expires"] = min(expiries)
     return Submission(
         task=spec.task,
-        task_id=task_id_for(uid, attempt),
+        task_id=task_id_for(uid, submission),
         args=list(spec.args),
         kwargs=dict(spec.kwargs),
         options=options,

@@ -43,7 +43,7 @@ from .model import (
     TaskRunStatus,
 )
 from .records import TaskRecord
-from .submission import Refusal, plan
+from .submission import Refusal, plan, submission_of
 from .transitions import (
     BackendError,
     Bounds,
@@ -355,7 +355,7 @@ class Tracker:
             if self.runs.get(run.uid) is not run:
                 return  # finished or forgotten while this step waited
             if not run.sent:
-                await self._submit(run, run.status.attempt or 1)
+                await self._submit(run, submission_of(run.status.taskId))
                 return
             outcome = advance(
                 run.spec,
@@ -373,7 +373,9 @@ class Tracker:
                 return
             await self._commit(run, outcome.status)
 
-    async def _submit(self, run: Run, attempt: int, previous: TaskRunStatus | None = None) -> None:
+    async def _submit(
+        self, run: Run, submission: int, previous: TaskRunStatus | None = None
+    ) -> None:
         now = self.now()
         if run.spec.cancel:
             status = previous or run.status
@@ -393,7 +395,7 @@ class Tracker:
             run.spec,
             self.config,
             uid=run.uid,
-            attempt=attempt,
+            submission=submission,
             now=now,
             first_submitted_at=parse_time(first_sent),
         )
@@ -467,8 +469,8 @@ class Tracker:
                 self.by_task.pop(previous.taskId, None)
             status = resubmitted(
                 previous,
-                attempt=attempt,
-                attempts=1 + (run.spec.retries or 0),
+                submission=submission,
+                submissions=1 + (run.spec.retries or 0),
                 task_id=task_id,
                 generation=run.generation,
                 now=now,
@@ -477,7 +479,7 @@ class Tracker:
             base = run.status.model_copy(
                 update={
                     "taskId": task_id,
-                    "attempt": attempt,
+                    "attempt": 1,
                     "state": records.PENDING,
                     "submittedAt": timestamp(now),
                     "limits": decided.limits,

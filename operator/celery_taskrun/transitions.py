@@ -25,6 +25,7 @@ from .model import (
     TaskRunStatus,
 )
 from .records import TaskRecord
+from .submission import submission_of
 
 MAX_HISTORY = 10
 # Failures worth another attempt when spec.retries allows.  Never a cancel, an
@@ -94,6 +95,15 @@ def human_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{seconds:.1f}s" if seconds < 10 else f"{secs}s"
+
+
+def attempt_of(status: TaskRunStatus, record: TaskRecord) -> int:
+    """Executions so far: earlier submissions' attempts, then this task id's own Celery
+    retries (a RETRY record announces the execution to come)."""
+    first = status.attempts[-1].attempt + 1 if status.attempts else 1
+    retries = record.retries or 0
+    counted = first + retries + (1 if record.state == records.RETRY else 0)
+    return max(counted, status.attempt or 1)
 
 
 def deadline(status: TaskRunStatus) -> datetime | None:
@@ -209,6 +219,7 @@ def finished(
     """A ready record (SUCCESS, FAILURE, REVOKED) -> the terminal status, or a retry."""
     completed = parse_time(record.date_done) or now
     common: dict[str, Any] = {
+        "attempt": attempt_of(status, record),
         "state": record.state,
         "completedAt": timestamp(completed),
         "worker": record.meta_worker or status.worker,
@@ -259,15 +270,15 @@ def finished(
     final = with_phase(
         status, phase, reason, message, generation=generation, now=now, error=error, **common
     )
-    attempt = status.attempt or 1
+    submission = submission_of(status.taskId)
     run_deadline = deadline(status)
     if (
         reason in RETRYABLE
-        and attempt <= (spec.retries or 0)
+        and submission <= (spec.retries or 0)
         and not spec.cancel
         and (run_deadline is None or now < run_deadline)
     ):
-        return Outcome(final, resubmit=attempt + 1)
+        return Outcome(final, resubmit=submission + 1)
     return Outcome(final)
 
 
@@ -398,15 +409,18 @@ def in_flight(
             state=records.PENDING,
         )
     # Celery records no start time: the first time we see it running stands in for it.
-    started = {"startedAt": status.startedAt or at, "worker": record.meta_worker or status.worker}
+    started = {
+        "startedAt": status.startedAt or at,
+        "worker": record.meta_worker or status.worker,
+        "attempt": attempt_of(status, record),
+    }
     if record.state == records.RETRY:
-        count = (record.retries or 0) + 1
         detail = record.exception_message or record.exception_type or "retry requested"
         return with_phase(
             status,
             Phase.RETRYING,
             Reason.RETRY,
-            f"the task asked Celery to retry it (retry {count}): {detail}",
+            f"the task asked Celery to retry it (attempt {started['attempt']} next): {detail}",
             generation=generation,
             now=now,
             state=record.state,
@@ -444,13 +458,13 @@ def in_flight(
 def resubmitted(
     status: TaskRunStatus,
     *,
-    attempt: int,
-    attempts: int,
+    submission: int,
+    submissions: int,
     task_id: str,
     generation: int | None,
     now: datetime,
 ) -> TaskRunStatus:
-    """The status for a new attempt: the finished one moves into the history."""
+    """The status for a new submission: the finished one moves into the history."""
     previous = AttemptRecord(
         attempt=status.attempt or 1,
         taskId=status.taskId or "",
@@ -467,7 +481,7 @@ def resubmitted(
     cleared = status.model_copy(
         update={
             "attempts": history,
-            "attempt": attempt,
+            "attempt": previous.attempt + 1,
             "taskId": task_id,
             "state": records.PENDING,
             "submittedAt": timestamp(now),
@@ -484,7 +498,7 @@ def resubmitted(
         cleared,
         Phase.RETRYING,
         Reason.RESUBMITTED,
-        f"attempt {attempt} of {attempts}: resubmitted after {status.reason}",
+        f"submission {submission} of {submissions}: resubmitted after {status.reason}",
         generation=generation,
         now=now,
     )

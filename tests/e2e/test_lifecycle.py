@@ -95,8 +95,10 @@ def test_celery_retry_shows_retrying_then_succeeds(runs: TaskRuns) -> None:
     runs.apply("flaky", "flaky", kwargs={"fail_times": 1, "countdown": 2})
     retrying = runs.wait_phase("flaky", "Retrying")
     assert retrying["state"] == "RETRY" and "fails on purpose" in retrying["message"]
+    assert retrying["attempt"] == 2  # the execution to come
     done = runs.finished("flaky")
     assert done["phase"] == "Succeeded" and done["result"] == {"attempts": 2}
+    assert done["attempt"] == 2 and "attempts" not in done  # no resubmission
     assert ledger_events(runs, done["taskId"]).count("start") == 2
 
 

@@ -7,7 +7,14 @@ import pytest
 
 from celery_taskrun.config import OperatorConfig
 from celery_taskrun.model import Reason, TaskRunSpec
-from celery_taskrun.submission import Refusal, Submission, plan, size_based_time_limits, task_id_for
+from celery_taskrun.submission import (
+    Refusal,
+    Submission,
+    plan,
+    size_based_time_limits,
+    submission_of,
+    task_id_for,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
@@ -24,13 +31,13 @@ CONFIG = OperatorConfig.model_validate(
 
 
 def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> Submission:
-    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", attempt=1, now=NOW, **kw)
+    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", submission=1, now=NOW, **kw)
     assert isinstance(decided, Submission), decided
     return decided
 
 
 def refuse(spec: dict[str, Any], config: OperatorConfig = CONFIG) -> Refusal:
-    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", attempt=1, now=NOW)
+    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", submission=1, now=NOW)
     assert isinstance(decided, Refusal), decided
     return decided
 
@@ -148,9 +155,11 @@ def test_allowed_task_globs() -> None:
     )
 
 
-def test_task_ids_are_derived_per_attempt() -> None:
+def test_task_ids_are_derived_per_submission() -> None:
     assert task_id_for("abc", 1) != task_id_for("abc", 2)
     assert task_id_for("abc", 2) == task_id_for("abc", 2)
+    assert [submission_of(task_id_for("a-b-c", n)) for n in (1, 2, 17)] == [1, 2, 17]
+    assert submission_of(None) == 1
 
 
 def test_size_based_limits_absent() -> None:

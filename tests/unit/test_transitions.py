@@ -7,6 +7,7 @@ import pytest
 
 from celery_taskrun import records
 from celery_taskrun.model import (
+    AttemptRecord,
     EffectiveLimit,
     EffectiveLimits,
     Phase,
@@ -279,7 +280,7 @@ def test_record_gone_after_start_is_result_lost() -> None:
 def test_retries(
     spec: dict[str, Any], record: TaskRecord, attempt: int, resubmit: int | None
 ) -> None:
-    outcome = step(record, queued(attempt=attempt), spec=spec)
+    outcome = step(record, queued(taskId=f"tr-u-{attempt}"), spec=spec)
     assert outcome.resubmit == resubmit
 
 
@@ -294,8 +295,8 @@ def test_resubmission_keeps_history_and_first_submission() -> None:
     failed = step(failure("ValueError", "x"), spec={"task": "t", "retries": 2}).status
     again = resubmitted(
         failed,
-        attempt=2,
-        attempts=3,
+        submission=2,
+        submissions=3,
         task_id="tr-u-2",
         generation=3,
         now=NOW + timedelta(seconds=1),
@@ -311,7 +312,7 @@ def test_resubmission_keeps_history_and_first_submission() -> None:
         (1, "tr-u-1", Phase.FAILED, "TaskError")
     ]
     assert again.attempts[0].submittedAt == timestamp(SENT)
-    assert "attempt 2 of 3" in again.message
+    assert "submission 2 of 3" in again.message
 
 
 def test_conditions_keep_transition_time_while_status_holds() -> None:
@@ -396,3 +397,31 @@ def test_why_a_revoked_record_was_revoked(
     status = with_limits(**limits)
     outcome = step(REVOKED_RECORD, status, spec=spec, now=SENT + timedelta(seconds=after))
     assert (outcome.status.phase, outcome.status.reason) == (phase, reason)
+
+
+@pytest.mark.parametrize(
+    ("history", "record", "attempt"),
+    [
+        ([], TaskRecord("STARTED", {}, retries=0), 1),
+        ([], TaskRecord("RETRY", {"exc_type": "Retry"}, retries=0), 2),
+        ([], TaskRecord("STARTED", {}, retries=1), 2),
+        ([], TaskRecord("SUCCESS", 1, retries=2), 3),
+        # After a resubmission the count goes on from the last attempt recorded.
+        (
+            [AttemptRecord(attempt=3, taskId="tr-u-1", phase=Phase.FAILED)],
+            TaskRecord("STARTED", {}, retries=0),
+            4,
+        ),
+    ],
+)
+def test_attempt_counts_celery_retries_and_resubmissions(
+    history: list[AttemptRecord], record: TaskRecord, attempt: int
+) -> None:
+    status = queued(attempts=history or None, taskId=f"tr-u-{len(history) + 1}")
+    assert step(record, status).status.attempt == attempt
+
+
+def test_a_celery_retry_does_not_use_up_resubmissions() -> None:
+    retried = step(TaskRecord("RETRY", {"exc_type": "Retry"}, retries=1)).status
+    outcome = step(failure("ValueError", "x"), retried, spec={"task": "t", "retries": 1})
+    assert (outcome.status.attempt, outcome.resubmit) == (3, 2)
