@@ -73,5 +73,16 @@ class CeleryClient:
         )
         return {name for reply in replies or [] for name in reply}
 
+    async def still_running(self, task_id: str, worker: str | None) -> bool | None:
+        """Whether the worker reports the task active, reserved or scheduled right now;
+        None when no worker answers (reconnecting, or gone: the liveness check decides)."""
+        inspect = self.app.control.inspect(
+            destination=[worker] if worker else None, timeout=PING_SECONDS
+        )
+        replies = await self._call(inspect.query_task, task_id)
+        if not replies:
+            return None
+        return any(task_id in (reply or {}) for reply in replies.values())
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

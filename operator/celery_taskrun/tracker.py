@@ -371,6 +371,12 @@ class Tracker:
             if outcome.resubmit is not None:
                 await self._submit(run, outcome.resubmit, previous=outcome.status)
                 return
+            if outcome.status.reason == Reason.RESULT_LOST and await self._may_run(run):
+                # The record vanished (Redis restarted without its data, say) but the
+                # worker still runs the task, or cannot say yet: wait for its result.
+                run.polls += 1
+                self._schedule(run)
+                return
             await self._commit(run, outcome.status)
 
     async def _submit(
@@ -405,12 +411,13 @@ class Tracker:
         timeout = decided.limits.timeout
         created = parse_time(run.meta.get("creationTimestamp"))
         if (
-            previous is None
+            run.status.phase is Phase.PENDING
             and timeout
             and created
-            and now >= created + timedelta(seconds=timeout.seconds)
+            and now >= created + timedelta(seconds=timeout.seconds + 1)
         ):
-            # Never sent (broker down, operator away): the deadline counts from creation.
+            # Sending has failed so far (broker down): the deadline counts from creation
+            # (to the second, as creationTimestamp has it; hence the extra second).
             message = f"the task could not be sent within its timeout of {timeout.seconds:g}s"
             await self._commit(
                 run, self._refused(run, Reason.DEADLINE_EXCEEDED, message, Phase.TIMED_OUT)
@@ -494,6 +501,15 @@ class Tracker:
                 now=now,
             )
         await self._commit(run, status)
+
+    async def _may_run(self, run: Run) -> bool:
+        """Unless its worker answers without it, the task may still be running."""
+        try:
+            running = await self.celery.still_running(run.status.taskId or "", run.status.worker)
+        except Exception as exc:  # broker unreachable: nobody can say yet
+            log.info("could not ask the workers about %s: %s", run.status.taskId, exc)
+            return True
+        return running is not False
 
     async def _has_record(self, task_id: str) -> bool:
         found = await self.backend.read([task_id])

@@ -369,3 +369,66 @@ def test_broker_down_at_submission_waits_then_meets_its_deadline(
         stack.start_redis()
     runs.apply("after-outage", "calculate_sum", args=[[2, 2]])
     assert runs.finished("after-outage", timeout=60)["result"] == 4
+
+
+def test_redis_outage_mid_flight_then_the_true_end(runs: TaskRuns, stack: Stack) -> None:
+    """Redis (broker and backend, no persistence) goes away while a task runs: the run
+    reports BackendUnavailable, not an end, and reaches its true end once Redis is back."""
+    runs.apply("outage", "sleep", args=[8])
+    runs.wait_phase("outage", "Running")
+    redis_proc = stack.process("redis")
+    assert redis_proc is not None
+    redis_proc.stop()
+    try:
+        down = runs.wait(
+            "outage",
+            lambda s: s.get("reason") == "BackendUnavailable",
+            "BackendUnavailable",
+            timeout=30,
+        )
+        assert down["phase"] == "Running"
+        assert runs.condition("outage", "Finished")["status"] == "False"
+    finally:
+        stack.start_redis()
+    status = runs.finished("outage", timeout=60)
+    assert (status["phase"], status.get("result")) == ("Succeeded", 8), status
+
+
+def test_api_server_restart_mid_flight(runs: TaskRuns, stack: Stack) -> None:
+    runs.apply("through-restart", "sleep", args=[4])
+    runs.apply("after-restart", "calculate_sum", args=[[3, 4]], countdown=3)
+    runs.wait_phase("through-restart", "Running")
+    stack.restart("kube-apiserver", down_for=1)
+    status = runs.finished("through-restart", timeout=90)
+    assert (status["phase"], status["result"]) == ("Succeeded", 4)
+    assert runs.finished("after-restart", timeout=90)["result"] == 7
+    assert starts(stack, status["taskId"]) == 1
+
+
+def test_expired_result_is_reported_lost_never_a_hang(
+    isolated: tuple[TaskRuns, Path], late_worker: tuple[str, list[ManagedProcess]]
+) -> None:
+    """Results kept 2 s (result_expires) and an operator that reads rarely (no wake-ups;
+    polls 0.5 s apart, then 5 s once nothing changes): a 2 s task's end is gone before
+    it is read, and its worker no longer has it."""
+    runs, tmp = isolated
+    queue, started = late_worker
+    worker = runs.stack.start_worker(f"w-{queue}", {"TASKRUN_RESULT_EXPIRES": "2"}, queues=[queue])
+    started.append(worker)
+    config = tmp / "operator.yaml"
+    config.write_text("wakeups: false\n")
+    operator = own_operator(runs.stack, runs.namespace, "op-expiry", config_path=config)
+    try:
+        runs.apply(
+            "forgotten",
+            "sleep",
+            args=[2],
+            queue=queue,
+            poll={"initialInterval": 0.5, "factor": 10, "maxInterval": 8},
+        )
+        runs.wait_phase("forgotten", "Running", timeout=30)
+        status = runs.finished("forgotten", timeout=60)
+        assert (status["phase"], status["reason"]) == ("Failed", "ResultLost"), status
+        assert starts(runs.stack, status["taskId"]) == 1
+    finally:
+        operator.stop()
