@@ -4,6 +4,8 @@
 # module proxy, and helm likewise for the chart's tests (cached in ~/.cache/celery-taskrun;
 # the first build takes about 15 min on 2 cores, seconds after that).
 set -euo pipefail
+# Go may be installed without being on PATH (its default place, or `go install`s).
+export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
