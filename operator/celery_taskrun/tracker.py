@@ -85,6 +85,7 @@ class Run:
     backoff: Backoff
     polls: int = 0
     token: int = 0
+    synced: bool = True  # `written` is `status`: no write is owed
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -548,6 +549,11 @@ class Tracker:
 
     async def _commit(self, run: Run, status: TaskRunStatus, changed: bool | None = None) -> None:
         """Write what changed (one merge patch), announce a new phase, then follow on."""
+        if status is run.status and run.synced:
+            # Unchanged and already written (most polls): skip the diff.
+            run.polls += 1
+            self._schedule(run)
+            return
         desired = dump(status)
         patch = merge_patch(run.written, desired)
         old_phase, old_reason = run.written.get("phase"), run.written.get("reason")
@@ -561,6 +567,7 @@ class Tracker:
                 self._forget(run.uid)
                 return
             except Exception as exc:
+                run.synced = False
                 log.warning("status write for %s/%s failed: %s", run.namespace, run.name, exc)
                 if status.phase is not None and status.phase.terminal:
                     self.runs.setdefault(run.uid, run)  # keep it until its end is written
@@ -569,6 +576,7 @@ class Tracker:
             run.written = desired
             if (status.phase, status.reason) != (old_phase, old_reason):
                 await self._announce(run, status)
+        run.synced = True
         if status.phase is not None and status.phase.terminal:
             await self._finish(run)
             return

@@ -39,6 +39,8 @@ RETRYABLE = frozenset(
         Reason.TIME_LIMIT_EXCEEDED,
     }
 )
+# Records whose every sighting after the first says nothing new, and the reason then.
+STEADY = {records.PENDING: Reason.QUEUED, records.STARTED: Reason.STARTED}
 FAILURE_REASONS = {
     "SoftTimeLimitExceeded": (Phase.TIMED_OUT, Reason.SOFT_TIME_LIMIT_EXCEEDED),
     "TimeLimitExceeded": (Phase.TIMED_OUT, Reason.TIME_LIMIT_EXCEEDED),
@@ -381,6 +383,13 @@ def in_flight(
     status: TaskRunStatus, record: TaskRecord, generation: int | None, now: datetime
 ) -> TaskRunStatus:
     """A record that is not ready: queued, started, retrying or reporting progress."""
+    steady = STEADY.get(record.state)
+    if steady and (status.state, status.reason, status.observedGeneration) == (
+        record.state,
+        steady,
+        generation,
+    ):
+        return status  # the common poll: still waiting, still running, nothing new
     at = timestamp(now)
     if record.state == records.PENDING:
         if status.phase in (Phase.RUNNING, Phase.RETRYING) and status.startedAt:

@@ -45,3 +45,24 @@ def test_lateness_benchmark_smoke() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["deadline"]["n"] == figures["cancel"]["n"] == 1
+
+
+def test_scale_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scale.py"),
+            "--runs",
+            "10",
+            "--window",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["operator"]["runs"] == figures["seed-polling"]["runs"] == 10
+    assert figures["operator"]["api_writes_per_run_total"] > 0

@@ -425,3 +425,10 @@ def test_a_celery_retry_does_not_use_up_resubmissions() -> None:
     retried = step(TaskRecord("RETRY", {"exc_type": "Retry"}, retries=1)).status
     outcome = step(failure("ValueError", "x"), retried, spec={"task": "t", "retries": 1})
     assert (outcome.status.attempt, outcome.resubmit) == (3, 2)
+
+
+@pytest.mark.parametrize("record", [records.NO_RECORD, TaskRecord("STARTED", {"hostname": "w"})])
+def test_a_steady_poll_returns_the_same_status(record: TaskRecord) -> None:
+    """Nothing new: the very same object, so the shell skips the diff and the write."""
+    first = step(record).status
+    assert step(record, first).status is first
