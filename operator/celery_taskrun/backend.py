@@ -49,14 +49,12 @@ class RedisResultBackend:
         self.client: aioredis.Redis = aioredis.from_url(
             url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=15
         )
-        self.reads = 0  # round trips, for the benchmark and metrics
 
     async def read(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         out: dict[str, TaskRecord] = {}
         try:
             for start in range(0, len(task_ids), MGET_CHUNK):
                 chunk = task_ids[start : start + MGET_CHUNK]
-                self.reads += 1
                 values = await self.client.mget([KEY_PREFIX + tid for tid in chunk])
                 for tid, raw in zip(chunk, values, strict=True):
                     out[tid] = records.parse(raw)
@@ -103,13 +101,11 @@ class CeleryResultBackend:
 
     def __init__(self, app: Any) -> None:
         self.backend = app.backend
-        self.reads = 0
 
     def _read_all(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
         return {tid: records.from_meta(self.backend.get_task_meta(tid)) for tid in task_ids}
 
     async def read(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
-        self.reads += 1
         try:
             return await asyncio.to_thread(self._read_all, list(task_ids))
         except Exception as exc:  # whatever the driver raises: the backend is unreadable

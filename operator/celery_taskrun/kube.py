@@ -36,13 +36,11 @@ class Kube:
         self.api = api
         self.objects = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
-        self.writes = 0  # API writes made, for metrics and the benchmark
 
     async def close(self) -> None:
         await self.api.close()
 
     async def _guard(self, call: Any) -> Any:
-        self.writes += 1
         try:
             return await call
         except ApiException as exc:

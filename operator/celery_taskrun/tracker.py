@@ -48,6 +48,7 @@ from .transitions import (
     BackendError,
     Bounds,
     advance,
+    first_submitted,
     next_check,
     parse_time,
     resubmitted,
@@ -292,7 +293,7 @@ class Tracker:
     def _schedule(self, run: Run, *, delay: float | None = None) -> None:
         if delay is None:
             delay = run.backoff.interval(run.polls)
-            check = next_check(run.status, run.spec)
+            check = next_check(run.status)
             if check is not None:
                 delay = min(delay, max((check - self.now()).total_seconds(), 0.0))
         run.token += 1
@@ -393,18 +394,13 @@ class Tracker:
                 ),
             )
             return
-        first_sent = None
-        if previous is not None:
-            first_sent = (
-                previous.attempts[0].submittedAt if previous.attempts else previous.submittedAt
-            )
         decided = plan(
             run.spec,
             self.config,
             uid=run.uid,
             submission=submission,
             now=now,
-            first_submitted_at=parse_time(first_sent),
+            first_submitted_at=first_submitted(previous) if previous else None,
         )
         if isinstance(decided, Refusal):
             await self._commit(run, self._refused(run, decided.reason, decided.message))

@@ -108,26 +108,30 @@ def attempt_of(status: TaskRunStatus, record: TaskRecord) -> int:
     return max(counted, status.attempt or 1)
 
 
+def first_submitted(status: TaskRunStatus) -> datetime | None:
+    """When the run's first submission was sent: it anchors the deadline and duration."""
+    return parse_time(status.attempts[0].submittedAt if status.attempts else status.submittedAt)
+
+
 def deadline(status: TaskRunStatus) -> datetime | None:
     """The run's deadline: spec.timeout counted from the first attempt's submission."""
     limit = status.limits.timeout if status.limits else None
-    first = status.attempts[0].submittedAt if status.attempts else status.submittedAt
-    start = parse_time(first)
+    start = first_submitted(status)
     return start + timedelta(seconds=limit.seconds) if limit and start else None
 
 
-def expiry(status: TaskRunStatus, spec: TaskRunSpec) -> datetime | None:
+def expiry(status: TaskRunStatus) -> datetime | None:
     """When the current attempt expires if it has not started (spec.expires)."""
     limit = status.limits.expires if status.limits else None
     sent = parse_time(status.submittedAt)
     return sent + timedelta(seconds=limit.seconds) if limit and sent else None
 
 
-def next_check(status: TaskRunStatus, spec: TaskRunSpec) -> datetime | None:
+def next_check(status: TaskRunStatus) -> datetime | None:
     """The earliest moment the clock alone can change this run's status."""
     moments = [deadline(status)]
     if status.phase is Phase.QUEUED:
-        moments.append(expiry(status, spec))
+        moments.append(expiry(status))
     present = [m for m in moments if m is not None]
     return min(present) if present else None
 
@@ -199,8 +203,7 @@ def with_phase(
     if phase.terminal:
         completed = fields.get("completedAt") or at
         update["completedAt"] = completed
-        first = status.attempts[0].submittedAt if status.attempts else status.submittedAt
-        start, end = parse_time(first), parse_time(completed)
+        start, end = first_submitted(status), parse_time(completed)
         if start and end:
             update["duration"] = human_duration((end - start).total_seconds())
     changed = status.model_copy(update=update)
@@ -292,7 +295,7 @@ def revoked_because(
     if spec.cancel:
         return Phase.REVOKED, Reason.CANCELLED, "cancelled by spec.cancel"
     passed = []
-    expires_at, run_deadline = expiry(status, spec), deadline(status)
+    expires_at, run_deadline = expiry(status), deadline(status)
     if expires_at is not None and now >= expires_at:
         passed.append((expires_at, Phase.REVOKED, Reason.EXPIRED))
     if run_deadline is not None and now >= run_deadline:
@@ -356,7 +359,7 @@ def advance(
             True,
         )
     started = record is not None and record.state != records.PENDING
-    expires_at = expiry(status, spec)
+    expires_at = expiry(status)
     unstarted = status.phase is Phase.QUEUED and not started
     if expires_at is not None and now >= expires_at and unstarted:
         return stop(

@@ -242,10 +242,10 @@ def test_expires_only_before_start() -> None:
 
 def test_next_check_is_the_earliest_clock_event() -> None:
     status = with_limits(timeout=30, expires=10)
-    assert next_check(status, TaskRunSpec(task="t")) == SENT + timedelta(seconds=10)
+    assert next_check(status) == SENT + timedelta(seconds=10)
     running = status.model_copy(update={"phase": Phase.RUNNING})
-    assert next_check(running, TaskRunSpec(task="t")) == SENT + timedelta(seconds=30)
-    assert next_check(queued(), TaskRunSpec(task="t")) is None
+    assert next_check(running) == SENT + timedelta(seconds=30)
+    assert next_check(queued()) is None
 
 
 def test_backend_outage_is_not_terminal() -> None:
