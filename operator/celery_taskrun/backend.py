@@ -1,11 +1,16 @@
-"""Reading the result backend: batched reads, and wake-ups where the backend has them.
+"""Reading the result backend: batched, bounded reads, and wake-ups where the backend has them.
 
-Redis is read natively with `redis.asyncio`: one `MGET` for every run due at once,
-and one `PSUBSCRIBE` connection that hears each `SETEX`+`PUBLISH` Celery makes on a
-state change.  Delivery of a publish is at-most-once, so the key stays the source
-of truth and the poll schedule covers whatever was missed.  Any other backend
-Celery supports (SQLAlchemy databases) is read through Celery's own backend in a
-thread, so the event loop never blocks.
+Redis is read natively with `redis.asyncio`: one script call reads every run due at
+once, returning each record whole when it is within the read bound and only its
+size otherwise (the record is then read in part: its head and tail).  So a worker
+that stores a huge result never makes the operator load it.  One `PSUBSCRIBE`
+connection hears each `SETEX`+`PUBLISH` Celery makes on a state change; delivery is
+at-most-once, so the key stays the source of truth and the poll schedule covers
+whatever was missed.  Any other backend Celery supports (SQLAlchemy databases) is
+read through Celery's own backend in a thread, so the event loop never blocks.
+
+A record that cannot be read is that run's problem alone: it comes back as
+`records.Unreadable`, never as an error of the whole read.
 """
 
 from __future__ import annotations
@@ -16,17 +21,44 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from kombu.exceptions import DecodeError
 from redis.exceptions import RedisError
 
 from . import records
-from .records import TaskRecord
+from .records import Reading, Stored, Unreadable
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "celery-task-meta-"
-MGET_CHUNK = 1000
+READ_CHUNK = 500
+# A record read in part: this much of its start (state, result preview) and its end
+# (date_done, worker, retries follow the result in Celery's JSON).
+HEAD_BYTES = 64 * 1024
+TAIL_BYTES = 4 * 1024
 
-OnRecord = Callable[[str, TaskRecord], Awaitable[None]]
+# Each key: nil (no record), its value (within `limit`, while `budget` lasts), its size
+# (too large to return here), or -1 (not a string: not a Celery record).
+READ_SCRIPT = """
+local limit, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local size = redis.pcall('STRLEN', key)
+  if type(size) ~= 'number' then
+    out[i] = -1
+  elseif size == 0 then
+    out[i] = false
+  elseif size > limit or size > budget then
+    out[i] = size
+  else
+    out[i] = redis.call('GET', key)
+    budget = budget - size
+  end
+end
+return out
+"""
+
+# A reading, or None: "this task's record changed, read it".
+OnRecord = Callable[[str, Reading | None], Awaitable[None]]
 OnResync = Callable[[], Awaitable[None]]
 
 
@@ -35,7 +67,7 @@ class BackendUnavailable(Exception):
 
 
 class ResultBackend(Protocol):
-    async def read(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]: ...
+    async def read(self, task_ids: Sequence[str]) -> dict[str, Reading]: ...
 
     async def watch(self, on_record: OnRecord, on_resync: OnResync) -> None:
         """Deliver records as they are stored, until cancelled; return at once if unable."""
@@ -44,23 +76,56 @@ class ResultBackend(Protocol):
 
 
 class RedisResultBackend:
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, max_record_bytes: int, budget_bytes: int, timeout: float = 5.0
+    ) -> None:
         self.url = url
+        self.limit = max_record_bytes
+        self.budget = max(budget_bytes, max_record_bytes)
+        self.timeout = timeout
         self.client: aioredis.Redis = aioredis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=15
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=15,
         )
+        self.script = self.client.register_script(READ_SCRIPT)
 
-    async def read(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
-        out: dict[str, TaskRecord] = {}
+    async def read(self, task_ids: Sequence[str]) -> dict[str, Reading]:
+        out: dict[str, Reading] = {}
         try:
-            for start in range(0, len(task_ids), MGET_CHUNK):
-                chunk = task_ids[start : start + MGET_CHUNK]
-                values = await self.client.mget([KEY_PREFIX + tid for tid in chunk])
-                for tid, raw in zip(chunk, values, strict=True):
-                    out[tid] = records.parse(raw)
-        except (RedisError, OSError) as exc:
-            raise BackendUnavailable(f"redis: {exc}") from exc
+            for start in range(0, len(task_ids), READ_CHUNK):
+                chunk = list(task_ids[start : start + READ_CHUNK])
+                out.update(await asyncio.wait_for(self._read(chunk), self.timeout * 2))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return out
+
+    async def _read(self, task_ids: list[str], budget: int | None = None) -> dict[str, Reading]:
+        values = await self.script(
+            keys=[KEY_PREFIX + tid for tid in task_ids], args=[self.limit, budget or self.budget]
+        )
+        out: dict[str, Reading] = {}
+        for tid, value in zip(task_ids, values, strict=True):
+            if value is None:
+                out[tid] = records.NO_RECORD
+            elif isinstance(value, bytes):
+                out[tid] = records.parse(Stored(value, len(value)), self.limit)
+            elif value < 0:
+                out[tid] = Unreadable("a Redis value that is not a string")
+            elif value > self.limit:
+                out[tid] = records.parse(await self._read_part(tid, value), self.limit)
+            else:  # within the bound, past this call's budget: on its own
+                out.update(await self._read([tid], budget=self.limit))
+        return out
+
+    async def _read_part(self, task_id: str, size: int) -> Stored:
+        key = KEY_PREFIX + task_id
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.getrange(key, 0, HEAD_BYTES - 1)
+            pipe.getrange(key, -TAIL_BYTES, -1)
+            head, tail = await pipe.execute()
+        return Stored(bytes(head), size, bytes(tail))
 
     async def watch(self, on_record: OnRecord, on_resync: OnResync) -> None:
         delay = 0.5
@@ -80,34 +145,52 @@ class RedisResultBackend:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    @staticmethod
-    async def _deliver(message: dict[str, Any], on_record: OnRecord) -> None:
+    async def _deliver(self, message: dict[str, Any], on_record: OnRecord) -> None:
         if message.get("type") != "pmessage":
             return
         channel = message["channel"]
-        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
-        try:
-            record = records.parse(message["data"])
-        except ValueError:
-            return  # not Celery's: someone else publishing under the prefix
-        await on_record(channel.removeprefix(KEY_PREFIX), record)
+        channel = channel.decode(errors="replace") if isinstance(channel, bytes) else str(channel)
+        data = message["data"]
+        task_id = channel.removeprefix(KEY_PREFIX)
+        if not isinstance(data, bytes) or len(data) > self.limit:
+            # Too large to take from a publish (Redis itself caps what a subscriber may
+            # be sent: client-output-buffer-limit pubsub): read it within the bounds.
+            await on_record(task_id, None)
+            return
+        await on_record(task_id, records.parse(Stored(data, len(data)), self.limit))
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
 class CeleryResultBackend:
-    """Any backend Celery can read (e.g. `db+sqlite:///...`), read in a worker thread."""
+    """Any backend Celery can read (e.g. `db+sqlite:///...`), read in a worker thread.
 
-    def __init__(self, app: Any) -> None:
+    Celery decodes these records itself (JSON only: the operator's app accepts no other
+    content), so their size is the database's to bound, not the operator's.
+    """
+
+    def __init__(self, app: Any, timeout: float = 10.0) -> None:
         self.backend = app.backend
+        self.timeout = timeout
 
-    def _read_all(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
-        return {tid: records.from_meta(self.backend.get_task_meta(tid)) for tid in task_ids}
-
-    async def read(self, task_ids: Sequence[str]) -> dict[str, TaskRecord]:
+    def _read_one(self, task_id: str) -> Reading:
         try:
-            return await asyncio.to_thread(self._read_all, list(task_ids))
+            meta = self.backend.get_task_meta(task_id)
+        except (DecodeError, ValueError, TypeError, KeyError) as exc:
+            return Unreadable(f"{type(exc).__name__}: {str(exc)[:200]}")
+        if not isinstance(meta, dict) or not isinstance(meta.get("status"), str):
+            return Unreadable("a record without a Celery status")
+        return records.from_meta(meta)
+
+    def _read_all(self, task_ids: Sequence[str]) -> dict[str, Reading]:
+        return {tid: self._read_one(tid) for tid in task_ids}
+
+    async def read(self, task_ids: Sequence[str]) -> dict[str, Reading]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._read_all, list(task_ids)), self.timeout
+            )
         except Exception as exc:  # whatever the driver raises: the backend is unreadable
             raise BackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
@@ -118,8 +201,13 @@ class CeleryResultBackend:
         return
 
 
-def open_backend(url: str, app: Any) -> ResultBackend:
+def open_backend(url: str, app: Any, *, max_record_bytes: int, timeout: float) -> ResultBackend:
     scheme = url.split("://", 1)[0]
     if scheme in ("redis", "rediss", "unix"):
-        return RedisResultBackend(url)
-    return CeleryResultBackend(app)
+        return RedisResultBackend(
+            url,
+            max_record_bytes=max_record_bytes,
+            budget_bytes=16 * max_record_bytes,
+            timeout=timeout,
+        )
+    return CeleryResultBackend(app, timeout)

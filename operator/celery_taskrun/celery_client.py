@@ -1,7 +1,9 @@
 """Sending, revoking and marking tasks through Celery, off the event loop.
 
 Celery's client calls block (kombu connections, broadcasts), and Kopf runs every
-handler on one asyncio loop: each call runs in a small thread pool of its own.
+handler on one asyncio loop: each call runs in a small thread pool of its own, and
+the caller stops waiting after a timeout (a hung broker call keeps its thread, not
+the operator).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from functools import partial
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import EncodeError, KombuError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import OperatorConfig
 from .submission import Submission
@@ -37,16 +41,51 @@ def make_app(config: OperatorConfig) -> Celery:
     return app
 
 
+class SendRefused(Exception):
+    """The message itself cannot be sent (it does not encode): sending again cannot help."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker (or the backend, for revoke marks) did not answer in time: try again."""
+
+
 class CeleryClient:
-    def __init__(self, app: Celery, threads: int = 8) -> None:
+    def __init__(self, app: Celery, *, timeout: float = 10.0, threads: int = 16) -> None:
         self.app = app
+        self.timeout = timeout
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="celery-client")
+        # What the broker's transport and the backend raise when they are unreachable.
+        connection = app.connection_for_write()
+        self.unavailable: tuple[type[BaseException], ...] = (
+            *connection.connection_errors,
+            *connection.channel_errors,
+            *getattr(app.backend, "connection_errors", ()),
+            SQLAlchemyError,  # database result backends (revoke marks are stored there)
+            KombuError,
+            OSError,
+            TimeoutError,
+        )
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.pool, partial(fn, *args, **kwargs)), self.timeout
+            )
+        except (EncodeError, OverflowError):
+            raise
+        except self.unavailable as exc:
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def send(self, submission: Submission) -> None:
+        """Send the task; SendRefused when the message cannot be encoded, any other
+        error when the broker did not take it (worth another try)."""
+        try:
+            await self._send(submission)
+        except (EncodeError, OverflowError) as exc:
+            raise SendRefused(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _send(self, submission: Submission) -> None:
         await self._call(
             self.app.send_task,
             submission.task,

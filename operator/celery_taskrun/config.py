@@ -1,20 +1,18 @@
 """The operator's configuration: connections, limit defaults, bounds.
 
-Read from a YAML file (`--config` or `TASKRUN_CONFIG`) with connection URLs from the
-environment (`CELERY_BROKER_URL`, `CELERY_RESULT_BACKEND`), the same variables a
-Celery worker reads.  The seed's `task_time_limit` / `task_soft_time_limit` become
-`defaults`, and its `task_annotations` become `tasks` (exact names or globs).
+Read (by `config_file.load`) from a YAML file with connection URLs from the
+environment, the same variables a Celery worker reads.  The seed's
+`task_time_limit` / `task_soft_time_limit` become `defaults`, and its
+`task_annotations` become `tasks` (exact names or globs).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
-from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MIB = 1024 * 1024
 
 
 class LimitDefaults(BaseModel):
@@ -49,11 +47,21 @@ class OperatorConfig(BaseModel):
     # Wake up on the Redis backend's publish of every state change.
     wakeups: bool = True
     # etcd caps an object near 1.5 MB: results above this are cut to a preview.
-    maxResultBytes: int = Field(256 * 1024, ge=1024)
-    maxArgsBytes: int = Field(256 * 1024, ge=1024)
-    maxTracebackBytes: int = Field(16 * 1024, ge=256)
+    maxResultBytes: int = Field(256 * 1024, ge=1024, le=MIB)
+    maxArgsBytes: int = Field(256 * 1024, ge=1024, le=MIB)
+    maxTracebackBytes: int = Field(16 * 1024, ge=256, le=256 * 1024)
+    # Backend records larger than this are never loaded whole: their head and tail give
+    # the outcome, and the result becomes a preview.
+    maxRecordBytes: int = Field(2 * MIB, ge=64 * 1024, le=64 * MIB)
+    # Every call to the API server, the result backend and the broker gives up after
+    # these many seconds (and is tried again on the run's schedule).
+    apiTimeout: float = Field(10.0, gt=0, le=300)
+    backendTimeout: float = Field(5.0, gt=0, le=300)
+    brokerTimeout: float = Field(10.0, gt=0, le=300)
     # Deleting a running TaskRun revokes its task; give up after this long (Redis down).
-    revokeTimeout: float = Field(5.0, gt=0)
+    revokeTimeout: float = Field(5.0, gt=0, le=300)
+    # The liveness probe fails when the tracker's loop has not turned for this long.
+    livenessTimeout: float = Field(30.0, ge=5, le=3600)
     # A whole worker lost mid-task leaves Celery's record at STARTED for ever: ping the
     # workers of running tasks this often, and call a worker lost after this many
     # unanswered pings in a row (0 turns the check off).
@@ -86,24 +94,3 @@ class OperatorConfig(BaseModel):
         return not self.allowedTasks or any(
             fnmatch.fnmatchcase(task, pattern) for pattern in self.allowedTasks
         )
-
-
-# Settings the environment overrides: a worker reads the same two Celery variables.
-ENVIRONMENT = {
-    "brokerUrl": "CELERY_BROKER_URL",
-    "resultBackend": "CELERY_RESULT_BACKEND",
-    "metricsHost": "TASKRUN_METRICS_HOST",
-    "metricsPort": "TASKRUN_METRICS_PORT",
-}
-
-
-def load(path: str | None = None, environ: dict[str, str] | None = None) -> OperatorConfig:
-    env = dict(os.environ if environ is None else environ)
-    path = path or env.get("TASKRUN_CONFIG")
-    data: dict[str, Any] = {}
-    if path:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    for key, var in ENVIRONMENT.items():
-        if env.get(var):
-            data[key] = env[var]
-    return OperatorConfig.model_validate(data)

@@ -14,7 +14,16 @@ from typing import Any
 
 import yaml
 
-from .model import GROUP, KIND, PLURAL, VERSION, TaskRunSpec, TaskRunStatus
+from .model import (
+    GROUP,
+    KIND,
+    MAX_ARGS_CHARS,
+    MAX_ARGS_DEPTH,
+    PLURAL,
+    VERSION,
+    TaskRunSpec,
+    TaskRunStatus,
+)
 
 JSONSchema = dict[str, Any]
 
@@ -127,6 +136,15 @@ def spec_schema() -> JSONSchema:
     return schema
 
 
+def status_schema() -> JSONSchema:
+    schema = model_schema(TaskRunStatus)
+    # Until the operator writes, a new TaskRun reads `status: {observedGeneration: 0}`,
+    # so kstatus (Flux) sees generation 1 unobserved (InProgress), not Current.
+    schema["default"] = {}
+    schema["properties"]["observedGeneration"]["default"] = 0
+    return schema
+
+
 def crd() -> JSONSchema:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -160,7 +178,7 @@ def crd() -> JSONSchema:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema(),
-                                "status": model_schema(TaskRunStatus),
+                                "status": status_schema(),
                             },
                         }
                     },
@@ -170,18 +188,41 @@ def crd() -> JSONSchema:
     }
 
 
-def admission_policy() -> list[JSONSchema]:
-    """A ValidatingAdmissionPolicy (and its binding) freezing args and kwargs."""
-    name = f"{PLURAL}.{GROUP}-immutable-input"
-    validations = [
-        {
-            "expression": f"has(object.spec.{field}) == has(oldObject.spec.{field})"
-            f" && (!has(object.spec.{field}) || object.spec.{field} == oldObject.spec.{field})",
-            "message": f"spec.{field} is immutable; only spec.cancel may change",
-            "reason": "Invalid",
-        }
-        for field in FREE_FORM_SPEC_FIELDS
-    ]
+def children(var: str, level: int) -> str:
+    """CEL: the values of a map or the items of a list, as one list (else empty)."""
+    return (
+        f"(type({var}) == map ? {var}.map(k{level}, {var}[k{level}])"
+        f" : type({var}) == list ? {var} : [])"
+    )
+
+
+def nesting_rule(root: str, depth: int) -> str:
+    """CEL: `root` nests at most `depth` containers deep (CEL has no recursion, so the
+    walk is unrolled, each level naming its own variable: linear in `depth`)."""
+    rule = f"type(v{depth}) != map && type(v{depth}) != list"
+    for level in reversed(range(depth)):
+        rule = f"{children(f'v{level}', level)}.all(v{level + 1}, {rule})"
+    return f"[{root}].all(v0, {rule})"
+
+
+def size_rule(root: str, depth: int) -> str:
+    """CEL: about the JSON size of `root`, in characters: strings and keys by their
+    length, other values as one each (admission cannot serialize; the operator then
+    checks the exact size)."""
+    own = "(type({v}) == string ? size({v}) : 1)"
+    keys = "(type({v}) == map ? {v}.map(j{level}, size(j{level})).sum() : 0)"
+    total = own.format(v=f"v{depth}")
+    for level in reversed(range(depth)):
+        var = f"v{level}"
+        total = (
+            f"{own.format(v=var)} + {keys.format(v=var, level=level)}"
+            f" + {children(var, level)}.map(v{level + 1}, {total}).sum()"
+        )
+    return f"[{root}].map(v0, {total}).sum()"
+
+
+def _policy(name: str, operations: list[str], validations: list[JSONSchema]) -> list[JSONSchema]:
+    """A ValidatingAdmissionPolicy on TaskRuns and the binding that enforces it."""
     return [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -194,7 +235,7 @@ def admission_policy() -> list[JSONSchema]:
                         {
                             "apiGroups": [GROUP],
                             "apiVersions": [VERSION],
-                            "operations": ["UPDATE"],
+                            "operations": operations,
                             "resources": [PLURAL],
                         }
                     ]
@@ -208,6 +249,46 @@ def admission_policy() -> list[JSONSchema]:
             "metadata": {"name": name},
             "spec": {"policyName": name, "validationActions": ["Deny"]},
         },
+    ]
+
+
+def admission_policy() -> list[JSONSchema]:
+    """ValidatingAdmissionPolicies for what the CRD's CEL cannot see (free-form args and
+    kwargs): bounded nesting and size on create, immutability on update."""
+    bounded = [
+        {
+            "expression": f"!has(object.spec.{field}) || "
+            + nesting_rule(f"object.spec.{field}", MAX_ARGS_DEPTH),
+            "message": f"spec.{field} nests deeper than {MAX_ARGS_DEPTH} levels",
+            "reason": "Invalid",
+        }
+        for field in FREE_FORM_SPEC_FIELDS
+    ]
+    bounded.append(
+        {
+            "expression": " + ".join(
+                f"(has(object.spec.{field}) ? {size_rule(f'object.spec.{field}', MAX_ARGS_DEPTH)}"
+                " : 0)"
+                for field in FREE_FORM_SPEC_FIELDS
+            )
+            + f" <= {MAX_ARGS_CHARS}",
+            "message": f"spec.args and spec.kwargs together exceed {MAX_ARGS_CHARS} characters:"
+            " pass a reference to the data instead",
+            "reason": "Invalid",
+        }
+    )
+    frozen = [
+        {
+            "expression": f"has(object.spec.{field}) == has(oldObject.spec.{field})"
+            f" && (!has(object.spec.{field}) || object.spec.{field} == oldObject.spec.{field})",
+            "message": f"spec.{field} is immutable; only spec.cancel may change",
+            "reason": "Invalid",
+        }
+        for field in FREE_FORM_SPEC_FIELDS
+    ]
+    return [
+        *_policy(f"{PLURAL}.{GROUP}-bounded-input", ["CREATE"], bounded),
+        *_policy(f"{PLURAL}.{GROUP}-immutable-input", ["UPDATE"], frozen),
     ]
 
 

@@ -33,8 +33,17 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.batching.batch_window = 0.01
     settings.networking.request_timeout = 30
     app = make_app(config)
+    backend = open_backend(
+        config.resultBackend,
+        app,
+        max_record_bytes=config.maxRecordBytes,
+        timeout=config.backendTimeout,
+    )
     tracker = Tracker(
-        config, Kube(await connect()), CeleryClient(app), open_backend(config.resultBackend, app)
+        config,
+        Kube(await connect(), timeout=config.apiTimeout),
+        CeleryClient(app, timeout=config.brokerTimeout),
+        backend,
     )
     await tracker.start()
     memo["tracker"] = tracker
@@ -46,6 +55,16 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     tracker: Tracker | None = memo.get("tracker")
     if tracker is not None:
         await tracker.stop()
+
+
+@kopf.on.probe(id="tracker")
+async def tracker_health(memo: kopf.Memo, **_: Any) -> str:
+    """The liveness endpoint fails when the tracker stops making progress."""
+    tracker: Tracker | None = memo.get("tracker")
+    problem = "the tracker has not started" if tracker is None else tracker.health()
+    if problem is not None:
+        raise kopf.PermanentError(problem)
+    return "ok"
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

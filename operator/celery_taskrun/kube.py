@@ -1,15 +1,21 @@
 """The Kubernetes API calls the tracker makes itself (status, finalizer, events).
 
 Kopf's handlers patch only when they return; the tracker is a long-lived loop, so
-it writes through its own asynchronous client.
+it writes through its own asynchronous client.  Every call has a timeout, and its
+failures come out as a few typed errors: `Gone` (the object no longer exists),
+`TooLarge` (the write was refused for its size, by the API server or etcd),
+`Invalid` (refused by the schema) and `ApiUnavailable` (anything else: try again).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -19,8 +25,41 @@ JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
 
-class Gone(Exception):
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 10.0
+
+
+class KubeError(Exception):
+    """A call to the API server failed."""
+
+
+class Gone(KubeError):
     """The object no longer exists."""
+
+
+class TooLarge(KubeError):
+    """The request was refused for its size (413, or etcd's request limit)."""
+
+
+class Invalid(KubeError):
+    """The API server refused the content (422): retrying it as is cannot help."""
+
+
+class ApiUnavailable(KubeError):
+    """Unreachable, timed out, or refused for a reason worth retrying."""
+
+
+def classify(exc: ApiException) -> KubeError:
+    message = str(exc.body or exc.reason or "")[:500]
+    if exc.status == 404:
+        return Gone(message)
+    if exc.status == 413 or (
+        exc.status == 500 and ("too large" in message or "larger than max" in message)
+    ):
+        return TooLarge(message)
+    if exc.status == 422:
+        return Invalid(message)
+    return ApiUnavailable(f"{exc.status} {message}")
 
 
 async def connect() -> client.ApiClient:
@@ -32,21 +71,23 @@ async def connect() -> client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.api = api
+        self.timeout = timeout
         self.objects = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
 
     async def close(self) -> None:
         await self.api.close()
 
-    async def _guard(self, call: Any) -> Any:
+    async def _guard(self, call: Awaitable[T]) -> T:
+        """Await one API call within the timeout; its failure as a KubeError."""
         try:
-            return await call
+            return await asyncio.wait_for(call, self.timeout)
         except ApiException as exc:
-            if exc.status == 404:
-                raise Gone() from exc
-            raise
+            raise classify(exc) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         await self._guard(
@@ -58,6 +99,7 @@ class Kube:
                 name,
                 {"status": patch},
                 _content_type=MERGE_PATCH,
+                _request_timeout=self.timeout,
             )
         )
 
@@ -90,6 +132,7 @@ class Kube:
                 meta["name"],
                 ops,
                 _content_type=JSON_PATCH,
+                _request_timeout=self.timeout,
             )
         )
 
@@ -106,25 +149,29 @@ class Kube:
             try:
                 await self._guard(
                     self.objects.patch_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        name,
+                        ops,
+                        _content_type=JSON_PATCH,
+                        _request_timeout=self.timeout,
                     )
                 )
                 return
-            except ApiException as exc:
-                if exc.status != 422 or attempt:
+            except Invalid:
+                if attempt:
                     raise
             # The list moved under us (the test op failed): read it and try once more.
             finalizers = (await self.get(namespace, name))["metadata"].get("finalizers") or []
 
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
-        try:
-            body: dict[str, Any] = await self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
+        body: dict[str, Any] = await self._guard(
+            self.objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise Gone() from exc
-            raise
+        )
         return body
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:
@@ -136,6 +183,7 @@ class Kube:
                 PLURAL,
                 name,
                 body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                _request_timeout=self.timeout,
             )
         )
 
@@ -146,7 +194,9 @@ class Kube:
         stamp = datetime.now(UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(
-                name=f"{name}.{uuid.uuid4().hex[:12]}", namespace=namespace
+                # An event's name is a DNS subdomain (253 characters), like the TaskRun's.
+                name=f"{name[:240]}.{uuid.uuid4().hex[:12]}",
+                namespace=namespace,
             ),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}", kind=KIND, name=name, namespace=namespace, uid=uid
@@ -161,7 +211,9 @@ class Kube:
             last_timestamp=stamp,
             count=1,
         )
-        await self._guard(self.core.create_namespaced_event(namespace, body))
+        await self._guard(
+            self.core.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
+        )
 
 
 def escape(key: str) -> str:

@@ -10,11 +10,17 @@ import sys
 import kopf
 from pydantic import ValidationError
 
-from . import config as config_module
 from . import (
+    config_file,
     handlers,  # noqa: F401  (registers the Kopf handlers)
     metrics,
 )
+
+# The API server stores objects nested up to 10,000 levels deep; Python's JSON decoder
+# recurses once per level and stops at the recursion limit (1,000), and the watch
+# decodes every object before any handler can refuse it.  The decoder's C frames are
+# small: 10,000 levels fit the main thread's stack many times over.
+RECURSION_LIMIT = 25_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,9 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         # Kopf logs every handler call; the tracker logs what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
-        config = config_module.load(args.config)
+        config = config_file.load(args.config)
     except (ValidationError, OSError, ValueError) as exc:
         sys.exit(f"celery-taskrun-operator: invalid configuration: {exc}")
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     namespaces = args.namespace or config.namespaces
     if config.metricsPort is not None:
         metrics.serve(config.metricsHost, config.metricsPort)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .bounded import deeper_than
 
 GROUP = "celery.taskrun.dev"
 VERSION = "v1alpha1"
@@ -20,7 +22,18 @@ FINALIZER = f"{GROUP}/revoke-on-delete"
 # Written (with the finalizer) before a task is sent: the id we are about to send.
 INTENT_ANNOTATION = f"{GROUP}/submitting"
 
-Seconds = Annotated[float, Field(gt=0, description="Seconds (a positive number).")]
+# Bounds every spec meets (the CRD's schema and admission policy refuse the rest, and
+# the operator checks them again for objects that got past an older or edited CRD).
+MAX_SECONDS = 365 * 24 * 3600  # any duration: a year
+MAX_ARGS_DEPTH = 32  # nesting of args and kwargs
+MAX_ARGS_CHARS = 256 * 1024  # args and kwargs together, counted as admission can
+MAX_NAME_LENGTH = 200
+# Celery task and queue names: dotted identifiers and the punctuation brokers accept.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]*$"
+
+Seconds = Annotated[
+    float, Field(gt=0, le=MAX_SECONDS, description="Seconds (a positive number, at most a year).")
+]
 
 
 class Phase(StrEnum):
@@ -62,6 +75,8 @@ class Reason(StrEnum):
     TASK_NOT_ALLOWED = "TaskNotAllowed"
     WORKER_LOST = "WorkerLost"
     RESULT_LOST = "ResultLost"
+    # The operator failed repeatedly handling the run (a bug): never a hang.
+    INTERNAL_ERROR = "InternalError"
     REVOKED = "Revoked"
 
 
@@ -90,20 +105,29 @@ class SizeBasedLimits(_Model):
     soft limit = hard limit * softLimitRatio.  Explicit spec limits win over these.
     """
 
-    inputBytes: int = Field(ge=0, description="Size of the input the task will process.")
-    secondsPerMiB: float = Field(60, gt=0)
-    minSeconds: float = Field(60, gt=0)
-    maxSeconds: float = Field(3600, gt=0)
+    inputBytes: int = Field(
+        ge=0, le=2**50, description="Size of the input the task will process (at most 1 PiB)."
+    )
+    secondsPerMiB: float = Field(60, gt=0, le=86400)
+    minSeconds: float = Field(60, gt=0, le=MAX_SECONDS)
+    maxSeconds: float = Field(3600, gt=0, le=MAX_SECONDS)
     softLimitRatio: float = Field(0.9, gt=0, lt=1)
 
 
 class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes with its **kwargs
-    task: str = Field(min_length=1, max_length=256, description="Celery task name.")
+    task: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description="Celery task name.",
+    )
     args: list[Any] = Field(default_factory=list, max_length=1000)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    queue: str | None = Field(None, min_length=1, max_length=256)
+    queue: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     priority: int | None = Field(None, ge=0, le=255)
-    countdown: float | None = Field(None, ge=0, description="Seconds to wait before running.")
+    countdown: float | None = Field(
+        None, ge=0, le=MAX_SECONDS, description="Seconds to wait before running."
+    )
     expires: Seconds | None = Field(None, description="Revoke if not started within N seconds.")
     timeLimit: Seconds | None = Field(None, description="Hard time limit of one execution.")
     softTimeLimit: Seconds | None = Field(None, description="Soft limit, below timeLimit.")
@@ -113,8 +137,16 @@ class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes w
     sizeBasedLimits: SizeBasedLimits | None = None
     retries: int | None = Field(None, ge=0, le=100, description="Resubmissions after failure.")
     cancel: bool | None = Field(None, description="Revoke the task; cannot be undone.")
-    ttlSecondsAfterFinished: int | None = Field(None, ge=0)
+    ttlSecondsAfterFinished: int | None = Field(None, ge=0, le=MAX_SECONDS)
     poll: PollSpec | None = None
+
+    @field_validator("args", "kwargs")
+    @classmethod
+    def _shallow(cls, value: Any) -> Any:
+        # The API server stores up to 10,000 levels; Python's JSON codecs stop near 1,000.
+        if deeper_than(value, MAX_ARGS_DEPTH):
+            raise ValueError(f"nests deeper than {MAX_ARGS_DEPTH} levels")
+        return value
 
 
 class ErrorInfo(_Model):

@@ -3,13 +3,27 @@
 Celery stores `{"status", "result", "traceback", "date_done", ...}` under
 `celery-task-meta-<id>`; with `result_extended` also `worker` and `retries`.  No
 record means PENDING: unknown, queued, expired or forgotten alike.
+
+Any worker may have written the record, so it is read as hostile input: JSON
+only (a pickle is never loaded: loading one runs code), decompressed within a
+bound when a worker sets `result_compression`, and a record too large to read
+whole is read in part (its head and tail) and still gives the run its outcome,
+with the result as a preview.  Whatever cannot be read becomes `Unreadable`,
+which says what was seen and what is supported.
 """
 
 from __future__ import annotations
 
+import bz2
 import json
+import lzma
+import re
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from . import bounded
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -18,6 +32,26 @@ SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 REVOKED = "REVOKED"
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+
+# Celery 5.7 stores a compressed result as MAGIC + content type + NUL + body.
+COMPRESSED_MAGIC = b"\x00celery-compressed\x00"
+SUPPORTED = "Celery's JSON result serializer, uncompressed or with zlib/gzip, bzip2 or lzma"
+# A record's own counters, as stored: anything larger is not a Celery retry count.
+MAX_RETRIES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the backend holds under a task's key, read with bounded memory: the whole
+    value, or (when it is larger than the read bound) its first and last bytes."""
+
+    head: bytes
+    size: int
+    tail: bytes = b""
+
+    @property
+    def whole(self) -> bool:
+        return len(self.head) >= self.size
 
 
 @dataclass(frozen=True)
@@ -28,6 +62,9 @@ class TaskRecord:
     date_done: object = None  # an ISO string (Redis) or a datetime (database backends)
     worker: str | None = None
     retries: int | None = None
+    # Set when the record was too large to read whole: its size in bytes; `result` is
+    # then a preview string of the stored result.
+    partial_size: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -38,17 +75,21 @@ class TaskRecord:
         """The exception's class name in a FAILURE, RETRY or REVOKED record."""
         if isinstance(self.result, dict):
             exc_type = self.result.get("exc_type")
-            return str(exc_type) if exc_type else None
+            return bounded.text(exc_type, bounded.NAME_BYTES) if exc_type else None
         return None
 
     @property
     def exception_message(self) -> str:
         if not isinstance(self.result, dict):
-            return "" if self.result is None else str(self.result)
+            if self.result is None:
+                return ""
+            return bounded.text(self.result, bounded.ERROR_MESSAGE_BYTES)
         message = self.result.get("exc_message", "")
         if isinstance(message, list | tuple):
-            return ", ".join(str(part) for part in message)
-        return str(message)
+            message = ", ".join(
+                bounded.text(part, bounded.ERROR_MESSAGE_BYTES) for part in message[:64]
+            )
+        return bounded.text(message, bounded.ERROR_MESSAGE_BYTES)
 
     @property
     def meta_worker(self) -> str | None:
@@ -56,34 +97,146 @@ class TaskRecord:
         if self.worker:
             return self.worker
         if isinstance(self.result, dict) and isinstance(self.result.get("hostname"), str):
-            return str(self.result["hostname"])
+            return bounded.text(self.result["hostname"], bounded.NAME_BYTES)
         return None
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A record the operator cannot read; `seen` says what it looks like."""
+
+    seen: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"the result backend holds a record for this task that the operator cannot "
+            f"read ({self.seen}); it reads {SUPPORTED}: set result_serializer='json' on "
+            "the workers"
+        )
+
+
 NO_RECORD = TaskRecord(state=PENDING)
+Reading = TaskRecord | Unreadable
 
 
-def parse(raw: bytes | str | None) -> TaskRecord:
-    """A stored record (Celery's JSON serializer) -> TaskRecord; None -> PENDING."""
-    if raw is None:
+def parse(stored: Stored | None, max_bytes: int) -> Reading:
+    """A stored record (possibly read in part) -> TaskRecord or Unreadable."""
+    if stored is None or stored.size == 0:
         return NO_RECORD
-    data = json.loads(raw)
-    if not isinstance(data, dict) or "status" not in data:
-        raise ValueError("not a Celery result record")
+    head, size = stored.head, stored.size
+    whole = stored.whole
+    if head.startswith(COMPRESSED_MAGIC):
+        content_type, _, body = head[len(COMPRESSED_MAGIC) :].partition(b"\x00")
+        unpacked = decompress(content_type.decode(errors="replace"), body, max_bytes)
+        if isinstance(unpacked, Unreadable):
+            return unpacked
+        head, complete = unpacked
+        whole = whole and complete
+        if whole:
+            size = len(head)
+        stored = Stored(head, size)  # a compressed tail says nothing readable
+    if not whole:
+        return parse_partial(stored)
+    return parse_json(head)
+
+
+def parse_json(raw: bytes | str) -> Reading:
+    """A whole JSON record -> TaskRecord; anything else -> Unreadable."""
+    problem = unfamiliar(raw.encode() if isinstance(raw, str) else raw)
+    if problem is not None:
+        return problem
+    try:
+        data = json.loads(raw, parse_constant=str)  # NaN, Infinity: not JSON in status
+    except RecursionError:
+        return Unreadable("JSON nested too deeply")
+    except ValueError as exc:  # UnicodeDecodeError, digits beyond int's limit included
+        return Unreadable(f"not JSON: {bounded.text(exc, 200)}")
+    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+        return Unreadable("JSON without a Celery status")
     return from_meta(data)
+
+
+def unfamiliar(raw: bytes) -> Unreadable | None:
+    """Recognise the binary serializers Celery offers, to say which one a worker uses."""
+    if not raw:
+        return Unreadable("an empty value")
+    first = raw[0]
+    if first == 0x80 and len(raw) > 1 and 2 <= raw[1] <= 5:
+        return Unreadable("pickle data (result_serializer='pickle'), never loaded: unsafe")
+    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+        return Unreadable("msgpack data (result_serializer='msgpack')")
+    return None
+
+
+def decompress(content_type: str, body: bytes, max_bytes: int) -> tuple[bytes, bool] | Unreadable:
+    """Decompress at most `max_bytes`: (data, whether it is all of it)."""
+    makers: dict[str, Callable[[], Any]] = {
+        "application/x-gzip": lambda: zlib.decompressobj(zlib.MAX_WBITS | 32),  # zlib or gzip
+        "application/x-bz2": bz2.BZ2Decompressor,
+        "application/x-lzma": lzma.LZMADecompressor,
+    }
+    make = makers.get(content_type)
+    if make is None:
+        seen = bounded.text(content_type, 64)
+        return Unreadable(f"compressed as {seen!r} (result_compression)")
+    decompressor = make()
+    try:
+        data: bytes = decompressor.decompress(body, max_bytes)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        return Unreadable(f"corrupt {content_type} data: {bounded.text(exc, 200)}")
+    ended = bool(getattr(decompressor, "eof", True))
+    return data, ended and len(data) < max_bytes
+
+
+_HEAD_STATUS = re.compile(rb'^\s*\{\s*"status"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"')
+_EXC_TYPE = re.compile(rb'"exc_type"\s*:\s*"([A-Za-z0-9_.]{1,256})"')
+_DATE_DONE = re.compile(rb'"date_done"\s*:\s*"([0-9T:.+Z -]{10,40})"')
+_WORKER = re.compile(rb'"worker"\s*:\s*"([^"\\]{1,253})"')
+_RETRIES = re.compile(rb'"retries"\s*:\s*([0-9]{1,7})\b')
+_RESULT = re.compile(rb'"result"\s*:\s*')
+
+
+def parse_partial(stored: Stored) -> Reading:
+    """A record too large to read whole: its state and small fields from its head and
+    tail (Celery writes `status` first, `date_done`, `worker`, `retries` after the
+    result), and a preview of the result."""
+    status = _HEAD_STATUS.match(stored.head)
+    if status is None:
+        problem = unfamiliar(stored.head)
+        return problem or Unreadable(f"a value of {stored.size} bytes without a Celery status")
+    start = _RESULT.search(stored.head)
+    body = stored.head[start.end() :] if start else b""
+    exc_type = _EXC_TYPE.search(body[:4096])
+    preview = body.decode(errors="ignore")
+    result: Any = preview
+    if exc_type is not None:
+        result = {"exc_type": exc_type.group(1).decode(), "exc_message": preview}
+    done = _DATE_DONE.search(stored.tail)
+    worker = _WORKER.search(stored.tail)
+    retries = _RETRIES.search(stored.tail)
+    return TaskRecord(
+        state=status.group(1).decode(),
+        result=result,
+        date_done=done.group(1).decode() if done else None,
+        worker=worker.group(1).decode() if worker else None,
+        retries=int(retries.group(1)) if retries else None,
+        partial_size=stored.size,
+    )
 
 
 def from_meta(data: dict[str, Any]) -> TaskRecord:
     """Celery's meta dict -> TaskRecord; backends that decode exceptions are re-encoded."""
-    retries = data.get("retries")
     result = data.get("result")
     if isinstance(result, BaseException):
         result = {"exc_type": type(result).__name__, "exc_message": [str(a) for a in result.args]}
+    traceback = data.get("traceback")
+    worker = data.get("worker")
     return TaskRecord(
         state=str(data["status"]),
         result=result,
-        traceback=data.get("traceback"),
+        traceback=traceback if isinstance(traceback, str) else None,
         date_done=data.get("date_done"),
-        worker=data.get("worker"),
-        retries=retries if isinstance(retries, int) else None,
+        worker=bounded.text(worker, bounded.NAME_BYTES) if isinstance(worker, str) else None,
+        retries=bounded.count(data.get("retries"), MAX_RETRIES),
     )

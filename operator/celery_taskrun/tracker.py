@@ -1,113 +1,79 @@
 """The tracker: one owner for every in-flight TaskRun.
 
-It keeps a schedule of due reads (a heap, the seed's backoff per run), reads the
-result backend once for all runs due together, hears the backend's publish for
-faster wake-ups, asks `transitions.advance` what each run becomes, and writes
-only what changed.  Kopf feeds it every watch event (`observe`); the tracker's own
-memory of a run is authoritative while it follows it, because it is the only
-writer of status.
+It keeps the registry of runs, one schedule of when each is looked at next, and a
+loop that reads the result backend once for all runs due together.  Wake-ups from
+the backend's publish and watch events feed the same path.  Each run is handled by
+one step at a time, with at most one more waiting (the latest news): a task that
+reports progress in a tight loop costs one pending step, and a slow call for one run
+never holds up another, since every step runs on its own.  The decisions are the
+pure core's (`dispatch`, `transitions`); the I/O is the submitter's, the status
+writer's and the watchdog's.
 
-Submitting is crash-safe by ordering: (1) the finalizer and the task id about to
-be sent are written in one metadata patch, (2) the task is sent with that id,
-(3) the status records it.  A restart that finds (1) without (3) reads the backend
-and resends only if the id has no record; the worker guard drops a duplicate
-delivery of an id that already ran, so a resend never runs a task twice.
+A step that fails unexpectedly (a bug) delays its run alone; after `MAX_STEP_ERRORS`
+in a row the run ends `Failed` / `InternalError`.  The loop and the subscriptions are
+supervised (restarted when they fail), and `health` tells the liveness probe when the
+loop stops turning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from . import faults, metrics, records
+from . import metrics, records
 from .backend import BackendUnavailable, ResultBackend
-from .backoff import Backoff, backoff_for
-from .celery_client import CeleryClient
+from .backoff import backoff_for
+from .celery_client import BrokerUnavailable, CeleryClient
 from .config import OperatorConfig
-from .kube import Gone, Kube
-from .model import (
-    FINALIZER,
-    INTENT_ANNOTATION,
-    Phase,
-    Reason,
-    TaskRunSpec,
-    TaskRunStatus,
-)
-from .records import TaskRecord
-from .submission import Refusal, plan, submission_of
+from .dispatch import Send, not_sent, prepare
+from .kube import Gone, Kube, KubeError
+from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
+from .records import Reading
+from .runs import Run, dump, validation_message
+from .schedule import Schedule
+from .submission import submission_of
+from .submitter import NotSent, Sent, Submitter
 from .transitions import (
     BackendError,
     Bounds,
+    Observed,
+    Outcome,
     advance,
-    first_submitted,
-    next_check,
+    next_delay,
     parse_time,
-    resubmitted,
-    timestamp,
+    vanished,
     with_phase,
     worker_lost,
 )
+from .watchdog import WorkerWatchdog
+from .writer import StatusWriter, Written
 
 log = logging.getLogger(__name__)
 
 RETRY_WRITE_SECONDS = 2.0
-WARNING_PHASES = frozenset({Phase.FAILED, Phase.TIMED_OUT, Phase.REVOKED})
+RETRY_DELETE_SECONDS = 30.0
+# The loop turns at least this often, so `health` can tell a stalled loop.
+HEARTBEAT_SECONDS = 1.0
+MAX_STEP_ERRORS = 5
+TTL_PREFIX = "ttl/"
 
 
-def dump(status: TaskRunStatus) -> dict[str, Any]:
-    return status.model_dump(mode="json", exclude_none=True)
+def moved(before: TaskRunStatus, after: TaskRunStatus) -> bool:
+    """Whether a run visibly moved on (resets its backoff): a new phase, reason or
+    state, or new progress; a reworded message alone is not news."""
 
+    def key(status: TaskRunStatus) -> tuple[Any, ...]:
+        percent = status.progress.percent if status.progress else None
+        return status.phase, status.reason, status.state, percent
 
-def merge_patch(written: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from `written` to `desired`, top-level keys only."""
-    patch: dict[str, Any] = {k: v for k, v in desired.items() if written.get(k) != v}
-    patch.update({k: None for k in written if k not in desired})
-    return patch
-
-
-@dataclass(eq=False)
-class Run:
-    uid: str
-    namespace: str
-    name: str
-    meta: dict[str, Any]
-    spec: TaskRunSpec
-    status: TaskRunStatus  # what the status should be
-    written: dict[str, Any]  # what the API server holds, as far as we know
-    backoff: Backoff
-    polls: int = 0
-    token: int = 0
-    synced: bool = True  # `written` is `status`: no write is owed
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def generation(self) -> int | None:
-        value = self.meta.get("generation")
-        return int(value) if value is not None else None
-
-    @property
-    def finalizers(self) -> list[str]:
-        return list(self.meta.get("finalizers") or [])
-
-    @property
-    def intent(self) -> str | None:
-        return (self.meta.get("annotations") or {}).get(INTENT_ANNOTATION)
-
-    @property
-    def sent(self) -> bool:
-        return self.status.taskId is not None and self.status.phase is not Phase.PENDING
-
-    def body(self) -> dict[str, Any]:
-        return {"metadata": self.meta}
+    return key(before) != key(after)
 
 
 class Tracker:
@@ -117,29 +83,42 @@ class Tracker:
         kube: Kube,
         celery: CeleryClient,
         backend: ResultBackend,
+        *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.kube = kube
         self.celery = celery
         self.backend = backend
         self.now = now
+        self.monotonic = monotonic
         self.bounds = Bounds(config.maxResultBytes, config.maxTracebackBytes)
         self.runs: dict[str, Run] = {}
         self.by_task: dict[str, str] = {}
-        self.heap: list[tuple[float, int, str]] = []
+        self.schedule = Schedule(monotonic)
+        self.expiring: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name)
+        self.writer = StatusWriter(kube, concurrency=config.writeConcurrency, now=now)
+        self.submitter = Submitter(kube, celery, backend)
+        self.watchdog = WorkerWatchdog(
+            celery,
+            interval=config.workerCheckInterval,
+            lost_after=config.workerLostAfter,
+            runs=lambda: list(self.runs.values()),
+            lose=lambda run: self._spawn(self._lose(run)),
+        )
         self.wake = asyncio.Event()
-        self.writes = asyncio.Semaphore(config.writeConcurrency)
         self.background: set[asyncio.Task[Any]] = set()
+        self.beat = monotonic()
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._spawn(self._loop())
+        self._supervise("loop", self._loop)
         if self.config.wakeups:
-            self._spawn(self.backend.watch(self._on_record, self._resync))
+            self._supervise("wake-ups", lambda: self.backend.watch(self._on_record, self._resync))
         if self.config.workerLostAfter:
-            self._spawn(self._watch_workers())
+            self._supervise("watchdog", self.watchdog.watch)
 
     async def stop(self) -> None:
         for task in list(self.background):
@@ -149,15 +128,33 @@ class Tracker:
         await self.kube.close()
         self.celery.close()
 
+    def health(self) -> str | None:
+        """None while the loop turns; else why the operator should be restarted."""
+        stalled = self.monotonic() - self.beat
+        if stalled > self.config.livenessTimeout:
+            return f"the tracker's loop has not turned for {stalled:.0f}s"
+        return None
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self.background.add(task)
-        task.add_done_callback(self._reap)
+        task.add_done_callback(self.background.discard)
 
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self.background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("tracker task failed", exc_info=task.exception())
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run `run` for the operator's lifetime, restarting it when it fails."""
+
+        async def forever() -> None:
+            delay = 1.0
+            while True:
+                try:
+                    await run()
+                    return  # finished on its own (a backend without wake-ups)
+                except Exception:  # a bug: restart rather than stop every run
+                    log.exception("tracker %s failed; restarting in %.0fs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+        self._spawn(forever())
 
     # -- input: watch events ----------------------------------------------------------
 
@@ -167,19 +164,20 @@ class Tracker:
         uid = meta["uid"]
         if event_type == "DELETED":
             self._forget(uid)
+            self._unexpire(uid)
             return
         known = self.runs.get(uid)
-        if known is not None:
-            known.meta = meta
-            if meta.get("deletionTimestamp"):
-                await self._delete(known)
-                return
-            spec = self._spec(body)
-            if spec is not None and spec.cancel and not known.spec.cancel:
-                known.spec = spec
-                self._schedule(known, delay=0)
+        if known is None:
+            await self._adopt(body)
             return
-        await self._adopt(body)
+        known.meta = meta
+        if meta.get("deletionTimestamp"):
+            await self._delete(known)
+            return
+        spec = self._spec(body)
+        if spec is not None and spec.cancel and not known.spec.cancel:
+            known.spec = spec
+            self._deliver(known, None)
 
     @staticmethod
     def _spec(body: dict[str, Any]) -> TaskRunSpec | None:
@@ -198,8 +196,8 @@ class Tracker:
         try:
             spec = TaskRunSpec.model_validate(body.get("spec") or {})
             problem = None
-        except ValidationError as exc:
-            spec, problem = TaskRunSpec(task="<invalid>"), exc
+        except ValidationError as exc:  # past an older or edited CRD: refused here
+            spec, problem = TaskRunSpec(task="invalid"), validation_message(exc)
         run = Run(
             uid=meta["uid"],
             namespace=meta["namespace"],
@@ -209,325 +207,232 @@ class Tracker:
             status=status,
             written=dump(status),
             backoff=backoff_for(spec.poll, self.config.poll),
+            problem=problem,
         )
         if meta.get("deletionTimestamp"):
-            if FINALIZER in run.finalizers:
+            if run.guarded:
                 await self._delete(run)
             return
-        if status.phase is not None and status.phase.terminal:
+        if run.finished:
             await self._finish(run, fresh=True)
             return
-        if problem is not None:
-            message = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}"
-                for e in problem.errors()
-            )
-            await self._commit(run, self._refused(run, Reason.INVALID_SPEC, message))
-            return
+        self._register(run)
+        self._at(run, 0)  # with the others due now: one backend read for all
+
+    def _register(self, run: Run) -> None:
         self.runs[run.uid] = run
+        if run.status.taskId:
+            self.by_task[run.status.taskId] = run.uid
         metrics.IN_FLIGHT.set(len(self.runs))
-        if status.taskId:
-            self.by_task[status.taskId] = run.uid
-        self._schedule(run, delay=0)
 
     def _forget(self, uid: str) -> None:
         run = self.runs.pop(uid, None)
+        self.schedule.drop(uid)
         if run is not None:
-            run.token += 1  # drops its pending schedule entries
             if run.status.taskId:
                 self.by_task.pop(run.status.taskId, None)
             metrics.IN_FLIGHT.set(len(self.runs))
 
     # -- input: the backend ------------------------------------------------------------
 
-    async def _on_record(self, task_id: str, record: TaskRecord) -> None:
+    async def _on_record(self, task_id: str, reading: Reading | None) -> None:
         uid = self.by_task.get(task_id)
         run = self.runs.get(uid) if uid else None
-        if run is not None and run.status.taskId == task_id:
+        if run is not None:
             metrics.WAKEUPS.inc()
-            self._spawn(self._step(run, record))
+            self._deliver(run, None if reading is None else (task_id, reading))
 
     async def _resync(self) -> None:
         for run in list(self.runs.values()):
-            self._schedule(run, delay=0)
-
-    async def _watch_workers(self) -> None:
-        """Ping the workers of running tasks; fail the runs of one that stays silent."""
-        misses: dict[str, int] = {}
-        while True:
-            await asyncio.sleep(self.config.workerCheckInterval)
-            running: dict[str, list[Run]] = {}
-            for run in self.runs.values():
-                if run.status.phase is Phase.RUNNING and run.status.worker:
-                    running.setdefault(run.status.worker, []).append(run)
-            if not running:
-                misses.clear()
-                continue
-            try:
-                alive = await self.celery.alive(set(running))
-            except Exception as exc:  # broker down: silence proves nothing
-                log.info("worker ping failed: %s", exc)
-                continue
-            misses = {host: misses.get(host, 0) + 1 for host in running if host not in alive}
-            for host, count in misses.items():
-                if count < self.config.workerLostAfter:
-                    continue
-                log.warning("worker %s missed %d pings: its running tasks are lost", host, count)
-                for run in running[host]:
-                    self._spawn(self._lose(run))
+            self._at(run, 0)
 
     async def _lose(self, run: Run) -> None:
-        """Fail a run whose worker is gone, unless its record moved on meanwhile."""
+        """A run whose worker went silent: its record decides, else it is lost."""
         task_id = run.status.taskId or ""
         try:
-            record = (await self.backend.read([task_id]))[task_id]
+            reading = (await self.backend.read([task_id]))[task_id]
         except BackendUnavailable:
             return
-        if record.ready:
-            await self._step(run, record)
-        elif record.state != records.PENDING:
-            await self._step(run, worker_lost(run.status))
+        if isinstance(reading, records.TaskRecord) and not reading.ready:
+            if reading.state == records.PENDING:
+                return
+            reading = worker_lost(run.status)
+        self._deliver(run, (task_id, reading))
 
-    # -- the schedule ---------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------
 
-    def _schedule(self, run: Run, *, delay: float | None = None) -> None:
-        if delay is None:
-            delay = run.backoff.interval(run.polls)
-            check = next_check(run.status)
-            if check is not None:
-                delay = min(delay, max((check - self.now()).total_seconds(), 0.0))
-        run.token += 1
-        due = time.monotonic() + delay
-        heapq.heappush(self.heap, (due, run.token, run.uid))
-        if self.heap[0][1] == run.token:
+    def _at(self, run: Run, delay: float) -> None:
+        if self.schedule.at(run.uid, delay):
             self.wake.set()
 
-    def _due(self) -> list[Run]:
-        now = time.monotonic()
-        due = []
-        while self.heap and self.heap[0][0] <= now:
-            _, token, uid = heapq.heappop(self.heap)
-            run = self.runs.get(uid)
-            if run is not None and run.token == token:
-                due.append(run)
-        return due
+    def _plan(self, run: Run) -> None:
+        """The one place that decides when a run is looked at next."""
+        self._at(run, next_delay(run.status, run.backoff, run.polls, self.now(), run.created))
 
     async def _loop(self) -> None:
         while True:
-            due = self._due()
-            if due:
-                await self._poll(due)
-                continue
+            reads: list[Run] = []
+            for key in self.schedule.due():
+                if key.startswith(TTL_PREFIX):
+                    self._spawn(self._expire(key.removeprefix(TTL_PREFIX)))
+                elif (run := self.runs.get(key)) is not None:
+                    if run.sent:
+                        reads.append(run)
+                    else:
+                        self._deliver(run, None)
+            if reads:
+                self._spawn(self._read(reads))
+            self.beat = self.monotonic()
             self.wake.clear()
-            timeout = self.heap[0][0] - time.monotonic() if self.heap else None
+            wait = self.schedule.wait()
+            timeout = HEARTBEAT_SECONDS if wait is None else min(wait, HEARTBEAT_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
 
-    async def _poll(self, due: list[Run]) -> None:
+    async def _read(self, due: Sequence[Run]) -> None:
         """One backend round trip for every run due now, then a step for each."""
-        ids = [run.status.taskId for run in due if run.sent and run.status.taskId]
-        observed: dict[str, TaskRecord] | BackendError = {}
-        if ids:
-            metrics.BACKEND_READS.inc()
-            try:
-                observed = await self.backend.read(ids)
-            except BackendUnavailable as exc:
-                metrics.BACKEND_ERRORS.inc()
-                observed = BackendError(str(exc))
+        ids = [run.status.taskId or "" for run in due]
+        metrics.BACKEND_READS.inc()
+        try:
+            found = await self.backend.read(ids)
+        except BackendUnavailable as exc:
+            metrics.BACKEND_ERRORS.inc()
+            error = BackendError(str(exc))
+            for run, task_id in zip(due, ids, strict=True):
+                self._deliver(run, (task_id, error))
+            return
+        for run, task_id in zip(due, ids, strict=True):
+            self._deliver(run, (task_id, found.get(task_id, records.NO_RECORD)))
 
-        def of(run: Run) -> TaskRecord | BackendError:
-            if isinstance(observed, BackendError):
-                return observed
-            return observed.get(run.status.taskId or "", records.NO_RECORD)
-
-        await asyncio.gather(*(self._step(run, of(run)) for run in due))
+    async def _read_one(self, run: Run) -> Observed:
+        task_id = run.status.taskId or ""
+        try:
+            return (await self.backend.read([task_id]))[task_id]
+        except BackendUnavailable as exc:
+            metrics.BACKEND_ERRORS.inc()
+            return BackendError(str(exc))
 
     # -- one step of one run ------------------------------------------------------------
 
-    async def _step(self, run: Run, observed: TaskRecord | BackendError) -> None:
+    def _deliver(self, run: Run, news: tuple[str, Observed] | None) -> None:
+        """Ask for a step of `run`, with what was learnt of its task (the latest wins)."""
+        if news is not None:
+            task_id, reading = news
+            running = isinstance(reading, records.TaskRecord) and reading.state not in (
+                records.PENDING,
+                *records.READY_STATES,
+            )
+            if running and (run.seen_running is None or run.seen_running[0] != task_id):
+                run.seen_running = (task_id, self.now())
+            run.observed = news
+        run.wanted = True
+        if not run.busy:
+            run.busy = True
+            self._spawn(self._drive(run))
+
+    async def _drive(self, run: Run) -> None:
         try:
-            await self._step_locked(run, observed)
-        except Exception:  # a bug or a record we cannot read must not stop the tracker
-            log.exception("step of %s/%s failed; trying again later", run.namespace, run.name)
-            run.polls += 1
-            self._schedule(run)
+            while run.wanted and self.runs.get(run.uid) is run:
+                run.wanted = False
+                news, run.observed = run.observed, None
+                observed = news[1] if news and news[0] == run.status.taskId else None
+                await self._attempt(run, observed)
+        finally:
+            run.busy = False
 
-    async def _step_locked(self, run: Run, observed: TaskRecord | BackendError) -> None:
-        async with run.lock:
-            if self.runs.get(run.uid) is not run:
-                return  # finished or forgotten while this step waited
-            if not run.sent:
-                await self._submit(run, submission_of(run.status.taskId))
-                return
-            outcome = advance(
-                run.spec,
-                run.status,
-                observed,
-                self.now(),
-                generation=run.generation,
-                bounds=self.bounds,
+    async def _attempt(self, run: Run, observed: Observed | None) -> None:
+        try:
+            await self._step(run, observed)
+        except Exception as exc:  # a bug: this run alone is delayed, then ended
+            metrics.STEP_ERRORS.inc()
+            run.errors += 1
+            log.exception(
+                "handling %s/%s failed (%d in a row)", run.namespace, run.name, run.errors
             )
-            if outcome.revoke:
-                reason = outcome.status.reason or "revoked"
-                await self._revoke(run, outcome.revoke, terminate=outcome.terminate, reason=reason)
-            if outcome.resubmit is not None:
-                await self._submit(run, outcome.resubmit, previous=outcome.status)
-                return
-            if outcome.status.reason == Reason.RESULT_LOST and await self._may_run(run):
-                # The record vanished (Redis restarted without its data, say) but the
-                # worker still runs the task, or cannot say yet: wait for its result.
-                run.polls += 1
-                self._schedule(run)
-                return
-            await self._commit(run, outcome.status)
-
-    async def _submit(
-        self, run: Run, submission: int, previous: TaskRunStatus | None = None
-    ) -> None:
-        now = self.now()
-        if run.spec.cancel:
-            status = previous or run.status
-            await self._commit(
-                run,
-                self._refused(
-                    run, Reason.CANCELLED, "cancelled before it was sent", Phase.REVOKED, status
-                ),
-            )
+            if run.errors >= MAX_STEP_ERRORS:
+                await self._give_up(run, exc)
+            else:
+                self._at(run, min(2.0**run.errors, 60.0))
             return
-        decided = plan(
+        run.errors = 0
+
+    async def _step(self, run: Run, observed: Observed | None) -> None:
+        if run.problem is not None:
+            await self._commit(run, self._ended(run, Reason.INVALID_SPEC, run.problem))
+            return
+        if not run.sent:
+            await self._send(run, submission_of(run.status.taskId))
+            return
+        if observed is None:
+            observed = await self._read_one(run)
+        now = self.now()
+        seen = run.seen_running
+        outcome = advance(
             run.spec,
+            run.status,
+            observed,
+            now,
+            generation=run.generation,
+            bounds=self.bounds,
+            seen_running=seen[1] if seen and seen[0] == run.status.taskId else None,
+        )
+        if outcome.ask_workers:
+            answer = await self._still_running(run)
+            outcome = Outcome(vanished(outcome.status, answer, run.generation, now))
+        if outcome.revoke:
+            reason = outcome.status.reason or "revoked"
+            await self._revoke(run, outcome.revoke, terminate=outcome.terminate, reason=reason)
+        if outcome.resubmit is not None:
+            await self._send(run, outcome.resubmit, previous=outcome.status)
+            return
+        await self._commit(run, outcome.status)
+
+    async def _send(self, run: Run, submission: int, previous: TaskRunStatus | None = None) -> None:
+        now = self.now()
+        decision = prepare(
+            run.spec,
+            run.status,
             self.config,
             uid=run.uid,
             submission=submission,
+            created=run.created,
+            generation=run.generation,
             now=now,
-            first_submitted_at=first_submitted(previous) if previous else None,
+            previous=previous,
         )
-        if isinstance(decided, Refusal):
-            await self._commit(run, self._refused(run, decided.reason, decided.message))
+        if not isinstance(decision, Send):
+            await self._commit(run, decision)
             return
-        timeout = decided.limits.timeout
-        created = parse_time(run.meta.get("creationTimestamp"))
-        if (
-            run.status.phase is Phase.PENDING
-            and timeout
-            and created
-            and now >= created + timedelta(seconds=timeout.seconds + 1)
-        ):
-            # Sending has failed so far (broker down): the deadline counts from creation
-            # (to the second, as creationTimestamp has it; hence the extra second).
-            message = f"the task could not be sent within its timeout of {timeout.seconds:g}s"
-            await self._commit(
-                run, self._refused(run, Reason.DEADLINE_EXCEEDED, message, Phase.TIMED_OUT)
-            )
-            return
-        task_id = decided.task_id
-        recovering = run.intent == task_id  # an earlier incarnation may have sent it
-        log.info(
-            "submitting %s/%s as %s%s",
-            run.namespace,
-            run.name,
-            task_id,
-            " (recovering)" if recovering else "",
-        )
-        try:
-            if not recovering or FINALIZER not in run.finalizers:
-                await self.kube.record_intent(run.body(), task_id)
-                metrics.API_WRITES.labels("metadata").inc()
-                annotations = dict(run.meta.get("annotations") or {})
-                annotations[INTENT_ANNOTATION] = task_id
-                finalizers = (
-                    [*run.finalizers, FINALIZER]
-                    if FINALIZER not in run.finalizers
-                    else run.finalizers
-                )
-                run.meta = {**run.meta, "annotations": annotations, "finalizers": finalizers}
-            self.by_task[task_id] = run.uid
-            if not (recovering and await self._has_record(task_id)):
-                await self.celery.send(decided)
-                faults.crash_point("after-send")
-            metrics.SUBMISSIONS.labels("sent").inc()
-        except Gone:
+        task_id = decision.submission.task_id
+        self.by_task[task_id] = run.uid  # a wake-up may come before the status is written
+        result = await self.submitter.submit(run, decision.submission)
+        if result is Sent.GONE:
             self._forget(run.uid)
             return
-        except Exception as exc:  # broker or API server unreachable: try again later
-            metrics.SUBMISSIONS.labels("failed").inc()
-            log.warning("could not submit %s/%s: %s", run.namespace, run.name, exc)
+        if isinstance(result, NotSent):
             if previous is None:
-                waiting = with_phase(
-                    run.status,
-                    Phase.PENDING,
-                    Reason.BACKEND_UNAVAILABLE,
-                    f"cannot send the task yet: {type(exc).__name__}: {exc}",
-                    generation=run.generation,
-                    now=now,
-                )
-                await self._commit(run, waiting, changed=False)
-            else:
-                run.polls += 1
-                self._schedule(run)
+                self.by_task.pop(task_id, None)
+            status = not_sent(
+                run.status,
+                decision.submission,
+                result.error,
+                permanent=result.permanent,
+                generation=run.generation,
+                now=now,
+                previous=previous,
+            )
+            await self._commit(run, status)
             return
+        if previous is not None and previous.taskId:
+            self.by_task.pop(previous.taskId, None)
+        await self._commit(run, decision.after)
 
-        queue = decided.options.get("queue", "the default queue")
-        if previous is not None:
-            if previous.taskId:
-                self.by_task.pop(previous.taskId, None)
-            status = resubmitted(
-                previous,
-                submission=submission,
-                submissions=1 + (run.spec.retries or 0),
-                task_id=task_id,
-                generation=run.generation,
-                now=now,
-            )
-        else:
-            base = run.status.model_copy(
-                update={
-                    "taskId": task_id,
-                    "attempt": 1,
-                    "state": records.PENDING,
-                    "submittedAt": timestamp(now),
-                    "limits": decided.limits,
-                }
-            )
-            status = with_phase(
-                base,
-                Phase.QUEUED,
-                Reason.QUEUED,
-                f"sent to {queue}; waiting for a worker",
-                generation=run.generation,
-                now=now,
-            )
-        await self._commit(run, status)
-
-    async def _may_run(self, run: Run) -> bool:
-        """Unless its worker answers without it, the task may still be running."""
+    async def _still_running(self, run: Run) -> bool | None:
         try:
-            running = await self.celery.still_running(run.status.taskId or "", run.status.worker)
-        except Exception as exc:  # broker unreachable: nobody can say yet
+            return await self.celery.still_running(run.status.taskId or "", run.status.worker)
+        except BrokerUnavailable as exc:  # nobody can say yet
             log.info("could not ask the workers about %s: %s", run.status.taskId, exc)
-            return True
-        return running is not False
-
-    async def _has_record(self, task_id: str) -> bool:
-        found = await self.backend.read([task_id])
-        return found[task_id].state != records.PENDING
-
-    def _refused(
-        self,
-        run: Run,
-        reason: Reason,
-        message: str,
-        phase: Phase = Phase.FAILED,
-        status: TaskRunStatus | None = None,
-    ) -> TaskRunStatus:
-        return with_phase(
-            status or run.status,
-            phase,
-            reason,
-            message,
-            generation=run.generation,
-            now=self.now(),
-        )
+            return None
 
     async def _revoke(self, run: Run, task_id: str, *, terminate: bool, reason: str) -> None:
         try:
@@ -535,74 +440,55 @@ class Tracker:
                 self.celery.revoke(task_id, terminate=terminate, reason=reason),
                 self.config.revokeTimeout,
             )
-        except Exception as exc:  # the status still says what the user asked for
+        except (BrokerUnavailable, TimeoutError) as exc:  # the status still says what happened
             log.warning("could not revoke %s: %s", task_id, exc)
-            await self._event(
+            await self.writer.event(
                 run, "Warning", "RevokeFailed", f"could not revoke task {task_id}: {exc}"
             )
 
-    # -- output ---------------------------------------------------------------------
-
-    async def _commit(self, run: Run, status: TaskRunStatus, changed: bool | None = None) -> None:
-        """Write what changed (one merge patch), announce a new phase, then follow on."""
-        if status is run.status and run.synced:
-            # Unchanged and already written (most polls): skip the diff.
-            run.polls += 1
-            self._schedule(run)
-            return
-        desired = dump(status)
-        patch = merge_patch(run.written, desired)
-        old_phase, old_reason = run.written.get("phase"), run.written.get("reason")
-        run.status = status
-        if patch:
-            try:
-                async with self.writes:
-                    await self.kube.patch_status(run.namespace, run.name, patch)
-                metrics.API_WRITES.labels("status").inc()
-            except Gone:
-                self._forget(run.uid)
-                return
-            except Exception as exc:
-                run.synced = False
-                log.warning("status write for %s/%s failed: %s", run.namespace, run.name, exc)
-                if status.phase is not None and status.phase.terminal:
-                    self.runs.setdefault(run.uid, run)  # keep it until its end is written
-                self._schedule(run, delay=RETRY_WRITE_SECONDS)
-                return
-            run.written = desired
-            if (status.phase, status.reason) != (old_phase, old_reason):
-                await self._announce(run, status)
-        run.synced = True
-        if status.phase is not None and status.phase.terminal:
-            await self._finish(run)
-            return
-        if self.runs.get(run.uid) is not run:
-            self.runs[run.uid] = run
-            metrics.IN_FLIGHT.set(len(self.runs))
-        run.polls = 0 if (bool(patch) if changed is None else changed) else run.polls + 1
-        self._schedule(run)
-
-    async def _announce(self, run: Run, status: TaskRunStatus) -> None:
-        phase = status.phase or Phase.PENDING
-        metrics.TRANSITIONS.labels(phase.value, status.reason or "").inc()
-        if phase.terminal:
-            done = parse_time(status.completedAt)
-            if done is not None and phase is not Phase.REVOKED:
-                metrics.STATUS_LATENCY.observe(max((self.now() - done).total_seconds(), 0.0))
-        warning = phase in WARNING_PHASES or status.reason == Reason.BACKEND_UNAVAILABLE
-        await self._event(
-            run,
-            "Warning" if warning else "Normal",
-            status.reason or phase.value,
-            f"{phase.value}: {status.message}" if status.message else phase.value,
+    def _ended(
+        self, run: Run, reason: Reason, message: str, phase: Phase = Phase.FAILED
+    ) -> TaskRunStatus:
+        return with_phase(
+            run.status, phase, reason, message, generation=run.generation, now=self.now()
         )
 
-    async def _event(self, run: Run, kind: str, reason: str, message: str) -> None:
+    async def _give_up(self, run: Run, exc: Exception) -> None:
+        """End a run the operator keeps failing to handle, so it never hangs."""
+        message = (
+            f"the operator failed {run.errors} times in a row handling this run "
+            f"({type(exc).__name__}: {exc}); see its log"
+        )
         try:
-            await self.kube.event(run.namespace, run.name, run.uid, kind, reason, message)
-            metrics.API_WRITES.labels("event").inc()
-        except Exception as exc:  # an event is worth a try, never a failure
-            log.info("event for %s/%s not posted: %s", run.namespace, run.name, exc)
+            if run.sent and run.status.taskId:
+                await self._revoke(run, run.status.taskId, terminate=True, reason="internal error")
+            await self._commit(run, self._ended(run, Reason.INTERNAL_ERROR, message))
+        except Exception:  # even ending it fails: stop following it rather than loop
+            log.exception("giving up on %s/%s", run.namespace, run.name)
+            self._forget(run.uid)
+
+    # -- output ---------------------------------------------------------------------
+
+    async def _commit(self, run: Run, status: TaskRunStatus) -> None:
+        """Write what changed, then follow on: finish a run that ended, else plan."""
+        if status is run.status and run.synced:
+            run.polls += 1  # most polls: nothing new, nothing to write
+            self._plan(run)
+            return
+        before = run.status
+        written = await self.writer.write(run, status)
+        if written is Written.GONE:
+            self._forget(run.uid)
+            return
+        if written is Written.FAILED:
+            run.status = status  # still owed: the next step writes it
+            self._at(run, RETRY_WRITE_SECONDS)
+            return
+        if run.finished:
+            await self._finish(run)
+            return
+        run.polls = 0 if moved(before, run.status) else run.polls + 1
+        self._plan(run)
 
     async def _finish(self, run: Run, *, fresh: bool = False) -> None:
         """A terminal run: drop the finalizer (it only guards in-flight work), then TTL.
@@ -612,35 +498,46 @@ class Tracker:
         """
         self._forget(run.uid)
         try:
-            if FINALIZER in run.finalizers or (run.intent and not fresh):
-                listed = run.finalizers if FINALIZER in run.finalizers else [FINALIZER]
+            if run.guarded or (run.intent and not fresh):
+                listed = run.finalizers if run.guarded else [FINALIZER]
                 await self.kube.remove_finalizer(run.namespace, run.name, listed)
                 metrics.API_WRITES.labels("metadata").inc()
                 run.meta = {**run.meta, "finalizers": [f for f in run.finalizers if f != FINALIZER]}
         except Gone:
             return
-        except Exception as exc:
+        except KubeError as exc:
             log.warning("finalizer of %s/%s not removed: %s", run.namespace, run.name, exc)
         ttl = run.spec.ttlSecondsAfterFinished
-        if ttl is not None:
+        if ttl is not None and run.uid not in self.expiring:
             done = parse_time(run.status.completedAt) or self.now()
-            delay = max(ttl - (self.now() - done).total_seconds(), 0.0)
-            self._spawn(self._expire(run, delay))
+            self.expiring[run.uid] = (run.namespace, run.name)
+            delay = ttl - (self.now() - done).total_seconds()
+            if self.schedule.at(TTL_PREFIX + run.uid, delay):
+                self.wake.set()
 
-    async def _expire(self, run: Run, delay: float) -> None:
-        await asyncio.sleep(delay)
+    async def _expire(self, uid: str) -> None:
+        where = self.expiring.get(uid)
+        if where is None:
+            return
         try:
-            await self.kube.delete(run.namespace, run.name, run.uid)
+            await self.kube.delete(*where, uid)
             metrics.API_WRITES.labels("delete").inc()
         except Gone:
             pass
-        except Exception as exc:
-            log.warning("TTL deletion of %s/%s failed: %s", run.namespace, run.name, exc)
+        except KubeError as exc:
+            log.warning("TTL deletion of %s/%s failed: %s", *where, exc)
+            self.schedule.at(TTL_PREFIX + uid, RETRY_DELETE_SECONDS)
+            return
+        self._unexpire(uid)
+
+    def _unexpire(self, uid: str) -> None:
+        self.expiring.pop(uid, None)
+        self.schedule.drop(TTL_PREFIX + uid)
 
     async def _delete(self, run: Run) -> None:
         """The TaskRun is being deleted: revoke its task if in flight, then let it go."""
         self._forget(run.uid)
-        if run.status.taskId and not (run.status.phase and run.status.phase.terminal):
+        if run.status.taskId and not run.finished:
             await self._revoke(run, run.status.taskId, terminate=True, reason="TaskRun deleted")
         with contextlib.suppress(Gone):
             await self.kube.remove_finalizer(run.namespace, run.name, run.finalizers)

@@ -2,21 +2,22 @@
 
 One function, `advance`, decides every in-flight step: the backend's record, the
 deadline, `expires`, a cancel, or a backend outage.  It returns the next status
-and what the shell must do about it (revoke the task, resubmit a new attempt).
-The shell does the I/O; this module never does.
+and what the shell must do about it (revoke the task, resubmit a new attempt, ask
+the workers about a task whose record vanished).  The shell does the I/O; this
+module never does.  Everything taken from a record is bounded (`bounded`) on its
+way into status.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import records
+from . import bounded, records
+from .backoff import Backoff
 from .conditions import conditions_for
 from .model import (
-    AttemptRecord,
     ErrorInfo,
     Phase,
     Progress,
@@ -24,10 +25,9 @@ from .model import (
     TaskRunSpec,
     TaskRunStatus,
 )
-from .records import TaskRecord
+from .records import Reading, TaskRecord, Unreadable
 from .submission import submission_of
 
-MAX_HISTORY = 10
 # Failures worth another attempt when spec.retries allows.  Never a cancel, an
 # expiry or the run's deadline (it bounds all attempts together), and never a lost
 # result: the task may well have finished, and running it again would run it twice.
@@ -65,6 +65,12 @@ class Outcome:
     revoke: str | None = None  # task id to revoke and mark revoked in the backend
     terminate: bool = False  # kill it if running
     resubmit: int | None = None  # the next attempt to send
+    # The record vanished after the task started: ask the workers whether one still
+    # runs it, then let `vanished` decide.
+    ask_workers: bool = False
+
+
+Observed = Reading | BackendError
 
 
 def timestamp(moment: datetime) -> str:
@@ -75,14 +81,17 @@ def parse_time(value: object) -> datetime | None:
     """An RFC 3339 / ISO string (or a datetime, as database backends return) -> aware UTC."""
     if isinstance(value, datetime):
         moment = value
-    elif isinstance(value, str) and value:
+    elif isinstance(value, str) and value and len(value) <= 64:
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None  # someone else's record: a time we cannot read is no time
     else:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # year 1 or 9999 shifted past the calendar's edge
+        return None
 
 
 def human_duration(seconds: float) -> str:
@@ -113,10 +122,14 @@ def first_submitted(status: TaskRunStatus) -> datetime | None:
     return parse_time(status.attempts[0].submittedAt if status.attempts else status.submittedAt)
 
 
-def deadline(status: TaskRunStatus) -> datetime | None:
-    """The run's deadline: spec.timeout counted from the first attempt's submission."""
+def deadline(status: TaskRunStatus, created: datetime | None = None) -> datetime | None:
+    """The run's deadline: spec.timeout counted from the first attempt's submission;
+    for a run not sent yet after a failed send, from its creation (to the second, as
+    creationTimestamp has it: hence one second more)."""
     limit = status.limits.timeout if status.limits else None
     start = first_submitted(status)
+    if start is None and status.phase is Phase.PENDING and created is not None:
+        start = created + timedelta(seconds=1)
     return start + timedelta(seconds=limit.seconds) if limit and start else None
 
 
@@ -127,57 +140,69 @@ def expiry(status: TaskRunStatus) -> datetime | None:
     return sent + timedelta(seconds=limit.seconds) if limit and sent else None
 
 
-def next_check(status: TaskRunStatus) -> datetime | None:
+def next_check(status: TaskRunStatus, created: datetime | None = None) -> datetime | None:
     """The earliest moment the clock alone can change this run's status."""
-    moments = [deadline(status)]
+    moments = [deadline(status, created)]
     if status.phase is Phase.QUEUED:
         moments.append(expiry(status))
     present = [m for m in moments if m is not None]
     return min(present) if present else None
 
 
+def next_delay(
+    status: TaskRunStatus, backoff: Backoff, polls: int, now: datetime, created: datetime | None
+) -> float:
+    """Seconds until this run is looked at again: its poll backoff, or sooner when the
+    clock alone will change its status (a deadline, an expiry)."""
+    delay = backoff.interval(polls)
+    check = next_check(status, created)
+    if check is not None:
+        delay = min(delay, max((check - now).total_seconds(), 0.0))
+    return delay
+
+
 def truncate_result(result: Any, bound: int) -> tuple[Any, bool | None, int | None]:
     """(result or preview, resultTruncated, resultBytes): a big result never fails a run."""
-    encoded = json.dumps(result, separators=(",", ":"), default=str)
-    size = len(encoded.encode())
-    if size <= bound:
-        return result, None, None
-    preview = encoded.encode()[: max(bound // 4, 256)].decode(errors="ignore")
-    return preview, True, size
+    value, size = bounded.json_value(result, bound)
+    return (value, None, None) if size is None else (value, True, size)
 
 
 def percent_of(info: dict[str, Any]) -> float | None:
+    """The task's own percentage, or current/total; within 0-100 for the progress bar."""
+    percent = None
     for key in ("percent", "progress"):
-        value = info.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return round(float(value), 1)
-    current, total = info.get("current"), info.get("total")
-    if isinstance(current, int | float) and isinstance(total, int | float) and total > 0:
-        return round(100.0 * current / total, 1)
-    return None
+        percent = bounded.number(info.get(key))
+        if percent is not None:
+            break
+    current, total = bounded.number(info.get("current")), bounded.number(info.get("total"))
+    if percent is None and current is not None and total:
+        percent = 100.0 * current / total
+    return None if percent is None else round(min(max(percent, 0.0), 100.0), 1)
 
 
 def progress_of(record: TaskRecord) -> Progress | None:
     """A custom state's meta (e.g. PROGRESS via update_state) as status.progress."""
     if not isinstance(record.result, dict):
         return None
-    info = record.result
-    numbers = {
-        k: float(v)
-        for k in ("current", "total")
-        if isinstance(v := info.get(k), int | float) and not isinstance(v, bool)
-    }
-    return Progress(percent=percent_of(info), state=record.state, info=info, **numbers)
+    info: dict[str, Any] | None = record.result
+    if bounded.json_value(info, bounded.PROGRESS_INFO_BYTES)[1] is not None:
+        info = None  # too large or too deep to copy: the numbers still tell the progress
+    return Progress(
+        percent=percent_of(record.result),
+        current=bounded.number(record.result.get("current")),
+        total=bounded.number(record.result.get("total")),
+        state=bounded.text(record.state, bounded.STATE_BYTES),
+        info=info,
+    )
 
 
 def error_of(record: TaskRecord, bound: int) -> ErrorInfo:
     traceback = record.traceback
-    if traceback and len(traceback) > bound:
-        traceback = "...\n" + traceback[-bound:]  # the end says where it failed
     return ErrorInfo(
-        type=record.exception_type or record.state,
+        type=record.exception_type or bounded.text(record.state, bounded.STATE_BYTES),
         message=record.exception_message,
-        traceback=traceback,
+        # The end of a traceback says where it failed.
+        traceback=bounded.tail(traceback, bound) if traceback else None,
     )
 
 
@@ -193,6 +218,7 @@ def with_phase(
 ) -> TaskRunStatus:
     """The status in `phase`, with conditions and timing fields brought along."""
     at = timestamp(now)
+    message = bounded.text(message, bounded.MESSAGE_BYTES)
     update: dict[str, Any] = {
         "phase": phase,
         "reason": reason.value,
@@ -220,21 +246,27 @@ def finished(
     generation: int | None,
     now: datetime,
     bounds: Bounds,
+    seen_running: datetime | None = None,
 ) -> Outcome:
     """A ready record (SUCCESS, FAILURE, REVOKED) -> the terminal status, or a retry."""
-    completed = parse_time(record.date_done) or now
+    # A record cannot be done in the future: a worker's clock may say otherwise.
+    completed = min(parse_time(record.date_done) or now, now)
     common: dict[str, Any] = {
         "attempt": attempt_of(status, record),
         "state": record.state,
         "completedAt": timestamp(completed),
         "worker": record.meta_worker or status.worker,
     }
-    started = parse_time(status.startedAt)
-    if started is not None and started > completed:
+    started = parse_time(status.startedAt) or seen_running
+    if started is not None:
         # Seen running only after it had ended (a late read): it started by then.
-        common["startedAt"] = timestamp(completed)
+        common["startedAt"] = timestamp(min(started, completed))
     if record.state == records.SUCCESS:
-        result, truncated, size = truncate_result(record.result, bounds.max_result_bytes)
+        if record.partial_size is None:
+            result, truncated, size = truncate_result(record.result, bounds.max_result_bytes)
+        else:  # read in part: `result` holds the start of the stored result
+            result = bounded.preview(str(record.result), bounds.max_result_bytes)
+            truncated, size = True, record.partial_size
         message = "task succeeded"
         if status.progress is not None:
             # A poll may miss the last report before the end: a success is all done.
@@ -311,6 +343,35 @@ def revoked_because(
     return phase, reason, "the run did not finish within its timeout"
 
 
+def unreadable(
+    status: TaskRunStatus, record: Unreadable, generation: int | None, now: datetime
+) -> TaskRunStatus:
+    """A record nobody can read ends the run: waiting would never tell its outcome."""
+    return with_phase(
+        status, Phase.FAILED, Reason.RESULT_LOST, record.message, generation=generation, now=now
+    )
+
+
+def vanished(
+    status: TaskRunStatus, still_running: bool | None, generation: int | None, now: datetime
+) -> TaskRunStatus:
+    """A record gone after the task started: lost, once its worker answers without it
+    (a Redis restarted without its data wipes the records of tasks still running, whose
+    results will come; a worker that never answers is left to the liveness check)."""
+    if still_running is not False:
+        return status
+    return with_phase(
+        status,
+        Phase.FAILED,
+        Reason.RESULT_LOST,
+        "the task's record vanished from the result backend after it started "
+        "(result_expires elapsed, or the backend lost its data)",
+        generation=generation,
+        now=now,
+        state=records.PENDING,
+    )
+
+
 def worker_lost(status: TaskRunStatus) -> TaskRecord:
     """The record Celery would have stored had the worker lived to see its child die."""
     return TaskRecord(
@@ -326,21 +387,25 @@ def worker_lost(status: TaskRunStatus) -> TaskRecord:
 def advance(
     spec: TaskRunSpec,
     status: TaskRunStatus,
-    observed: TaskRecord | BackendError,
+    observed: Observed,
     now: datetime,
     *,
     generation: int | None,
     bounds: Bounds = Bounds(),
+    seen_running: datetime | None = None,
 ) -> Outcome:
-    """The next status of an in-flight run (sent, status.taskId set)."""
+    """The next status of an in-flight run (sent, status.taskId set).
+
+    `seen_running`: when the shell first heard the task run, if a later record
+    superseded that news before it was handled (Celery records no start time)."""
     if status.phase is None or status.phase.terminal or status.taskId is None:
         return Outcome(status)
     record = observed if isinstance(observed, TaskRecord) else None
     if record is not None and record.ready:
-        return finished(status, spec, record, generation, now, bounds)
+        return finished(status, spec, record, generation, now, bounds, seen_running)
 
     def stop(phase: Phase, reason: Reason, message: str, terminate: bool) -> Outcome:
-        state = record.state if record else status.state
+        state = bounded.text(record.state, bounded.STATE_BYTES) if record else status.state
         return Outcome(
             with_phase(status, phase, reason, message, generation=generation, now=now, state=state),
             revoke=status.taskId,
@@ -366,6 +431,8 @@ def advance(
             Phase.REVOKED, Reason.EXPIRED, "no worker started the task before it expired", False
         )
 
+    if isinstance(observed, Unreadable):
+        return Outcome(unreadable(status, observed, generation, now))
     if record is None:
         assert isinstance(observed, BackendError)
         phase = status.phase
@@ -379,11 +446,25 @@ def advance(
                 now=now,
             )
         )
-    return Outcome(in_flight(status, record, generation, now))
+    if (
+        record.state == records.PENDING
+        and status.startedAt
+        and status.phase
+        in (
+            Phase.RUNNING,
+            Phase.RETRYING,
+        )
+    ):
+        return Outcome(status, ask_workers=True)  # it was seen running: see `vanished`
+    return Outcome(in_flight(status, record, generation, now, seen_running))
 
 
 def in_flight(
-    status: TaskRunStatus, record: TaskRecord, generation: int | None, now: datetime
+    status: TaskRunStatus,
+    record: TaskRecord,
+    generation: int | None,
+    now: datetime,
+    seen_running: datetime | None = None,
 ) -> TaskRunStatus:
     """A record that is not ready: queued, started, retrying or reporting progress."""
     steady = STEADY.get(record.state)
@@ -393,20 +474,8 @@ def in_flight(
         generation,
     ):
         return status  # the common poll: still waiting, still running, nothing new
-    at = timestamp(now)
+    state = bounded.text(record.state, bounded.STATE_BYTES)
     if record.state == records.PENDING:
-        if status.phase in (Phase.RUNNING, Phase.RETRYING) and status.startedAt:
-            # It was seen running and its record is gone: expired, flushed or lost.
-            return with_phase(
-                status,
-                Phase.FAILED,
-                Reason.RESULT_LOST,
-                "the task's record vanished from the result backend after it started "
-                "(result_expires elapsed, or the backend lost its data)",
-                generation=generation,
-                now=now,
-                state=records.PENDING,
-            )
         # Still queued: keep the message written at submission (no write for nothing).
         message = "waiting for a worker"
         if status.reason == Reason.QUEUED and status.message:
@@ -422,7 +491,7 @@ def in_flight(
         )
     # Celery records no start time: the first time we see it running stands in for it.
     started = {
-        "startedAt": status.startedAt or at,
+        "startedAt": status.startedAt or timestamp(seen_running or now),
         "worker": record.meta_worker or status.worker,
         "attempt": attempt_of(status, record),
     }
@@ -435,7 +504,7 @@ def in_flight(
             f"the task asked Celery to retry it (attempt {started['attempt']} next): {detail}",
             generation=generation,
             now=now,
-            state=record.state,
+            state=state,
             **started,
         )
     if record.state == records.STARTED:
@@ -446,12 +515,12 @@ def in_flight(
             "task is running",
             generation=generation,
             now=now,
-            state=record.state,
+            state=state,
             **started,
         )
     # Any other state is the task's own (update_state), e.g. PROGRESS with its meta.
     progress = progress_of(record)
-    message = f"task reports {record.state}"
+    message = f"task reports {state}"
     if progress and progress.percent is not None:
         message += f" ({progress.percent:g}%)"
     return with_phase(
@@ -461,56 +530,38 @@ def in_flight(
         message,
         generation=generation,
         now=now,
-        state=record.state,
+        state=state,
         progress=progress,
         **started,
     )
 
 
-def resubmitted(
-    status: TaskRunStatus,
-    *,
-    submission: int,
-    submissions: int,
-    task_id: str,
-    generation: int | None,
-    now: datetime,
-) -> TaskRunStatus:
-    """The status for a new submission: the finished one moves into the history."""
-    previous = AttemptRecord(
-        attempt=status.attempt or 1,
-        taskId=status.taskId or "",
-        phase=status.phase or Phase.FAILED,
-        reason=status.reason,
-        message=status.message,
-        submittedAt=status.submittedAt,
-        completedAt=status.completedAt,
-    )
-    history = [*(status.attempts or []), previous][-MAX_HISTORY:]
-    # Keep the first attempt: it anchors the deadline.
-    if status.attempts and history[0] != status.attempts[0]:
-        history = [status.attempts[0], *history[-(MAX_HISTORY - 1) :]]
-    cleared = status.model_copy(
-        update={
-            "attempts": history,
-            "attempt": previous.attempt + 1,
-            "taskId": task_id,
-            "state": records.PENDING,
-            "submittedAt": timestamp(now),
-            "startedAt": None,
-            "completedAt": None,
-            "duration": None,
-            "worker": None,
-            "progress": None,
-            "result": None,
-            "error": None,
+def shrunk(status: TaskRunStatus, level: int) -> TaskRunStatus:
+    """`status` made smaller after a write was refused for its size: level 1 keeps short
+    previews of the large fields, level 2 only what says where the run stands."""
+    keep = 1024 if level == 1 else 0
+    update: dict[str, Any] = {"attempts": status.attempts[:1] if status.attempts else None}
+    if status.result is not None:
+        size = status.resultBytes or len(bounded.encoded(status.result) or "")
+        update |= {
+            "result": bounded.preview(str(status.result), keep) if keep else None,
+            "resultTruncated": True,
+            "resultBytes": size,
         }
-    )
-    return with_phase(
-        cleared,
-        Phase.RETRYING,
-        Reason.RESUBMITTED,
-        f"submission {submission} of {submissions}: resubmitted after {status.reason}",
-        generation=generation,
-        now=now,
-    )
+    if status.progress is not None:
+        update["progress"] = status.progress.model_copy(update={"info": None})
+    if status.error is not None:
+        update["error"] = ErrorInfo(
+            type=bounded.text(status.error.type, bounded.NAME_BYTES),
+            message=bounded.text(status.error.message, keep or 256),
+            traceback=bounded.tail(status.error.traceback, 2 * keep)
+            if keep and status.error.traceback
+            else None,
+        )
+    if not keep:
+        update["message"] = bounded.text(status.message or "", 256)
+        update["conditions"] = [
+            c.model_copy(update={"message": bounded.text(c.message, 256)})
+            for c in status.conditions or []
+        ]
+    return status.model_copy(update=update)

@@ -28,6 +28,7 @@ from packaging_helpers import (
 )
 
 from celery_taskrun import config as operator_config
+from celery_taskrun import config_file
 
 # Values that turn on everything the defaults leave off, and change the rest.
 NON_DEFAULT: dict[str, Any] = {
@@ -280,7 +281,7 @@ def test_rendered_config_is_a_valid_operator_config(
     config_map = one(render(values), "ConfigMap")
     path = tmp_path / "config.yaml"
     path.write_text(config_map["data"]["config.yaml"])
-    loaded = operator_config.load(str(path), environ={})
+    loaded = config_file.load(str(path), environ={})
     expected = (values or {}).get("config") or yaml.safe_load((CHART / "values.yaml").read_text())[
         "config"
     ]

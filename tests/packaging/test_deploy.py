@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from packaging_helpers import DEPLOY, Manifest, by_kind, load_all, one
 
-from celery_taskrun import config as operator_config
+from celery_taskrun import config_file
 from celery_taskrun.main import parse_args
 
 NAMESPACE = "celery-taskrun-system"
@@ -77,7 +77,7 @@ def test_operator_deployment(operator_docs: list[Manifest], tmp_path: Path) -> N
     path.write_text(config_map["data"]["config.yaml"])
     secret = one(operator_docs, "Secret")
     environ = {**secret["stringData"], **env}
-    loaded = operator_config.load(str(path), environ=environ)
+    loaded = config_file.load(str(path), environ=environ)
     assert loaded.metricsPort == 9808
     assert loaded.metricsHost == "0.0.0.0"
     assert loaded.brokerUrl == secret["stringData"]["CELERY_BROKER_URL"]

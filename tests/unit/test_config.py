@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from celery_taskrun import config
+from celery_taskrun import config, config_file
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("brokerUrl: redis://file/0\ndefaults: {timeLimit: 30}\n")
-    loaded = config.load(
+    loaded = config_file.load(
         str(path), {"CELERY_BROKER_URL": "redis://env/0", "TASKRUN_METRICS_PORT": "9"}
     )
     assert loaded.brokerUrl == "redis://env/0"
@@ -21,14 +21,14 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 
 def test_rpc_backend_is_refused_with_a_reason() -> None:
     with pytest.raises(ValidationError, match="results back to the process that sent"):
-        config.load(None, {"CELERY_RESULT_BACKEND": "rpc://"})
+        config_file.load(None, {"CELERY_RESULT_BACKEND": "rpc://"})
 
 
 def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("defautls: {}\n")
     with pytest.raises(ValidationError):
-        config.load(str(path), {})
+        config_file.load(str(path), {})
 
 
 def test_first_matching_task_pattern_wins() -> None:

@@ -1,11 +1,13 @@
 """(spec, status, backend record, clock) -> next status: every Celery outcome."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from celery_taskrun import records
+from celery_taskrun.dispatch import resubmitted
 from celery_taskrun.model import (
     AttemptRecord,
     EffectiveLimit,
@@ -14,15 +16,16 @@ from celery_taskrun.model import (
     TaskRunSpec,
     TaskRunStatus,
 )
-from celery_taskrun.records import TaskRecord
+from celery_taskrun.records import TaskRecord, Unreadable
 from celery_taskrun.transitions import (
     BackendError,
     Bounds,
     advance,
     human_duration,
     next_check,
-    resubmitted,
+    shrunk,
     timestamp,
+    vanished,
     worker_lost,
 )
 
@@ -255,10 +258,18 @@ def test_backend_outage_is_not_terminal() -> None:
     assert {c.type: c.status for c in status.conditions}["Finished"] == "False"
 
 
-def test_record_gone_after_start_is_result_lost() -> None:
+@pytest.mark.parametrize(("still_running", "lost"), [(False, True), (True, False), (None, False)])
+def test_record_gone_after_start_asks_the_workers_once(
+    still_running: bool | None, lost: bool
+) -> None:
     running = step(TaskRecord("STARTED", {})).status
-    status = step(records.NO_RECORD, running).status
-    assert (status.phase, status.reason) == (Phase.FAILED, "ResultLost")
+    outcome = step(records.NO_RECORD, running)
+    assert outcome.ask_workers and outcome.status is running
+    status = vanished(outcome.status, still_running, 3, NOW)
+    if lost:
+        assert (status.phase, status.reason) == (Phase.FAILED, "ResultLost")
+    else:
+        assert status is running  # its worker may still run it: wait for the result
 
 
 @pytest.mark.parametrize(
@@ -432,3 +443,95 @@ def test_a_steady_poll_returns_the_same_status(record: TaskRecord) -> None:
     """Nothing new: the very same object, so the shell skips the diff and the write."""
     first = step(record).status
     assert step(record, first).status is first
+
+
+def nest(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def status_bytes(status: TaskRunStatus) -> int:
+    return len(json.dumps(status.model_dump(mode="json", exclude_none=True)).encode())
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        failure("ValueError", "m" * 250_000, traceback="Traceback\n" + "  line\n" * 100_000),
+        failure("E" * 100_000, *(["part"] * 10_000)),
+        TaskRecord("S" * 10_000, {"percent": 50, "blob": "b" * 100_000}),
+        TaskRecord("SUCCESS", "r" * 5_000_000),
+        TaskRecord("SUCCESS", nest(900)),
+        TaskRecord("PROGRESS", {"current": 10**400, "total": float("nan"), "percent": True}),
+        TaskRecord("RETRY", {"exc_type": "Retry", "exc_message": ["x" * 300_000]}),
+    ],
+    ids=[
+        "huge-message",
+        "huge-type",
+        "huge-state",
+        "huge-result",
+        "deep-result",
+        "odd-numbers",
+        "retry",
+    ],
+)
+def test_whatever_a_task_produces_the_status_stays_small(record: TaskRecord) -> None:
+    status = step(record).status
+    assert status_bytes(status) < 300 * 1024
+    for condition in status.conditions or []:
+        assert len(condition.message.encode()) <= 1024
+    assert len((status.state or "").encode()) <= 64
+
+
+def test_progress_numbers_are_finite_and_in_range() -> None:
+    status = step(TaskRecord("PROGRESS", {"current": 10**400, "total": 0, "percent": 250})).status
+    assert status.progress is not None
+    assert (status.progress.percent, status.progress.current) == (100.0, None)
+
+
+def test_a_success_read_in_part_is_a_truncated_success() -> None:
+    record = TaskRecord("SUCCESS", '"abc', partial_size=50_000_000)
+    status = step(record).status
+    assert (status.phase, status.resultTruncated, status.resultBytes) == (
+        Phase.SUCCEEDED,
+        True,
+        50_000_000,
+    )
+
+
+def test_an_unreadable_record_ends_the_run_saying_why() -> None:
+    status = step(Unreadable("pickle data")).status
+    assert (status.phase, status.reason) == (Phase.FAILED, "ResultLost")
+    assert "pickle data" in (status.message or "")
+
+
+def test_a_deadline_beats_an_unreadable_record() -> None:
+    outcome = step(
+        Unreadable("garbage"),
+        spec={"task": "t", "timeout": 1},
+        status=queued(limits=EffectiveLimits(timeout=EffectiveLimit(seconds=1, source="spec"))),
+    )
+    assert (outcome.status.reason, outcome.revoke) == ("DeadlineExceeded", "tr-u-1")
+
+
+def test_a_completion_time_in_the_future_is_now() -> None:
+    record = TaskRecord("SUCCESS", 1, date_done="2999-01-01T00:00:00+00:00")
+    assert step(record).status.completedAt == timestamp(NOW)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_shrunk_status_keeps_where_the_run_stands(level: int) -> None:
+    big = step(failure("ValueError", "m" * 4000, traceback="t" * 16_000)).status
+    big = big.model_copy(update={"result": "r" * 200_000})
+    small = shrunk(big, level)
+    assert (small.phase, small.reason, small.taskId) == (big.phase, big.reason, big.taskId)
+    assert small.resultTruncated and status_bytes(small) < (16 * 1024 if level == 1 else 4 * 1024)
+
+
+def test_a_start_heard_but_superseded_still_dates_the_run() -> None:
+    heard = NOW - timedelta(seconds=1)
+    done = TaskRecord("SUCCESS", 1, date_done=timestamp(NOW - timedelta(seconds=0.5)))
+    outcome = advance(TaskRunSpec(task="t"), queued(), done, NOW, generation=3, seen_running=heard)
+    assert outcome.status.startedAt == timestamp(heard)

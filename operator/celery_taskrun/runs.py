@@ -1,0 +1,82 @@
+"""One TaskRun as the operator follows it: what the API server holds, what status it
+should have, and where its handling stands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from .backoff import Backoff
+from .model import FINALIZER, INTENT_ANNOTATION, Phase, TaskRunSpec, TaskRunStatus
+from .transitions import Observed, parse_time
+
+
+def dump(status: TaskRunStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json", exclude_none=True)
+
+
+def validation_message(problem: ValidationError) -> str:
+    """A pydantic error as one line a user can act on."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in problem.errors()
+    )
+
+
+@dataclass(eq=False)
+class Run:
+    uid: str
+    namespace: str
+    name: str
+    meta: dict[str, Any]
+    spec: TaskRunSpec
+    status: TaskRunStatus  # what the status should be
+    written: dict[str, Any]  # what the API server holds, as far as we know
+    backoff: Backoff
+    problem: str | None = None  # why the spec is invalid, if it is
+    polls: int = 0  # looks in a row that saw nothing new: the backoff's step
+    synced: bool = True  # `written` is `status`: no write is owed
+    # The step machinery: at most one step runs, and at most one waits (the latest news).
+    busy: bool = False
+    wanted: bool = False
+    observed: tuple[str, Observed] | None = None  # (task id, what its record said)
+    # (task id, when it was first heard running): news that later news superseded.
+    seen_running: tuple[str, datetime] | None = None
+    errors: int = 0  # steps in a row that failed unexpectedly
+
+    @property
+    def generation(self) -> int | None:
+        value = self.meta.get("generation")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def created(self) -> datetime | None:
+        return parse_time(self.meta.get("creationTimestamp"))
+
+    @property
+    def finalizers(self) -> list[str]:
+        found = self.meta.get("finalizers")
+        return [f for f in found if isinstance(f, str)] if isinstance(found, list) else []
+
+    @property
+    def intent(self) -> str | None:
+        annotations = self.meta.get("annotations")
+        value = annotations.get(INTENT_ANNOTATION) if isinstance(annotations, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def sent(self) -> bool:
+        return self.status.taskId is not None and self.status.phase not in (None, Phase.PENDING)
+
+    @property
+    def finished(self) -> bool:
+        return self.status.phase is not None and self.status.phase.terminal
+
+    @property
+    def guarded(self) -> bool:
+        return FINALIZER in self.finalizers
+
+    def body(self) -> dict[str, Any]:
+        return {"metadata": self.meta}

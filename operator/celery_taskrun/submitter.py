@@ -1,0 +1,83 @@
+"""The submission protocol: crash-safe by ordering.
+
+(1) One metadata patch adds the finalizer and the task id about to be sent (an
+annotation), (2) the task is sent with that id, (3) the caller writes the status.
+A restart that finds (1) without (3) reads the backend and sends again only if the
+id has no record; the worker guard drops a duplicate delivery of an id that already
+ran, so a resend never runs a task twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from . import faults, metrics, records
+from .backend import BackendUnavailable, ResultBackend
+from .celery_client import BrokerUnavailable, CeleryClient, SendRefused
+from .kube import Gone, Kube, KubeError
+from .model import FINALIZER, INTENT_ANNOTATION
+from .records import TaskRecord
+from .runs import Run
+from .submission import Submission
+
+log = logging.getLogger(__name__)
+
+
+class Sent(enum.Enum):
+    SENT = "sent"
+    GONE = "gone"  # the TaskRun was deleted: nothing was sent
+
+
+@dataclass(frozen=True)
+class NotSent:
+    error: str
+    permanent: bool  # the message cannot be sent at all; else try again later
+
+
+class Submitter:
+    def __init__(self, kube: Kube, celery: CeleryClient, backend: ResultBackend) -> None:
+        self.kube = kube
+        self.celery = celery
+        self.backend = backend
+
+    async def submit(self, run: Run, submission: Submission) -> Sent | NotSent:
+        task_id = submission.task_id
+        recovering = run.intent == task_id  # an earlier incarnation may have sent it
+        log.info(
+            "submitting %s/%s as %s%s",
+            run.namespace,
+            run.name,
+            task_id,
+            " (recovering)" if recovering else "",
+        )
+        try:
+            if not recovering or not run.guarded:
+                await self._record_intent(run, task_id)
+            if not (recovering and await self._has_record(task_id)):
+                await self.celery.send(submission)
+                faults.crash_point("after-send")
+        except Gone:
+            return Sent.GONE
+        except SendRefused as exc:
+            metrics.SUBMISSIONS.labels("refused").inc()
+            return NotSent(str(exc), permanent=True)
+        except (KubeError, BrokerUnavailable, BackendUnavailable) as exc:
+            metrics.SUBMISSIONS.labels("failed").inc()
+            log.warning("could not submit %s/%s: %s", run.namespace, run.name, exc)
+            return NotSent(f"{type(exc).__name__}: {exc}", permanent=False)
+        metrics.SUBMISSIONS.labels("sent").inc()
+        return Sent.SENT
+
+    async def _record_intent(self, run: Run, task_id: str) -> None:
+        await self.kube.record_intent(run.body(), task_id)
+        metrics.API_WRITES.labels("metadata").inc()
+        annotations = dict(run.meta.get("annotations") or {})
+        annotations[INTENT_ANNOTATION] = task_id
+        finalizers = run.finalizers if run.guarded else [*run.finalizers, FINALIZER]
+        run.meta = {**run.meta, "annotations": annotations, "finalizers": finalizers}
+
+    async def _has_record(self, task_id: str) -> bool:
+        reading = (await self.backend.read([task_id]))[task_id]
+        return not (isinstance(reading, TaskRecord) and reading.state == records.PENDING)

@@ -1,0 +1,105 @@
+"""The status writer: one merge patch of what changed, an event for each new phase or
+reason, and the metrics of both.
+
+A write refused for its size (the API server's request limit, etcd's object limit)
+or its content is tried again smaller (`transitions.shrunk`), twice at most: a run's
+status is never refused for ever.  What was written becomes the run's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from . import metrics
+from .kube import Gone, Invalid, Kube, KubeError, TooLarge
+from .model import Phase, Reason, TaskRunStatus
+from .runs import Run, dump
+from .transitions import parse_time, shrunk
+
+log = logging.getLogger(__name__)
+
+WARNING_PHASES = frozenset({Phase.FAILED, Phase.TIMED_OUT, Phase.REVOKED})
+SHRINK_LEVELS = 2
+
+
+class Written(enum.Enum):
+    WRITTEN = "written"  # the API server holds the new status
+    UNCHANGED = "unchanged"  # nothing visible changed: no write
+    GONE = "gone"  # the object no longer exists
+    FAILED = "failed"  # not written: try again later
+
+
+def merge_patch(written: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `written` to `desired`, top-level keys only."""
+    patch: dict[str, Any] = {k: v for k, v in desired.items() if written.get(k) != v}
+    patch.update({k: None for k in written if k not in desired})
+    return patch
+
+
+class StatusWriter:
+    def __init__(self, kube: Kube, *, concurrency: int, now: Callable[[], datetime]) -> None:
+        self.kube = kube
+        self.now = now
+        self.slots = asyncio.Semaphore(concurrency)
+
+    async def write(self, run: Run, status: TaskRunStatus) -> Written:
+        """Make the API server hold `status` (or a smaller version of it)."""
+        old_phase, old_reason = run.written.get("phase"), run.written.get("reason")
+        for level in range(SHRINK_LEVELS + 1):
+            desired = dump(status)
+            patch = merge_patch(run.written, desired)
+            if not patch:
+                run.status, run.synced = status, True
+                return Written.UNCHANGED
+            try:
+                async with self.slots:
+                    await self.kube.patch_status(run.namespace, run.name, patch)
+            except Gone:
+                return Written.GONE
+            except (TooLarge, Invalid) as exc:
+                metrics.STATUS_WRITE_FAILURES.labels(type(exc).__name__).inc()
+                log.warning(
+                    "status of %s/%s refused (%s); writing it smaller", run.namespace, run.name, exc
+                )
+                status = shrunk(status, level + 1)
+                continue
+            except KubeError as exc:
+                metrics.STATUS_WRITE_FAILURES.labels(type(exc).__name__).inc()
+                log.warning("status write for %s/%s failed: %s", run.namespace, run.name, exc)
+                run.synced = False
+                return Written.FAILED
+            metrics.API_WRITES.labels("status").inc()
+            run.status, run.written, run.synced = status, desired, True
+            if (status.phase, status.reason) != (old_phase, old_reason):
+                await self._announce(run, status)
+            return Written.WRITTEN
+        log.error("status of %s/%s refused even at its smallest", run.namespace, run.name)
+        run.synced = False
+        return Written.FAILED
+
+    async def _announce(self, run: Run, status: TaskRunStatus) -> None:
+        phase = status.phase or Phase.PENDING
+        metrics.TRANSITIONS.labels(phase.value, status.reason or "").inc()
+        if phase.terminal:
+            done = parse_time(status.completedAt)
+            if done is not None and phase is not Phase.REVOKED:
+                metrics.STATUS_LATENCY.observe(max((self.now() - done).total_seconds(), 0.0))
+        warning = phase in WARNING_PHASES or status.reason == Reason.BACKEND_UNAVAILABLE
+        await self.event(
+            run,
+            "Warning" if warning else "Normal",
+            status.reason or phase.value,
+            f"{phase.value}: {status.message}" if status.message else phase.value,
+        )
+
+    async def event(self, run: Run, kind: str, reason: str, message: str) -> None:
+        try:
+            await self.kube.event(run.namespace, run.name, run.uid, kind, reason, message)
+            metrics.API_WRITES.labels("event").inc()
+        except KubeError as exc:  # an event is worth a try, never a failure
+            log.info("event for %s/%s not posted: %s", run.namespace, run.name, exc)

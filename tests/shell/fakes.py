@@ -1,0 +1,193 @@
+"""Fakes of the operator's own clients (Kubernetes, Celery, result backend), so the
+tracker's shell is tested in milliseconds.  Each keeps what a user would see (the
+status and events of each TaskRun, what was sent and revoked) and can be told to
+fail, hang or refuse.  The end-to-end tests run the same cases on the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from celery_taskrun import records
+from celery_taskrun.backend import BackendUnavailable, OnRecord, OnResync
+from celery_taskrun.celery_client import BrokerUnavailable
+from celery_taskrun.config import OperatorConfig
+from celery_taskrun.kube import Gone, TooLarge
+from celery_taskrun.model import FINALIZER, INTENT_ANNOTATION
+from celery_taskrun.records import Reading
+from celery_taskrun.submission import Submission
+from celery_taskrun.tracker import Tracker
+
+Body = dict[str, Any]
+
+
+@dataclass
+class FakeKube:
+    objects: dict[str, Body] = field(default_factory=dict)  # by name
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (name, type, reason)
+    hang: set[str] = field(default_factory=set)  # names whose status writes never return
+    max_status_bytes: int | None = None  # refuse larger status patches (etcd's limit)
+    writes: int = 0
+
+    async def patch_status(self, namespace: str, name: str, patch: Body) -> None:
+        if name in self.hang:
+            await asyncio.Event().wait()
+        obj = self._get(name)
+        if self.max_status_bytes is not None and len(repr(patch)) > self.max_status_bytes:
+            raise TooLarge("etcdserver: request is too large")
+        status = obj.setdefault("status", {})
+        for key, value in patch.items():
+            if value is None:
+                status.pop(key, None)
+            else:
+                status[key] = copy.deepcopy(value)
+        self.writes += 1
+
+    async def record_intent(self, body: Body, task_id: str) -> None:
+        meta = self._get(body["metadata"]["name"])["metadata"]
+        meta.setdefault("annotations", {})[INTENT_ANNOTATION] = task_id
+        if FINALIZER not in meta.setdefault("finalizers", []):
+            meta["finalizers"].append(FINALIZER)
+
+    async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str]) -> None:
+        meta = self._get(name)["metadata"]
+        meta["finalizers"] = [f for f in meta.get("finalizers", []) if f != FINALIZER]
+
+    async def get(self, namespace: str, name: str) -> Body:
+        return copy.deepcopy(self._get(name))
+
+    async def delete(self, namespace: str, name: str, uid: str) -> None:
+        self._get(name)
+        del self.objects[name]
+
+    async def event(
+        self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str
+    ) -> None:
+        self.events.append((name, kind, reason))
+
+    async def close(self) -> None:
+        return
+
+    def _get(self, name: str) -> Body:
+        if name not in self.objects:
+            raise Gone(name)
+        return self.objects[name]
+
+    def status(self, name: str) -> Body:
+        return dict(self.objects[name].get("status") or {})
+
+
+@dataclass
+class FakeBackend:
+    stored: dict[str, Reading] = field(default_factory=dict)
+    reads: int = 0
+    down: bool = False
+    on_record: OnRecord | None = None
+
+    async def read(self, task_ids: Sequence[str]) -> dict[str, Reading]:
+        self.reads += 1
+        if self.down:
+            raise BackendUnavailable("redis: connection refused")
+        return {tid: self.stored.get(tid, records.NO_RECORD) for tid in task_ids}
+
+    async def watch(self, on_record: OnRecord, on_resync: OnResync) -> None:
+        self.on_record = on_record
+        await on_resync()
+        await asyncio.Event().wait()
+
+    async def publish(self, task_id: str, reading: Reading) -> None:
+        """A worker stores a state: SETEX + PUBLISH."""
+        self.stored[task_id] = reading
+        if self.on_record is not None:
+            await self.on_record(task_id, reading)
+
+    async def close(self) -> None:
+        return
+
+
+@dataclass
+class FakeCelery:
+    sent: list[Submission] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+    down: bool = False
+
+    async def send(self, submission: Submission) -> None:
+        if self.down:
+            raise BrokerUnavailable("ConnectionError: broker down")
+        self.sent.append(submission)
+
+    async def revoke(self, task_id: str, *, terminate: bool, reason: str) -> None:
+        self.revoked.append(task_id)
+
+    async def alive(self, hostnames: set[str]) -> set[str]:
+        return set(hostnames)
+
+    async def still_running(self, task_id: str, worker: str | None) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        return
+
+
+_names = itertools.count()
+
+
+@dataclass
+class Harness:
+    tracker: Tracker
+    kube: FakeKube
+    celery: FakeCelery
+    backend: FakeBackend
+
+    def create(self, spec: Body, name: str | None = None) -> Body:
+        """A TaskRun as the API server would hand it to the watch."""
+        name = name or f"run-{next(_names)}"
+        body: Body = {
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "uid": str(uuid.uuid4()),
+                "generation": 1,
+                "creationTimestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+            "spec": spec,
+            "status": {"observedGeneration": 0},
+        }
+        self.kube.objects[name] = body
+        return body
+
+    async def apply(self, spec: Body, name: str | None = None) -> Body:
+        body = self.create(spec, name)
+        await self.tracker.observe("ADDED", copy.deepcopy(body))
+        return body
+
+    def task_id(self, body: Body) -> str:
+        return f"tr-{body['metadata']['uid']}-1"
+
+
+async def until(check: Callable[[], Any], within: float = 5.0, what: str = "condition") -> Any:
+    """Wait for `check` to hold (never a bare sleep)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def harness_config(**overrides: Any) -> OperatorConfig:
+    settings: dict[str, Any] = {
+        "poll": {"initialInterval": 0.05, "factor": 1.5, "maxInterval": 0.2},
+        "workerLostAfter": 0,
+        **overrides,
+    }
+    return OperatorConfig.model_validate(settings)

@@ -1,0 +1,188 @@
+"""The tracker's shell with fakes of its clients: one bad object never stops the others.
+
+Each case here has an end-to-end twin on the real stack (tests/e2e/test_hostile.py);
+these run in milliseconds and reach the corners the real parts cannot be made to
+hit on demand (a hung API call, a refused write, a bug in one step).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from celery_taskrun import records
+from celery_taskrun import tracker as tracker_module
+from celery_taskrun.records import TaskRecord, Unreadable
+
+from fakes import Harness, until
+
+SUCCESS = TaskRecord("SUCCESS", 42)  # done now
+
+
+def phase(harness: Harness, body: dict[str, Any]) -> Any:
+    return harness.kube.status(body["metadata"]["name"]).get("phase")
+
+
+async def test_a_run_goes_from_queued_to_succeeded(harness: Harness) -> None:
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    await harness.backend.publish(harness.task_id(run), SUCCESS)
+    await until(lambda: phase(harness, run) == "Succeeded", what="Succeeded")
+    assert harness.kube.status(run["metadata"]["name"])["result"] == 42
+
+
+async def test_an_unreadable_record_ends_its_run_alone(harness: Harness) -> None:
+    bad, good = await harness.apply({"task": "t.a"}), await harness.apply({"task": "t.a"})
+    await until(lambda: len(harness.celery.sent) == 2, what="both sent")
+    await harness.backend.publish(harness.task_id(bad), Unreadable("pickle data"))
+    await until(lambda: phase(harness, bad) == "Failed", what="bad run Failed")
+    assert harness.kube.status(bad["metadata"]["name"])["reason"] == "ResultLost"
+    # The other run, and one created afterwards, carry on.
+    later = await harness.apply({"task": "t.a"})
+    for run in (good, later):
+        await until(lambda run=run: phase(harness, run) == "Queued", what="Queued")
+        await harness.backend.publish(harness.task_id(run), SUCCESS)
+        await until(lambda run=run: phase(harness, run) == "Succeeded", what="Succeeded")
+
+
+async def test_a_hung_status_write_never_delays_another_runs_deadline(harness: Harness) -> None:
+    stuck = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, stuck) == "Queued", what="Queued")
+    harness.kube.hang.add(stuck["metadata"]["name"])
+    await harness.backend.publish(harness.task_id(stuck), TaskRecord("STARTED", {}))
+    timed = await harness.apply({"task": "t.a", "timeout": 0.3})
+    await until(lambda: phase(harness, timed) == "Queued", what="Queued")
+    submitted = datetime.fromisoformat(
+        harness.kube.status(timed["metadata"]["name"])["submittedAt"].replace("Z", "+00:00")
+    )
+    await until(lambda: phase(harness, timed) == "TimedOut", within=3, what="TimedOut")
+    late = datetime.now(UTC) - (submitted + timedelta(seconds=0.3))
+    assert late < timedelta(seconds=1), late
+
+
+async def test_a_flood_of_publishes_costs_one_pending_step(harness: Harness) -> None:
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    task_id = harness.task_id(run)
+    harness.kube.hang.add(run["metadata"]["name"])  # the first step will hold
+    await harness.backend.publish(task_id, TaskRecord("PROGRESS", {"current": 0, "total": 10}))
+    for i in range(2000):
+        await harness.backend.publish(task_id, TaskRecord("PROGRESS", {"current": i, "total": 10}))
+    steps = [t for t in harness.tracker.background if "_drive" in repr(t.get_coro())]
+    assert len(steps) == 1  # one step runs; the latest news waits in its place
+    tracked = harness.tracker.runs[run["metadata"]["uid"]]
+    assert tracked.wanted and tracked.observed is not None
+    assert tracked.observed[1] == TaskRecord("PROGRESS", {"current": 1999, "total": 10})
+
+
+async def test_a_status_refused_for_its_size_is_written_smaller(harness: Harness) -> None:
+    harness.kube.max_status_bytes = 20_000
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    await harness.backend.publish(harness.task_id(run), TaskRecord("SUCCESS", "x" * 200_000))
+    await until(lambda: phase(harness, run) == "Succeeded", what="Succeeded")
+    status = harness.kube.status(run["metadata"]["name"])
+    assert status["resultTruncated"] is True and len(status["result"]) < 2000
+
+
+async def test_a_step_that_keeps_failing_ends_its_run(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tracker_module.advance
+
+    def buggy(spec: Any, status: Any, *args: Any, **kwargs: Any) -> Any:
+        if spec.task == "t.buggy":
+            raise KeyError("a bug")
+        return real(spec, status, *args, **kwargs)
+
+    monkeypatch.setattr(tracker_module, "advance", buggy)
+    monkeypatch.setattr(tracker_module, "MAX_STEP_ERRORS", 3)
+    bad, good = await harness.apply({"task": "t.buggy"}), await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, good) == "Queued", what="Queued")
+    await harness.backend.publish(harness.task_id(good), SUCCESS)
+    await until(lambda: phase(harness, good) == "Succeeded", what="the other run Succeeded")
+    await until(lambda: phase(harness, bad) == "Failed", within=15, what="buggy run Failed")
+    status = harness.kube.status(bad["metadata"]["name"])
+    assert status["reason"] == "InternalError" and "KeyError" in status["message"]
+    assert harness.task_id(bad) in harness.celery.revoked
+
+
+async def test_a_deadline_holds_for_a_run_never_sent(harness: Harness) -> None:
+    harness.celery.down = True
+    run = harness.create({"task": "t.a", "timeout": 1, "poll": {"initialInterval": 3600}})
+    # Created a second ago (creationTimestamp has whole seconds).
+    created = datetime.now(UTC).replace(microsecond=0)
+    run["metadata"]["creationTimestamp"] = created.isoformat()
+    await harness.tracker.observe("ADDED", run)
+    await until(lambda: phase(harness, run) == "Pending", what="Pending")
+    await until(lambda: phase(harness, run) == "TimedOut", within=4, what="TimedOut")
+    done = datetime.fromisoformat(
+        harness.kube.status(run["metadata"]["name"])["completedAt"].replace("Z", "+00:00")
+    )
+    assert done - (created + timedelta(seconds=2)) < timedelta(seconds=1)
+
+
+async def test_one_ttl_deletion_per_run_whatever_the_watch_repeats(harness: Harness) -> None:
+    run = await harness.apply({"task": "t.a", "ttlSecondsAfterFinished": 3600})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    await harness.backend.publish(harness.task_id(run), SUCCESS)
+    await until(lambda: phase(harness, run) == "Succeeded", what="Succeeded")
+    finished = await harness.kube.get("ns", run["metadata"]["name"])
+    for _ in range(50):
+        await harness.tracker.observe("MODIFIED", finished)
+    assert len(harness.tracker.expiring) == 1
+    assert len(harness.tracker.schedule) == 1
+
+
+async def test_liveness_fails_when_the_loop_stops_turning(harness: Harness) -> None:
+    assert harness.tracker.health() is None
+    harness.tracker.beat = time.monotonic() - 3600
+    assert "has not turned" in (harness.tracker.health() or "")
+    await until(lambda: harness.tracker.health() is None, what="the loop beats again")
+
+
+async def test_a_crashed_loop_is_restarted(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashes = []
+    real = harness.tracker.schedule.due
+
+    def due_once_broken() -> list[str]:
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("a bug in the loop")
+        return real()
+
+    monkeypatch.setattr(harness.tracker.schedule, "due", due_once_broken)
+    await until(lambda: crashes, what="the loop crashed")
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", within=5, what="Queued after restart")
+
+
+async def test_backend_outage_is_reported_and_recovered(harness: Harness) -> None:
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    harness.backend.down = True
+    name = run["metadata"]["name"]
+    await until(
+        lambda: harness.kube.status(name).get("reason") == "BackendUnavailable",
+        what="BackendUnavailable",
+    )
+    harness.backend.down = False
+    harness.backend.stored[harness.task_id(run)] = SUCCESS
+    await until(lambda: phase(harness, run) == "Succeeded", what="Succeeded")
+
+
+@pytest.mark.parametrize("record", [records.NO_RECORD, TaskRecord("STARTED", {})])
+async def test_steady_polls_write_nothing(harness: Harness, record: TaskRecord) -> None:
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    harness.backend.stored[harness.task_id(run)] = record
+    await until(lambda: harness.backend.reads >= 3, what="a few polls")
+    writes = harness.kube.writes
+    reads = harness.backend.reads
+    await until(lambda: harness.backend.reads >= reads + 3, what="more polls")
+    assert harness.kube.writes == writes
