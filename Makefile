@@ -15,6 +15,7 @@ lint:
 	ruff check .
 	ruff format --check .
 	mypy
+	lint-imports
 
 test: setup lint
 	python3 -m pytest -q -p no:cacheprovider

@@ -461,6 +461,8 @@ class Stack:
         settings = {
             "CELERY_BROKER_URL": self.broker_url,
             "CELERY_RESULT_BACKEND": self.result_backend,
+            # The execution ledger (a test aid, off by default) in the broker's Redis.
+            "TASKRUN_LEDGER_URL": "broker",
         }
         if imports:
             settings["TASKRUN_WORKER_IMPORTS"] = ",".join(imports)

@@ -133,6 +133,7 @@ def worker_env(
         "CELERY_BROKER_URL": redis_server.url(0),
         "CELERY_RESULT_BACKEND": backend or redis_server.url(1),
         "TASKRUN_WORKER_IMPORTS": "taskrun_user_tasks",
+        "TASKRUN_LEDGER_URL": "broker",
         # Short leases, so that the tests can see them renewed and released.
         "TASKRUN_CLAIM_LEASE_SECONDS": str(CLAIM_LEASE_SECONDS),
         **extra,

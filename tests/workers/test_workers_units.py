@@ -250,13 +250,14 @@ def test_on_soft_timeout_as_a_decorator() -> None:
 @pytest.mark.parametrize(
     ("env", "broker", "expected"),
     [
-        ({}, "redis://b:6379/0", "redis://b:6379/0"),
-        ({}, "rediss://b:6380/0", "rediss://b:6380/0"),
+        ({}, "redis://b:6379/0", None),  # opt-in: a test aid, off in production
+        ({"TASKRUN_LEDGER_URL": "broker"}, "redis://b:6379/0", "redis://b:6379/0"),
+        ({"TASKRUN_LEDGER_URL": "broker"}, "rediss://b:6380/0", "rediss://b:6380/0"),
         ({"TASKRUN_LEDGER_URL": "redis://l:1/3"}, "redis://b:6379/0", "redis://l:1/3"),
         ({"TASKRUN_LEDGER_URL": "redis://l:1/3"}, "amqp://rabbit//", "redis://l:1/3"),
-        ({}, "amqp://rabbit//", None),
-        ({}, None, None),
-        ({"TASKRUN_LEDGER_MAX_ENTRIES": "0"}, "redis://b:6379/0", None),
+        ({"TASKRUN_LEDGER_URL": "broker"}, "amqp://rabbit//", None),
+        ({"TASKRUN_LEDGER_URL": "broker"}, None, None),
+        ({"TASKRUN_LEDGER_MAX_ENTRIES": "0", "TASKRUN_LEDGER_URL": "broker"}, "redis://b/0", None),
         ({"TASKRUN_LEDGER_MAX_ENTRIES": "0", "TASKRUN_LEDGER_URL": "redis://l:1/3"}, None, None),
     ],
 )

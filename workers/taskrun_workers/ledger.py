@@ -17,8 +17,9 @@ users' own tasks are recorded too; ``cleanup`` from
 events from the guard. The operator's end-to-end tests read it with :func:`read_ledger`
 and :func:`executions` to assert that a run executed exactly once, or never.
 
-Where it is written: ``TASKRUN_LEDGER_URL`` (a ``redis://`` URL) if set, else the broker
-when the broker is Redis, else nowhere. The list is capped to the newest
+It is off unless ``TASKRUN_LEDGER_URL`` is set: a ``redis://`` URL, or ``broker`` for the
+broker itself when it is Redis (the local stack and the tests set it; production workers
+should not write every task start to Redis). The list is capped to the newest
 ``TASKRUN_LEDGER_MAX_ENTRIES`` entries (default 100000; ``0`` turns the ledger off), so
 that it cannot grow without bound in a long-lived deployment.
 
@@ -51,12 +52,16 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def ledger_url(broker_url: str | None) -> str | None:
-    """Where the ledger of a worker with this broker goes, or None when it is off."""
-    if max_entries() == 0:
+    """Where the ledger of a worker with this broker goes, or None when it is off.
+
+    Off unless asked for: it is a test aid, and a production worker should not write
+    every task start to Redis.  ``TASKRUN_LEDGER_URL=broker`` means the broker itself
+    (when it is Redis)."""
+    wanted = os.environ.get("TASKRUN_LEDGER_URL")
+    if not wanted or max_entries() == 0:
         return None
-    explicit = os.environ.get("TASKRUN_LEDGER_URL")
-    if explicit:
-        return explicit
+    if wanted != "broker":
+        return wanted
     if broker_url and broker_url.split(":", 1)[0].lower() in _REDIS_SCHEMES:
         return broker_url
     return None
