@@ -20,6 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CHART = REPO / "charts" / "celery-taskrun"
 HELM_MODULE = REPO / "devstack" / "tools" / "helm"
+PROMTOOL_BUILD = REPO / "devstack" / "tools" / "promtool" / "build.sh"
+# Other projects' CRDs (KEDA, Flux, prometheus-operator), from their Go modules.
+CRDS_FETCH = REPO / "devstack" / "tools" / "crds" / "fetch.sh"
+KUSTOMIZE = DEPLOY / "kustomize"
+OBSERVABILITY = DEPLOY / "observability"
 DOCKERFILE = REPO / "Dockerfile"
 # Building helm is opt-in: a cold build takes about 6 minutes on 2 cores.
 BUILD_ENV = "TASKRUN_BUILD_HELM"
@@ -118,6 +123,29 @@ def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.Completed
     )
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def serve_crds(stack: Stack, files: Iterable[Path]) -> None:
+    """Install CRDs into the stack's API server and wait until each is served."""
+    files = list(files)
+    args = [a for f in files for a in ("-f", str(f))]
+    stack.kubectl("apply", "--server-side", *args, check=True)
+    names = [f"crd/{load_all(f.read_text())[0]['metadata']['name']}" for f in files]
+    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, check=True)
+
+
+def server_side_apply(
+    stack: Stack, docs: list[Manifest], *, dry_run: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`kubectl apply --server-side` (by default a server-side dry run): the API server
+    decodes, defaults and validates each object against its CRD's schema, persisting
+    nothing.  Fails with kubectl's message and the manifests."""
+    args = ["apply", "--server-side", "--field-manager=packaging-test", "-f", "-"]
+    if dry_run:
+        args.insert(1, "--dry-run=server")
+    result = stack.kubectl(*args, input=dump_all(docs))
+    assert result.returncode == 0, f"{result.stderr}\n---\n{dump_all(docs)}"
     return result
 
 
