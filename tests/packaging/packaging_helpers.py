@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from celery_taskrun import metrics
 from taskrun_dev.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +33,8 @@ DOCKERFILE = REPO / "Dockerfile"
 BUILD_ENV = "TASKRUN_BUILD_HELM"
 
 Manifest = dict[str, Any]
+Completed = subprocess.CompletedProcess[str]
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # render(values=None, *, namespace=..., release=..., include_crds=False) -> manifests
 Render = Callable[..., list[Manifest]]
 
@@ -135,18 +140,40 @@ def serve_crds(stack: Stack, files: Iterable[Path]) -> None:
     stack.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, check=True)
 
 
-def server_side_apply(
-    stack: Stack, docs: list[Manifest], *, dry_run: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """`kubectl apply --server-side` (by default a server-side dry run): the API server
-    decodes, defaults and validates each object against its CRD's schema, persisting
-    nothing.  Fails with kubectl's message and the manifests."""
-    args = ["apply", "--server-side", "--field-manager=packaging-test", "-f", "-"]
-    if dry_run:
-        args.insert(1, "--dry-run=server")
+def server_side_apply(stack: Stack, docs: list[Manifest]) -> Completed:
+    """`kubectl apply --server-side --dry-run=server`: the API server decodes, defaults
+    and validates each object (against its CRD's schema, for custom resources) and runs
+    admission, persisting nothing.  Fails with kubectl's message and the manifests."""
+    args = ["apply", "--server-side", "--dry-run=server", "-f", "-"]
     result = stack.kubectl(*args, input=dump_all(docs))
     assert result.returncode == 0, f"{result.stderr}\n---\n{dump_all(docs)}"
     return result
+
+
+# -- metrics and PromQL ------------------------------------------------------------------
+
+
+def defined_metrics() -> set[str]:
+    """Series names the operator exports: a counter's _total, a histogram's three."""
+    names = set()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
+    return names
+
+
+def run(*args: str | Path, cwd: Path | None = None, input: str | None = None) -> Completed:
+    return subprocess.run(
+        [str(a) for a in args], cwd=cwd, input=input, capture_output=True, text=True, timeout=120
+    )
+
+
+def selected(promql_names: Path, exprs: list[str]) -> list[list[str]]:
+    result = run(promql_names, input=json.dumps(exprs))
+    assert result.returncode == 0, result.stderr
+    names: list[list[str]] = json.loads(result.stdout)
+    return names
 
 
 # -- the Dockerfile ----------------------------------------------------------------------

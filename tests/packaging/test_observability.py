@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,16 @@ import yaml
 from packaging_helpers import (
     OBSERVABILITY,
     Render,
+    defined_metrics,
     load_all,
     one,
+    run,
+    selected,
     serve_crds,
     server_side_apply,
 )
 from prometheus_client import REGISTRY, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
 
-from celery_taskrun import metrics
 from taskrun_dev.stack import Stack
 
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
@@ -42,18 +42,6 @@ ALERTS_TEST = Path(__file__).with_name("alerts_test.yaml")
 # Grafana's interval variables; any duration makes the expression valid PromQL.
 GRAFANA_INTERVAL = re.compile(r"\$__(rate_interval|interval|range)\b")
 LABEL_VALUES = re.compile(r"^label_values\(\s*([^,()]+?)\s*,\s*\w+\s*\)$")
-Completed = subprocess.CompletedProcess[str]
-SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-
-
-def defined_metrics() -> set[str]:
-    """Series names the operator exports: a counter's _total, a histogram's three."""
-    names = set()
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            for family in value.describe():
-                names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
-    return names
 
 
 def walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -93,19 +81,6 @@ def rules_spec() -> dict[str, Any]:
 
 def rule_exprs() -> list[str]:
     return [rule["expr"] for group in rules_spec()["groups"] for rule in group["rules"]]
-
-
-def run(*args: str | Path, cwd: Path | None = None, input: str | None = None) -> Completed:
-    return subprocess.run(
-        [str(a) for a in args], cwd=cwd, input=input, capture_output=True, text=True, timeout=120
-    )
-
-
-def selected(promql_names: Path, exprs: list[str]) -> list[list[str]]:
-    result = run(promql_names, input=json.dumps(exprs))
-    assert result.returncode == 0, result.stderr
-    names: list[list[str]] = json.loads(result.stdout)
-    return names
 
 
 def test_every_query_reads_only_metrics_the_operator_exports(
