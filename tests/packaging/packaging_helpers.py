@@ -27,6 +27,7 @@ PROMTOOL_BUILD = REPO / "devstack" / "tools" / "promtool" / "build.sh"
 # Other projects' CRDs (KEDA, Flux, prometheus-operator), from their Go modules.
 CRDS_FETCH = REPO / "devstack" / "tools" / "crds" / "fetch.sh"
 KUSTOMIZE = DEPLOY / "kustomize"
+README = REPO / "README.md"
 OBSERVABILITY = DEPLOY / "observability"
 DOCKERFILE = REPO / "Dockerfile"
 # Building helm is opt-in: a cold build takes about 6 minutes on 2 cores.
@@ -148,6 +149,22 @@ def server_side_apply(stack: Stack, docs: list[Manifest]) -> Completed:
     result = stack.kubectl(*args, input=dump_all(docs))
     assert result.returncode == 0, f"{result.stderr}\n---\n{dump_all(docs)}"
     return result
+
+
+def readme_yaml(section: str) -> Manifest:
+    """The first YAML block of a section (`## section`) of the README, parsed."""
+    body = README.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    loaded: Manifest = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
+    return loaded
+
+
+def build_beside_repo(stack: Stack, folder: Path, kustomization: Manifest) -> list[Manifest]:
+    """`kubectl kustomize` of a user's kustomization whose paths start with
+    ../celery-taskrun/, as the README's do: laid out in `folder`, that name linking here."""
+    (folder / "celery-taskrun").symlink_to(REPO)
+    (folder / "mine").mkdir()
+    (folder / "mine" / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return load_all(stack.kubectl("kustomize", str(folder / "mine"), check=True).stdout)
 
 
 # -- metrics and PromQL ------------------------------------------------------------------

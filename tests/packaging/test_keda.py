@@ -1,7 +1,7 @@
 """KEDA: deploy/keda's ScaledObjects, validated by KEDA's own CRDs on the real API server.
 
 KEDA's CRDs come from its Go module (devstack/tools/crds).  The component is built into
-the overlay README.md shows, and the result is applied with a server-side dry run: the
+the overlay README.md shows (its very text), and applied with a server-side dry run: the
 API server checks each ScaledObject against KEDA's schema.  Beside that, what makes
 scaling safe is checked on the built objects: the scaled worker's grace period covers
 the hard time limit, nobody but KEDA sets its replicas, and the trigger reads the
@@ -10,7 +10,6 @@ worker's own queue on the broker the operator uses.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,11 +17,12 @@ import pytest
 import yaml
 from packaging_helpers import (
     DEPLOY,
-    KUSTOMIZE,
     Manifest,
+    build_beside_repo,
     defined_metrics,
     load_all,
     one,
+    readme_yaml,
     selected,
     serve_crds,
     server_side_apply,
@@ -44,14 +44,8 @@ def keda_crds(stack: Stack, foreign_crds: Path) -> None:
 
 @pytest.fixture
 def with_keda(stack: Stack, tmp_path: Path) -> list[Manifest]:
-    """The overlay of README.md: the example worker, with the KEDA component."""
-    # kustomize takes relative paths only.
-    overlay = {
-        "resources": [os.path.relpath(KUSTOMIZE / "overlays" / "with-worker", tmp_path)],
-        "components": [os.path.relpath(KEDA, tmp_path)],
-    }
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
-    return load_all(stack.kubectl("kustomize", str(tmp_path), check=True).stdout)
+    """The overlay README.md shows: the example worker, with the KEDA component."""
+    return build_beside_repo(stack, tmp_path, readme_yaml("Autoscaling with KEDA"))
 
 
 def queues(container: Manifest) -> list[str]:

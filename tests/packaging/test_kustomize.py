@@ -24,10 +24,13 @@ from packaging_helpers import (
     KUSTOMIZE,
     Manifest,
     Render,
+    build_beside_repo,
     by_kind,
     load_all,
     one,
+    readme_yaml,
     rule_set,
+    server_side_apply,
 )
 
 from taskrun_dev import copies
@@ -177,6 +180,18 @@ def test_apply_k_passes_the_api_server(stack: Stack, directory: str) -> None:
     assert result.returncode == 0, result.stderr
     applied = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
     assert len(applied) == len(built(stack, directory)), result.stdout
+
+
+@pytest.mark.e2e
+def test_readme_overlay_sets_the_image_and_the_broker(stack: Stack, tmp_path: Path) -> None:
+    mine = readme_yaml("Install with kustomize")
+    docs = build_beside_repo(stack, tmp_path, mine)
+    (image,) = mine["images"]
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"{image['newName']}:{image['newTag']}"
+    (patch,) = yaml.safe_load(mine["patches"][0]["patch"])
+    assert one(docs, "Secret")["stringData"] == patch["value"]
+    server_side_apply(stack, docs)
 
 
 # -- the Helm chart renders the same objects ----------------------------------------------
