@@ -1,9 +1,13 @@
 # The two commands of the README: `make demo` (the local stack with the operator and the
 # example TaskRuns) and `make test` (lint, types, and every test against the real stack).
-.PHONY: setup demo down lint test bench
+.PHONY: setup setup-tests demo down lint test bench
 
+# The demo needs the control plane only; the tests also need helm, promtool and CRDs.
 setup:
 	./devstack/setup.sh
+
+setup-tests:
+	./devstack/setup.sh --for-tests
 
 demo: setup
 	taskrun-dev up --examples
@@ -17,5 +21,5 @@ lint:
 	mypy
 	lint-imports
 
-test: setup lint
+test: setup-tests lint
 	python3 -m pytest -q -p no:cacheprovider

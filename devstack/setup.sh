@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server (Debian package),
 # the Python packages, and a real kube-apiserver + etcd + kubectl built with Go from the
-# module proxy, and helm likewise for the chart's tests (cached in ~/.cache/celery-taskrun;
-# the first build takes about 15 min on 2 cores, seconds after that).
+# module proxy (cached in ~/.cache/celery-taskrun; about 8 min the first time on 2 cores,
+# seconds after that).  That is all `make demo` needs.
+#
+#   devstack/setup.sh              # what the demo needs
+#   devstack/setup.sh --for-tests  # and what only the tests use: helm and promtool built
+#                                  # likewise (~3-6 min more cold), other projects' CRDs
 set -euo pipefail
+for_tests=false
+case "${1:-}" in
+  "") ;;
+  --for-tests) for_tests=true ;;
+  *) echo "usage: devstack/setup.sh [--for-tests]" >&2; exit 2 ;;
+esac
 # Go may be installed without being on PATH (its default place, or `go install`s).
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 cd "$(dirname "$0")/.."
@@ -26,7 +36,11 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 echo "setup: control-plane binaries" >&2
 taskrun-dev build >/dev/null
-if command -v go >/dev/null 2>&1; then
+if "$for_tests" && command -v go >/dev/null 2>&1; then
   echo "setup: helm, for the chart's tests (built once, ~6 min cold)" >&2
   devstack/tools/helm/build.sh >/dev/null
+  echo "setup: promtool, for the alerting rules' tests (built once, ~1 min cold)" >&2
+  devstack/tools/promtool/build.sh >/dev/null
+  echo "setup: KEDA's, Flux's and prometheus-operator's CRDs, from their Go modules" >&2
+  devstack/tools/crds/fetch.sh >/dev/null
 fi

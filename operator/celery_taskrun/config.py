@@ -12,67 +12,163 @@ import fnmatch
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .model import MAX_SECONDS
+
 MIB = 1024 * 1024
 
 
 class LimitDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    timeLimit: float | None = Field(None, gt=0)
-    softTimeLimit: float | None = Field(None, gt=0)
-    timeout: float | None = Field(None, gt=0)
-    expires: float | None = Field(None, gt=0)
+    timeLimit: float | None = Field(
+        None, gt=0, le=MAX_SECONDS, description="Hard time limit of one execution, in seconds."
+    )
+    softTimeLimit: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Soft time limit of one execution, in seconds; must be below timeLimit.",
+    )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Deadline of the whole run from its first submission, in seconds.",
+    )
+    expires: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Revoke the task if no worker starts it within this many seconds.",
+    )
 
 
 class PollDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    initialInterval: float = Field(0.5, gt=0)
-    factor: float = Field(1.5, ge=1)
-    maxInterval: float = Field(5.0, gt=0)
+    initialInterval: float = Field(
+        0.5, gt=0, le=3600, description="Seconds before the first read of a run's backend record."
+    )
+    factor: float = Field(1.5, ge=1, le=10, description="Each wait is the previous one times this.")
+    maxInterval: float = Field(
+        5.0, gt=0, le=3600, description="Longest wait between reads, in seconds."
+    )
 
 
 class OperatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    brokerUrl: str = "redis://127.0.0.1:6379/0"
-    resultBackend: str = "redis://127.0.0.1:6379/1"
-    # Global limits (the seed's task_time_limit / task_soft_time_limit).
-    defaults: LimitDefaults = LimitDefaults()
-    # Per task name or glob (the seed's task_annotations); the first match wins.
-    tasks: dict[str, LimitDefaults] = {}
-    # Task names (globs) a TaskRun may run; empty means any.
-    allowedTasks: list[str] = []
-    poll: PollDefaults = PollDefaults()
-    # Wake up on the Redis backend's publish of every state change.
-    wakeups: bool = True
-    # etcd caps an object near 1.5 MB: results above this are cut to a preview.
-    maxResultBytes: int = Field(256 * 1024, ge=1024, le=MIB)
-    maxArgsBytes: int = Field(256 * 1024, ge=1024, le=MIB)
-    maxTracebackBytes: int = Field(16 * 1024, ge=256, le=256 * 1024)
-    # Backend records larger than this are never loaded whole: their head and tail give
-    # the outcome, and the result becomes a preview.
-    maxRecordBytes: int = Field(2 * MIB, ge=64 * 1024, le=64 * MIB)
-    # Every call to the API server, the result backend and the broker gives up after
-    # these many seconds (and is tried again on the run's schedule).
-    apiTimeout: float = Field(10.0, gt=0, le=300)
-    backendTimeout: float = Field(5.0, gt=0, le=300)
-    brokerTimeout: float = Field(10.0, gt=0, le=300)
-    # Deleting a running TaskRun revokes its task; give up after this long (Redis down).
-    revokeTimeout: float = Field(5.0, gt=0, le=300)
-    # The liveness probe fails when the tracker's loop has not turned for this long.
-    livenessTimeout: float = Field(30.0, ge=5, le=3600)
-    # A whole worker lost mid-task leaves Celery's record at STARTED for ever: ping the
-    # workers of running tasks this often, and call a worker lost after this many
-    # unanswered pings in a row (0 turns the check off).
-    workerCheckInterval: float = Field(15.0, gt=0)
-    workerLostAfter: int = Field(3, ge=0)
-    # Status patches in flight at once.
-    writeConcurrency: int = Field(16, ge=1)
-    metricsHost: str = "127.0.0.1"
-    metricsPort: int | None = Field(None, ge=0, le=65535)
-    # Namespaces to watch (globs); empty means the whole cluster.
-    namespaces: list[str] = []
+    brokerUrl: str = Field(
+        "redis://127.0.0.1:6379/0", description="The Celery broker the operator sends tasks to."
+    )
+    resultBackend: str = Field(
+        "redis://127.0.0.1:6379/1",
+        description="The Celery result backend the operator reads task states from: Redis "
+        "(redis://) or a database (db+postgresql://..., db+sqlite:///...); rpc:// is refused.",
+    )
+    defaults: LimitDefaults = Field(
+        LimitDefaults(),
+        description="Global limits of every task (the seed's task_time_limit and "
+        "task_soft_time_limit); a TaskRun's spec overrides them.",
+    )
+    tasks: dict[str, LimitDefaults] = Field(
+        {},
+        description="Limits per task name or glob (the seed's task_annotations), over "
+        "`defaults`; the first matching pattern wins.",
+    )
+    allowedTasks: list[str] = Field(
+        [],
+        description="Task names (globs) a TaskRun may run; empty allows any. Others end "
+        "Failed / TaskNotAllowed.",
+    )
+    poll: PollDefaults = Field(
+        PollDefaults(),
+        description="The backoff between reads of a run's backend record (the seed's 0.5 s, "
+        "x1.5, capped at 5 s); a TaskRun's spec.poll overrides it.",
+    )
+    wakeups: bool = Field(
+        True,
+        description="Wake up on the Redis backend's publish of every state change, so "
+        "status follows a task within milliseconds rather than at the next read.",
+    )
+    # etcd caps an object near 1.5 MB.
+    maxResultBytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=MIB,
+        description="Results larger than this (serialized) are cut to a preview, with "
+        "status.resultTruncated true.",
+    )
+    maxArgsBytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=MIB,
+        description="Largest spec.args and spec.kwargs together, serialized; a larger run "
+        "ends Failed / InvalidSpec.",
+    )
+    maxTracebackBytes: int = Field(
+        16 * 1024,
+        ge=256,
+        le=256 * 1024,
+        description="The tail of a failure's traceback kept in status.error.",
+    )
+    maxRecordBytes: int = Field(
+        2 * MIB,
+        ge=64 * 1024,
+        le=64 * MIB,
+        description="Result-backend records larger than this are never loaded whole: their "
+        "head and tail give the outcome, and the result becomes a preview.",
+    )
+    apiTimeout: float = Field(
+        10.0, gt=0, le=300, description="Seconds before a call to the API server gives up."
+    )
+    backendTimeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds before a read of the result backend gives up."
+    )
+    brokerTimeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds before a call to the broker (send, ping, inspect) gives up.",
+    )
+    livenessTimeout: float = Field(
+        30.0,
+        ge=5,
+        le=3600,
+        description="The liveness endpoint fails when the tracker's loop has not turned for "
+        "this many seconds.",
+    )
+    revokeTimeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Seconds to try revoking the task of a deleted running TaskRun (Redis "
+        "down) before giving up with a RevokeFailed warning event.",
+    )
+    # A whole worker lost mid-task leaves Celery's record at STARTED for ever.
+    workerCheckInterval: float = Field(
+        15.0, gt=0, description="Seconds between pings of the workers of running tasks."
+    )
+    workerLostAfter: int = Field(
+        3,
+        ge=0,
+        description="Unanswered pings in a row after which a worker is lost and its runs end "
+        "Failed / WorkerLost; 0 turns the check off.",
+    )
+    writeConcurrency: int = Field(16, ge=1, description="Status patches in flight at once.")
+    metricsHost: str = Field(
+        "127.0.0.1", description="Address the Prometheus metrics listener binds."
+    )
+    metricsPort: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics listener (path /metrics); unset serves "
+        "no metrics.",
+    )
+    namespaces: list[str] = Field(
+        [], description="Namespaces whose TaskRuns to handle (globs); empty: the whole cluster."
+    )
 
     @model_validator(mode="after")
     def _refuse_rpc(self) -> OperatorConfig:

@@ -29,5 +29,46 @@ STATUS_LATENCY = Histogram(
 )
 
 
+# -- for the dashboard, the alerts and KEDA (deploy/observability, deploy/keda) ------------
+# Label values come from specs (queue) or from our own enums (phase, kind, backend).  A
+# queue label is a tenant's free text: the code that sets it bounds how many distinct
+# values it reports.
+QUEUE_WAIT = Histogram(
+    "taskrun_queue_wait_seconds",
+    "From a task's submission to the operator first seeing it started, by queue",
+    ["queue"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+RUN_DURATION = Histogram(
+    "taskrun_run_duration_seconds",
+    "From a run's first submission to its end (status.duration), by terminal phase",
+    ["phase"],
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400),
+)
+QUEUE_RUNS = Gauge(
+    "taskrun_queue_runs",
+    "TaskRuns in flight by queue and phase (Pending, Queued, Running, Retrying)",
+    ["queue", "phase"],
+)
+PAST_DEADLINE = Gauge(
+    "taskrun_runs_past_deadline",
+    "TaskRuns in flight whose spec.timeout has passed: each should end TimedOut at once",
+)
+BACKEND_UP = Gauge(
+    "taskrun_backend_up",
+    "1 if the last call to this backend (broker or result_backend) succeeded, else 0",
+    ["backend"],
+)
+LEADER = Gauge(
+    "taskrun_leader",
+    "1 while this operator process holds the leader Lease and acts, 0 on standby",
+)
+API_WRITE_ERRORS = Counter(
+    "taskrun_api_write_errors_total",
+    "Writes to the Kubernetes API that failed, by kind (as taskrun_api_writes_total)",
+    ["kind"],
+)
+
+
 def serve(host: str, port: int) -> None:
     start_http_server(port, addr=host)

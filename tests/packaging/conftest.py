@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 import yaml
 from packaging_helpers import (
     CHART,
+    CRDS_FETCH,
+    PROMTOOL_BUILD,
+    REPO,
     Manifest,
     Render,
     build_wheel,
@@ -72,3 +76,28 @@ def image_venv(wheel: Path) -> Iterator[Path]:
         yield make_venv(image_python(), root / "venv", wheel)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def tool_paths(script: Path, timeout: float) -> list[Path]:
+    """What a devstack/tools script prints: it builds or fetches once with Go, then reads
+    its cache.  Skipped only when Go is missing for a first run."""
+    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        if shutil.which("go") is None:
+            pytest.skip(f"{script.relative_to(REPO)} needs Go (1.26+) on PATH the first time")
+        pytest.fail(f"{script.relative_to(REPO)} failed:\n{result.stderr[-3000:]}")
+    return [Path(line) for line in result.stdout.split()]
+
+
+@pytest.fixture(scope="session")
+def promtool() -> tuple[Path, Path]:
+    """(promtool, promql-names), built by devstack/tools/promtool/build.sh."""
+    tool, names = tool_paths(PROMTOOL_BUILD, timeout=1800)
+    return tool, names
+
+
+@pytest.fixture(scope="session")
+def foreign_crds() -> Path:
+    """The folder of KEDA's, Flux's and prometheus-operator's CRDs (crds/fetch.sh)."""
+    (folder,) = tool_paths(CRDS_FETCH, timeout=600)
+    return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,18 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from celery_taskrun import metrics
 from taskrun_dev.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 CHART = REPO / "charts" / "celery-taskrun"
 HELM_MODULE = REPO / "devstack" / "tools" / "helm"
+PROMTOOL_BUILD = REPO / "devstack" / "tools" / "promtool" / "build.sh"
+# Other projects' CRDs (KEDA, Flux, prometheus-operator), from their Go modules.
+CRDS_FETCH = REPO / "devstack" / "tools" / "crds" / "fetch.sh"
+KUSTOMIZE = DEPLOY / "kustomize"
+README = REPO / "README.md"
+OBSERVABILITY = DEPLOY / "observability"
 DOCKERFILE = REPO / "Dockerfile"
 # Building helm is opt-in: a cold build takes about 6 minutes on 2 cores.
 BUILD_ENV = "TASKRUN_BUILD_HELM"
 
 Manifest = dict[str, Any]
+Completed = subprocess.CompletedProcess[str]
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # render(values=None, *, namespace=..., release=..., include_crds=False) -> manifests
 Render = Callable[..., list[Manifest]]
 
@@ -119,6 +130,67 @@ def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.Completed
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
     return result
+
+
+def serve_crds(stack: Stack, files: Iterable[Path]) -> None:
+    """Install CRDs into the stack's API server and wait until each is served."""
+    files = list(files)
+    args = [a for f in files for a in ("-f", str(f))]
+    stack.kubectl("apply", "--server-side", *args, check=True)
+    names = [f"crd/{load_all(f.read_text())[0]['metadata']['name']}" for f in files]
+    stack.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, check=True)
+
+
+def server_side_apply(stack: Stack, docs: list[Manifest]) -> Completed:
+    """`kubectl apply --server-side --dry-run=server`: the API server decodes, defaults
+    and validates each object (against its CRD's schema, for custom resources) and runs
+    admission, persisting nothing.  Fails with kubectl's message and the manifests."""
+    args = ["apply", "--server-side", "--dry-run=server", "-f", "-"]
+    result = stack.kubectl(*args, input=dump_all(docs))
+    assert result.returncode == 0, f"{result.stderr}\n---\n{dump_all(docs)}"
+    return result
+
+
+def readme_yaml(section: str) -> Manifest:
+    """The first YAML block of a section (`## section`) of the README, parsed."""
+    body = README.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    loaded: Manifest = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
+    return loaded
+
+
+def build_beside_repo(stack: Stack, folder: Path, kustomization: Manifest) -> list[Manifest]:
+    """`kubectl kustomize` of a user's kustomization whose paths start with
+    ../celery-taskrun/, as the README's do: laid out in `folder`, that name linking here."""
+    (folder / "celery-taskrun").symlink_to(REPO)
+    (folder / "mine").mkdir()
+    (folder / "mine" / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return load_all(stack.kubectl("kustomize", str(folder / "mine"), check=True).stdout)
+
+
+# -- metrics and PromQL ------------------------------------------------------------------
+
+
+def defined_metrics() -> set[str]:
+    """Series names the operator exports: a counter's _total, a histogram's three."""
+    names = set()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names |= {family.name + suffix for suffix in SUFFIXES[family.type]}
+    return names
+
+
+def run(*args: str | Path, cwd: Path | None = None, input: str | None = None) -> Completed:
+    return subprocess.run(
+        [str(a) for a in args], cwd=cwd, input=input, capture_output=True, text=True, timeout=120
+    )
+
+
+def selected(promql_names: Path, exprs: list[str]) -> list[list[str]]:
+    result = run(promql_names, input=json.dumps(exprs))
+    assert result.returncode == 0, result.stderr
+    names: list[list[str]] = json.loads(result.stdout)
+    return names
 
 
 # -- the Dockerfile ----------------------------------------------------------------------

@@ -346,6 +346,14 @@ def test_values_schema_refuses(
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_scripts_pass_shellcheck() -> None:
-    scripts = [REPO / "charts" / "sync-crd.sh", REPO / "devstack" / "tools" / "helm" / "build.sh"]
+    tools = REPO / "devstack" / "tools"
+    scripts = [
+        REPO / "charts" / "sync-crd.sh",
+        REPO / "devstack" / "setup.sh",
+        tools / "go-tool.sh",
+        tools / "helm" / "build.sh",
+        tools / "promtool" / "build.sh",
+        tools / "crds" / "fetch.sh",
+    ]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
