@@ -133,8 +133,8 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
             "ClusterRoleBinding",
             "Service",
             "Deployment",
-            "ValidatingAdmissionPolicy",
-            "ValidatingAdmissionPolicyBinding",
+            # Bounded args/kwargs on create, frozen ones on update.
+            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2,
         ]
     )
     deployment = one(docs, "Deployment")
