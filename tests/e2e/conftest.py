@@ -30,3 +30,12 @@ def runs(
 ) -> TaskRuns:
     """TaskRuns in a fresh namespace, with the shared worker and operator running."""
     return TaskRuns(stack, namespace)
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Stack) -> Iterator[str]:
+    """The gateway as a process (its own ServiceAccount's RBAC); yields its URL."""
+    proc = stack.start_gateway()
+    assert proc.url
+    yield proc.url
+    proc.stop()

@@ -430,7 +430,7 @@ async def _accept(ws: WebSocket, verb: Verb, namespace: str, name: str | None) -
 async def _close(ws: WebSocket, status: int, detail: Any) -> None:
     if ws.client_state is WebSocketState.CONNECTED:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await ws.send_json({"error": {"status": status, "detail": detail}})
+            await ws.send_json({"type": "ERROR", "status": status, "detail": detail})
             await ws.close(WS_CLOSE_BASE + status)
 
 

@@ -108,6 +108,9 @@ def run_view(obj: Mapping[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec")
     return {
         **status,
+        # Always present, null until the operator writes them.
+        **{key: status.get(key) for key in ("phase", "reason", "message", "result", "error")},
+        "progress": status.get("progress"),
         **_identity(obj),
         "finished": finished(status),
         "spec": dict(spec) if isinstance(spec, Mapping) else {},

@@ -140,8 +140,8 @@ function removeRow(name) {
 }
 
 function onListMessage(message) {
-  if (message.error) {
-    problem(`${message.error.status}: ${message.error.detail}`);
+  if (message.type === "ERROR") {
+    problem(`${message.status}: ${message.detail}`);
     return;
   }
   if (message.type === "SNAPSHOT") {
@@ -261,7 +261,7 @@ function openDetail(name) {
   const generation = state.generation;
   // The stream's first message is the run as it is now; then each change, until the end.
   state.detailSocket = follow(`${path}/stream`, (message) => {
-    if (message.error) problem(`${message.error.status}: ${message.error.detail}`);
+    if (message.type === "ERROR") problem(`${message.status}: ${message.detail}`);
     else renderDetail(message);
   }, generation, `live: ${state.namespace}`);
 }
