@@ -21,10 +21,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from kubernetes_asyncio import client
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -266,6 +268,14 @@ def _errors(app: FastAPI) -> None:
         if status >= 500:
             log.warning("%s %s: API server: %s", request.method, request.url.path, exc)
         return _problem(status, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:
+            # A body that is not JSON at all (not even UTF-8): one kind of refusal, 422.
+            detail = [{"loc": ["body"], "msg": "the body is not JSON", "type": "json_invalid"}]
+            return _problem(422, detail)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(TooBusy)
     async def too_busy(request: Request, exc: TooBusy) -> JSONResponse:
