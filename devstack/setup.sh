@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server (Debian package),
-# the Python packages, and a real kube-apiserver + etcd + kubectl built with Go from the
-# module proxy, and helm likewise for the chart's tests (cached in ~/.cache/celery-taskrun;
+# Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server and chromium
+# (Debian packages), the Python packages, and a real kube-apiserver + etcd + kubectl built
+# with Go from the module proxy, and helm likewise for the chart's tests (cached in ~/.cache/celery-taskrun;
 # the first build takes about 15 min on 2 cores, seconds after that).
 set -euo pipefail
 # Go may be installed without being on PATH (its default place, or `go install`s).
@@ -14,6 +14,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "setup: installing redis-server" >&2
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+fi
+# The gateway's live page is tested in a real browser: Debian's headless chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (the gateway page's browser test)" >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 fi
 if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! command -v go >/dev/null 2>&1; then
   echo "setup: Go (1.26+) is needed to build kube-apiserver and etcd," \
