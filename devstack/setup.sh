@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server and chromium
 # (Debian packages), the Python packages, and a real kube-apiserver + etcd + kubectl built
-# with Go from the module proxy, and helm likewise for the chart's tests (cached in ~/.cache/celery-taskrun;
-# the first build takes about 15 min on 2 cores, seconds after that).
+# with Go from the module proxy, and helm likewise for the chart's tests (cached in
+# ~/.cache/celery-taskrun; the first build takes about 15 min on 2 cores, seconds after).
 set -euo pipefail
 # Go may be installed without being on PATH (its default place, or `go install`s).
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
