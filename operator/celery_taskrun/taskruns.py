@@ -273,8 +273,9 @@ class TaskRunClient:
                     except ValueError as exc:
                         raise WatchError("the watch sent a line that is not JSON") from exc
                     yield interpret(event)
-        except LineTooLong as exc:
-            raise WatchError(str(exc)) from exc
+        except (LineTooLong, WatchError) as exc:
+            # The API server sent what a watch never sends: as if it were unreachable.
+            raise KubeError(0, "WatchFailed", f"the watch failed: {exc}") from exc
         finally:
             response.release()
 
@@ -334,12 +335,14 @@ async def wait(
     Reads the run once whatever `seconds` is (0: just look); then follows it until it
     finishes or `seconds` run out (None: no limit), and returns the last version seen.
     """
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
     async with aclosing(runs.follow(namespace, name)) as versions:
         obj = await anext(versions)
-        if finished(status_of(obj)) or seconds == 0:
+        if finished(status_of(obj)) or (deadline is not None and loop.time() >= deadline):
             return obj, finished(status_of(obj))
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout_at(deadline):
                 async for obj in versions:
                     if finished(status_of(obj)):
                         return obj, True
