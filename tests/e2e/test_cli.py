@@ -13,27 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
 
-from accounts import Account, make_accounts
+from accounts import Account
 from support import TASKS
 
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "kubectl-taskrun")
-
-
-@pytest.fixture
-def accounts(
-    stack: Stack,
-    namespace: str,
-    tmp_path: Path,
-    worker: ManagedProcess,
-    operator: ManagedProcess,
-) -> dict[str, Account]:
-    return make_accounts(stack, namespace, tmp_path)
 
 
 def env_for(account: Account) -> dict[str, str]:

@@ -17,26 +17,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
 
-from accounts import Account, make_accounts
+from accounts import Account
 from support import TASKS
 
 pytestmark = pytest.mark.e2e
 
 TERMINAL = {"Succeeded", "Failed", "TimedOut", "Revoked"}
-
-
-@pytest.fixture
-def accounts(
-    stack: Stack,
-    namespace: str,
-    tmp_path: Path,
-    worker: ManagedProcess,
-    operator: ManagedProcess,
-) -> dict[str, Account]:
-    return make_accounts(stack, namespace, tmp_path)
 
 
 @pytest.fixture

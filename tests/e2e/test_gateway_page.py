@@ -8,10 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taskrun_dev.processes import ManagedProcess
-from taskrun_dev.stack import Stack
-
-from accounts import Account, make_accounts
+from accounts import Account
 from browser import chromium, find_chromium
 from support import TASKS
 
@@ -39,17 +36,6 @@ OBSERVER = """
   });
 })();
 """
-
-
-@pytest.fixture
-def accounts(
-    stack: Stack,
-    namespace: str,
-    tmp_path: Path,
-    worker: ManagedProcess,
-    operator: ManagedProcess,
-) -> dict[str, Account]:
-    return make_accounts(stack, namespace, tmp_path)
 
 
 def test_page_shows_a_run_live_and_its_detail(

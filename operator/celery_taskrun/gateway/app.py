@@ -85,8 +85,9 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         (503, "The Kubernetes API is unavailable, or too many waits are open."),
     )
 }
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": views.Problem, "description": "No such TaskRun."}
+ON_A_RUN: dict[int | str, dict[str, Any]] = {
+    **PROBLEMS,
+    404: {"model": views.Problem, "description": "No such TaskRun."},
 }
 
 
@@ -351,7 +352,7 @@ def _routes(app: FastAPI) -> None:
     @app.get(
         one,
         response_model=views.RunView,
-        responses={**PROBLEMS, **NOT_FOUND},
+        responses=ON_A_RUN,
         summary="A TaskRun's status (the seed's /tasks/{id}/status)",
     )
     async def get_run(
@@ -365,7 +366,7 @@ def _routes(app: FastAPI) -> None:
     @app.get(
         f"{one}/wait",
         response_model=views.RunView,
-        responses={**PROBLEMS, **NOT_FOUND},
+        responses=ON_A_RUN,
         summary="Wait for the end (the seed's get(timeout)): `finished` says whether it came",
     )
     async def wait_run(
@@ -392,7 +393,7 @@ def _routes(app: FastAPI) -> None:
     @app.post(
         f"{one}/cancel",
         response_model=views.RunView,
-        responses={**PROBLEMS, **NOT_FOUND},
+        responses=ON_A_RUN,
         summary="Cancel (revoke) the task: spec.cancel true",
     )
     async def cancel_run(
