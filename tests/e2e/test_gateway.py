@@ -101,7 +101,7 @@ def test_wait_runs_out_with_the_current_state_then_cancel(
     run = waited.json()
     assert run["finished"] is False
     assert run["phase"] in ("Pending", "Queued", "Running")
-    assert 1 <= elapsed < 2.5, elapsed
+    assert 1 <= elapsed < 3, elapsed
 
     refused = http.post(f"{path}/cancel", headers=reader.headers)
     assert refused.status_code == 403
@@ -201,8 +201,9 @@ def test_stream_sends_each_change_in_order_and_closes(
     with connect(url, additional_headers=reader.headers) as ws:
         seen = list(messages(ws))
         assert ws.close_code == 1000
-    # Before the operator's first status write, a run has no phase yet (null).
-    phases = [m["phase"] for m in seen if m["phase"]]
+    # Before the operator's first status write a run has no phase (null), then it may be
+    # Pending (accepted, not sent yet) for a moment.
+    phases = [m["phase"] for m in seen if m["phase"] not in (None, "Pending")]
     assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
         "Queued",
         "Running",

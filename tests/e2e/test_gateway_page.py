@@ -57,8 +57,9 @@ def test_page_shows_a_run_live_and_its_detail(
             "Page.navigate", url=f"{gateway}/#namespace={reader.namespace}&token={reader.token}"
         )
         page.wait(
-            "document.getElementById('connection').dataset.state === 'live'"
-            " && !document.getElementById('empty').hidden",
+            # (Null-safe: the document may still be loading.)
+            "document.getElementById('connection')?.dataset.state === 'live'"
+            " && document.getElementById('empty')?.hidden === false",
             timeout=20,
             what="the page to show the (empty) namespace live",
         )
