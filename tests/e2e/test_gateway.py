@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from taskrun_dev.stack import Stack
@@ -219,10 +219,18 @@ def test_stream_sends_each_change_in_order_and_closes(
         assert [m["phase"] for m in messages(ws)] == ["Succeeded"]
         assert ws.close_code == 1000
 
-    # Without a token: told why, closed with 4000 + the HTTP status.
-    with connect(url) as ws:
-        assert [(m["type"], m["status"]) for m in messages(ws)] == [("ERROR", 401)]
-        assert ws.close_code == 4401
+    # Refused at the handshake with the HTTP status the routes would answer.
+    elsewhere = ws_url(gateway, runs_path("celery-taskrun-system", name, "stream"))
+    missing = ws_url(gateway, runs_path(submitter.namespace, "no-such-run", "stream"))
+    for target, headers, status in [
+        (url, {}, 401),
+        (url, {"Authorization": "Bearer forged"}, 401),
+        (elsewhere, reader.headers, 403),
+        (missing, reader.headers, 404),
+    ]:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(target, additional_headers=headers)
+        assert refused.value.response.status_code == status
 
 
 def test_namespace_stream_and_filtered_list(

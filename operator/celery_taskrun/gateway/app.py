@@ -411,38 +411,46 @@ def _routes(app: FastAPI) -> None:
         return {"ok": True}
 
 
-async def _accept(ws: WebSocket, verb: Verb, namespace: str, name: str | None) -> Gateway | None:
-    """Accept, then authenticate and authorize; on refusal say why and close."""
-    offered = list(ws.scope.get("subprotocols") or [])
-    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+async def _fail(ws: WebSocket, status: int, detail: Any) -> None:
+    """Say no: before the handshake completes, as an HTTP response with that status
+    (the WebSocket Denial Response extension); after, as one ERROR message and a close
+    with 4000 + the status."""
+    if ws.application_state is WebSocketState.CONNECTING:
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            await ws.send_denial_response(_problem(status, detail, headers))
+        else:
+            await ws.close(WS_CLOSE_BASE + status)
+    elif ws.client_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await ws.send_json({"type": "ERROR", "status": status, "detail": detail})
+            await ws.close(WS_CLOSE_BASE + status)
+
+
+async def _admit(ws: WebSocket, verb: Verb, namespace: str, name: str | None) -> Gateway | None:
+    """Authenticate and authorize a handshake, from a header or (browsers) a subprotocol."""
     gateway: Gateway = ws.app.state.gateway
     valid = re.fullmatch(views.NAMESPACE_PATTERN, namespace) and (
         name is None or (len(name) <= views.NAME_MAX and re.fullmatch(views.NAME_PATTERN, name))
     )
+    offered = list(ws.scope.get("subprotocols") or [])
     token = bearer_token(ws.headers.get("authorization")) or protocol_token(offered)
     try:
         if not valid:
-            await _close(ws, 422, "invalid namespace or name")
+            await _fail(ws, 422, "invalid namespace or name")
             return None
         who = await gateway.auth.authenticate(token)
         await gateway.auth.authorize(who, verb, namespace, name)
     except Unauthenticated as exc:
-        await _close(ws, 401, str(exc))
+        await _fail(ws, 401, str(exc))
         return None
     except Forbidden as exc:
-        await _close(ws, 403, str(exc))
+        await _fail(ws, 403, str(exc))
         return None
     except ReviewUnavailable:
-        await _close(ws, 503, "credentials cannot be checked now; try again")
+        await _fail(ws, 503, "credentials cannot be checked now; try again")
         return None
     return gateway
-
-
-async def _close(ws: WebSocket, status: int, detail: Any) -> None:
-    if ws.client_state is WebSocketState.CONNECTED:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            await ws.send_json({"type": "ERROR", "status": status, "detail": detail})
-            await ws.close(WS_CLOSE_BASE + status)
 
 
 async def _until_disconnect(ws: WebSocket) -> None:
@@ -452,27 +460,32 @@ async def _until_disconnect(ws: WebSocket) -> None:
 
 
 async def _serve(ws: WebSocket, gateway: Gateway, pump: Coroutine[Any, Any, None]) -> None:
-    """Run `pump` until it ends or the client leaves; then close, saying why if need be."""
-    sending = asyncio.ensure_future(pump)
-    leaving = asyncio.ensure_future(_until_disconnect(ws))
+    """Accept, run `pump` until it ends or the client leaves, then close (1000 when the
+    pump ended, else saying why)."""
+    tasks: list[asyncio.Future[None]] = []
     try:
         async with gateway.following():
-            done, _ = await asyncio.wait({sending, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            offered = list(ws.scope.get("subprotocols") or [])
+            await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+            sending = asyncio.ensure_future(pump)
+            tasks = [sending, asyncio.ensure_future(_until_disconnect(ws))]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if sending in done:
                 sending.result()
                 if ws.client_state is WebSocketState.CONNECTED:
                     await ws.close(1000)
     except TooBusy:
-        await _close(ws, 503, "too many streams open; try again")
+        await _fail(ws, 503, "too many streams open; try again")
     except KubeError as exc:
-        status, detail = views.http_error(exc)
-        await _close(ws, status, detail)
+        await _fail(ws, *views.http_error(exc))
     except (WebSocketDisconnect, ConnectionError):
         pass
     finally:
-        for task in (sending, leaving):
+        if not tasks:
+            pump.close()  # never started
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(sending, leaving, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _streams(app: FastAPI) -> None:
@@ -480,15 +493,22 @@ def _streams(app: FastAPI) -> None:
 
     @app.websocket(f"{collection}/{{name}}/stream")
     async def stream_run(ws: WebSocket, namespace: str, name: str) -> None:
-        """A JSON message (a run view) per change; closed (1000) after the terminal one."""
-        gateway = await _accept(ws, Verb.WATCH, namespace, name)
+        """The run now, then a message (a run view) per change; closed (1000) after the
+        terminal one. Refused like the HTTP routes (401, 403, 404) before the handshake."""
+        gateway = await _admit(ws, Verb.WATCH, namespace, name)
         if gateway is None:
             return
+        async with aclosing(gateway.runs.follow(namespace, name)) as versions:
+            try:
+                first = await anext(versions)
+            except KubeError as exc:
+                await _fail(ws, *views.http_error(exc))
+                return
 
-        async def pump() -> None:
-            last = None
-            async with aclosing(gateway.runs.follow(namespace, name)) as versions:
-                async for obj in versions:
+            async def pump() -> None:
+                last = None
+                obj = first
+                while True:
                     view = views.run_view(obj)
                     seen = (view["spec"], view["status"])
                     if seen != last:
@@ -496,13 +516,14 @@ def _streams(app: FastAPI) -> None:
                         last = seen
                     if view["finished"]:
                         return
+                    obj = await anext(versions)
 
-        await _serve(ws, gateway, pump())
+            await _serve(ws, gateway, pump())
 
     @app.websocket(f"{collection}/stream")
     async def stream_namespace(ws: WebSocket, namespace: str) -> None:
         """The namespace live: a SNAPSHOT of summaries, then one message per change."""
-        gateway = await _accept(ws, Verb.WATCH, namespace, None)
+        gateway = await _admit(ws, Verb.WATCH, namespace, None)
         if gateway is None:
             return
 

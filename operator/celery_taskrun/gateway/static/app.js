@@ -165,7 +165,11 @@ function onListMessage(message) {
 
 function follow(path, onMessage, generation, label) {
   const socket = openSocket(path);
-  socket.onopen = () => { if (generation === state.generation) connection("live", label); };
+  let opened = false;
+  socket.onopen = () => {
+    opened = true;
+    if (generation === state.generation) connection("live", label);
+  };
   socket.onmessage = (event) => {
     if (generation === state.generation) onMessage(JSON.parse(event.data));
   };
@@ -174,8 +178,14 @@ function follow(path, onMessage, generation, label) {
     if (event.code >= 4000) {
       connection("error", `refused (${event.code - 4000})`);
     } else if (socket === state.listSocket) {
+      // Refused at the handshake (an expired token?) or dropped: start over, which
+      // asks with a plain request first and shows why if the gateway says no.
       connection("error", "reconnecting…");
-      setTimeout(() => { if (generation === state.generation) startList(); }, RECONNECT_MS);
+      setTimeout(() => {
+        if (generation === state.generation) start(state.namespace, state.token, state.detailName);
+      }, RECONNECT_MS);
+    } else if (socket === state.detailSocket && !opened) {
+      problem(`cannot follow ${state.detailName}: refused or gone`);
     }
   };
   return socket;
