@@ -12,7 +12,7 @@ import uvicorn
 from kubernetes_asyncio import client
 
 from ..taskruns import connect
-from .app import create_app
+from .app import MAX_FOLLOWERS, create_app
 
 DEFAULT_PORT = 8080
 
@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             server_header=False,
             proxy_headers=False,
             timeout_keep_alive=5,
+            # Beyond every wait and stream the gateway allows, and some: then 503s.
+            limit_concurrency=MAX_FOLLOWERS + 200,
             timeout_graceful_shutdown=5,
             log_config=None,
         )
