@@ -4,6 +4,7 @@
 #   operator (the default):  celery-taskrun-operator --liveness http://0.0.0.0:8080/healthz
 #   worker (override the command, as deploy/worker.yaml does):
 #       celery -A taskrun_workers.app worker --pool=prefork --loglevel=INFO
+#   gateway (likewise, deploy/gateway.yaml):  celery-taskrun-gateway --host 0.0.0.0
 #
 # Both read CELERY_BROKER_URL and CELERY_RESULT_BACKEND; the operator also reads
 # TASKRUN_CONFIG, TASKRUN_METRICS_PORT and TASKRUN_METRICS_HOST.

@@ -25,6 +25,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
 fi
+# The gateway's live page is tested in a real browser: Debian's headless chromium.
+if $for_tests && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (the gateway page's browser test)" >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
 if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! command -v go >/dev/null 2>&1; then
   echo "setup: Go (1.26+) is needed to build kube-apiserver and etcd," \
        "or set KUBEBUILDER_ASSETS to a directory holding them" >&2

@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         "--operator-config", type=Path, default=None, help="operator YAML config (TASKRUN_CONFIG)"
     )
     up.add_argument(
+        "--gateway",
+        action="store_true",
+        help="also start the gateway (HTTP API and live page); its URL goes into env.sh",
+    )
+    up.add_argument(
         "--examples",
         action="store_true",
         help="apply deploy/examples/*.yaml, wait for them, print the TaskRuns",
@@ -106,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 worker=not args.no_worker,
                 worker_imports=args.worker_imports,
                 operator_config=args.operator_config,
+                gateway=args.gateway,
             )
             print(_status_table(stack), file=sys.stderr)
             if args.examples:

@@ -15,6 +15,7 @@ from taskrun_dev.processes import StackError
 HOST = "127.0.0.1"
 DEFAULT_WORKER_APP = "taskrun_workers.app"
 OPERATOR_SCRIPT = "celery-taskrun-operator"
+GATEWAY_SCRIPT = "celery-taskrun-gateway"
 
 # Settings the stack decides; inherited values would make runs depend on the shell.
 _OWNED_ENV_PREFIXES = ("CELERY_", "TASKRUN_")
@@ -112,11 +113,22 @@ def worker_ready_pattern(name: str) -> str:
 # -- operator ------------------------------------------------------------------
 
 
-def operator_argv(extra_args: Sequence[str] = ()) -> list[str]:
+def console_script(name: str) -> str:
     # The console script as a user runs it; next to this interpreter first, so a
     # virtualenv's copy wins over another one on PATH.
-    beside = Path(sys.executable).parent / OPERATOR_SCRIPT
-    script = str(beside) if os.access(beside, os.X_OK) else shutil.which(OPERATOR_SCRIPT)
+    beside = Path(sys.executable).parent / name
+    script = str(beside) if os.access(beside, os.X_OK) else shutil.which(name)
     if script is None:
-        raise StackError(f"{OPERATOR_SCRIPT} not found: install the project (`pip install -e .`)")
-    return [script, *extra_args]
+        raise StackError(f"{name} not found: install the project (`pip install -e .`)")
+    return script
+
+
+def operator_argv(extra_args: Sequence[str] = ()) -> list[str]:
+    return [console_script(OPERATOR_SCRIPT), *extra_args]
+
+
+# -- gateway -------------------------------------------------------------------
+
+
+def gateway_argv(port: int, extra_args: Sequence[str] = ()) -> list[str]:
+    return [console_script(GATEWAY_SCRIPT), "--host", HOST, "--port", str(port), *extra_args]

@@ -8,6 +8,7 @@ State lives in one directory (default ./.taskrun-dev or $TASKRUN_DEV_DIR):
   etcd/, redis/        data directories
   admin.kubeconfig     cluster admin (O=system:masters)
   operator.kubeconfig  the operator's ServiceAccount token: RBAC as deployed
+  gateway.kubeconfig   the gateway's ServiceAccount token (with `up --gateway`)
   env.sh               exports for a shell
 
 Each component is (re)started only when it is not running with the wanted command
@@ -31,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from taskrun_dev import controlplane as cp
 from taskrun_dev import services
 from taskrun_dev.binaries import Binaries, Say, ensure_binaries
@@ -52,10 +55,15 @@ APISERVER = "kube-apiserver"
 REDIS = "redis"
 DEFAULT_WORKER = "worker1"
 DEFAULT_OPERATOR = "operator"
+GATEWAY = "gateway"
+GATEWAY_SERVICE_ACCOUNT = "celery-taskrun-gateway"
+# What the local stack takes from deploy/gateway.yaml: the gateway's identity and rights
+# (the gateway itself runs as a process, not as the Deployment).
+_GATEWAY_RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
 
 # Stop order for `down`: what depends on others goes first.
 _STOP_PHASES: tuple[tuple[str, ...], ...] = (
-    ("operator",),
+    ("operator", GATEWAY),
     ("worker",),
     (APISERVER,),
     (ETCD, REDIS),
@@ -138,6 +146,10 @@ class Stack:
     @property
     def operator_kubeconfig(self) -> Path:
         return self.dir / "operator.kubeconfig"
+
+    @property
+    def gateway_kubeconfig(self) -> Path:
+        return self.dir / "gateway.kubeconfig"
 
     @property
     def pki(self) -> Pki:
@@ -538,6 +550,49 @@ class Stack:
             self._await(proc, lambda: port_answers(port), what, timeout, interval=0.2)
         return proc
 
+    def install_gateway(self) -> Path:
+        """Apply the gateway's ServiceAccount and RBAC (deploy/gateway.yaml); mint its
+        kubeconfig. Returns the kubeconfig's path."""
+        manifest = self.deploy_dir / "gateway.yaml" if self.deploy_dir else None
+        if manifest is None or not manifest.is_file():
+            raise StackError(f"{manifest or 'deploy/gateway.yaml'} not found")
+        docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+        rbac = [d for d in docs if d.get("kind") in _GATEWAY_RBAC_KINDS]
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac), check=True)
+        user = f"system:serviceaccount:{cp.OPERATOR_NAMESPACE}:{GATEWAY_SERVICE_ACCOUNT}"
+        token = self.mint_token(GATEWAY_SERVICE_ACCOUNT)
+        path = self.gateway_kubeconfig
+        cp.write_token_kubeconfig(path, self.apiserver_url, self.pki, user, token)
+        return path
+
+    def start_gateway(
+        self, *, extra_args: Sequence[str] = (), wait: bool = True, timeout: float = 60.0
+    ) -> ManagedProcess:
+        """Start (or keep) the gateway on 127.0.0.1 with its own ServiceAccount's rights.
+
+        Ready once its port accepts connections; its URL goes into env.sh.
+        """
+        if not self.gateway_kubeconfig.is_file() or self._alive(GATEWAY) is None:
+            self.install_gateway()
+        port = self._port(GATEWAY, self._alive_port(GATEWAY))
+        settings = {"KUBECONFIG": str(self.gateway_kubeconfig)}
+        proc, started = self._ensure(
+            GATEWAY,
+            GATEWAY,
+            services.gateway_argv(port, extra_args),
+            env=services.base_env(settings, None),
+            compare_env=settings,
+            port=port,
+            url=f"http://{cp.HOST}:{port}",
+            cwd=Path.cwd(),
+        )
+        if started:
+            self.say(f"gateway on http://127.0.0.1:{port}")
+        if wait:
+            what = f"open its port {port}"
+            self._await(proc, lambda: port_answers(port), what, timeout, interval=0.1)
+        return proc
+
     def restart(self, name: str, *, down_for: float = 0.0, timeout: float = 90.0) -> ManagedProcess:
         """Stop `name`, wait `down_for` seconds (an outage), start it again, wait until ready.
 
@@ -573,7 +628,7 @@ class Stack:
         self._started[name] = again
         if proc.kind == "worker":
             self.wait_worker(again, timeout)
-        elif proc.kind == "operator" and again.port:
+        elif proc.kind in ("operator", GATEWAY) and again.port:
             port = again.port
             self._await(again, lambda: port_answers(port), f"open port {port}", timeout)
         return again
@@ -587,6 +642,7 @@ class Stack:
         worker: bool = True,
         worker_imports: Sequence[str] = (),
         operator_config: Path | str | None = None,
+        gateway: bool = False,
     ) -> Stack:
         """Start whatever is not running yet; return self. Safe to call again."""
         started_at = time.monotonic()
@@ -608,6 +664,8 @@ class Stack:
                 self.wait_worker(worker_proc)
             if operator:
                 self.start_operator(config_path=operator_config)
+            if gateway:
+                self.start_gateway()
             self.write_env_file()
         self.say(f"stack up in {time.monotonic() - started_at:.1f}s ({self.dir})")
         return self
@@ -635,7 +693,12 @@ class Stack:
             if purge:
                 for sub in ("etcd", "redis", "pki", "pids", "logs"):
                     shutil.rmtree(self.dir / sub, ignore_errors=True)
-                for file in (self.state_file, self.admin_kubeconfig, self.operator_kubeconfig):
+                for file in (
+                    self.state_file,
+                    self.admin_kubeconfig,
+                    self.operator_kubeconfig,
+                    self.gateway_kubeconfig,
+                ):
                     file.unlink(missing_ok=True)
         if purge:
             (self.dir / ".lock").unlink(missing_ok=True)
@@ -658,6 +721,9 @@ class Stack:
         operator = self.process(DEFAULT_OPERATOR)
         if operator is not None and operator.alive and operator.url:
             env["TASKRUN_METRICS_URL"] = operator.url
+        gateway = self.process(GATEWAY)
+        if gateway is not None and gateway.alive and gateway.url:
+            env["TASKRUN_GATEWAY_URL"] = gateway.url
         env["PATH"] = f"{self.binaries.dir}{os.pathsep}{os.environ.get('PATH', '')}"
         return env
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
 
+from accounts import Account, make_accounts
 from support import TaskRuns
 
 # The shared operator follows the per-test namespaces (`t-...`) only, so a test that
@@ -30,3 +32,25 @@ def runs(
 ) -> TaskRuns:
     """TaskRuns in a fresh namespace, with the shared worker and operator running."""
     return TaskRuns(stack, namespace)
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Stack) -> Iterator[str]:
+    """The gateway as a process (its own ServiceAccount's RBAC); yields its URL."""
+    proc = stack.start_gateway()
+    assert proc.url
+    yield proc.url
+    proc.stop()
+
+
+@pytest.fixture
+def accounts(
+    stack: Stack,
+    namespace: str,
+    tmp_path: Path,
+    worker: ManagedProcess,
+    operator: ManagedProcess,
+) -> dict[str, Account]:
+    """`submitter` and `reader` ServiceAccounts in the test's namespace (accounts.py),
+    with the shared worker and operator running."""
+    return make_accounts(stack, namespace, tmp_path)

@@ -107,8 +107,13 @@ def test_chart_version_follows_the_package() -> None:
 # -- helm lint and template ----------------------------------------------------------------
 
 
+GATEWAY_ON: dict[str, Any] = {"gateway": {"enabled": True}}
+
+
 @pytest.mark.parametrize(
-    "values", [None, NON_DEFAULT, METRICS_OFF], ids=["default", "custom", "off"]
+    "values",
+    [None, NON_DEFAULT, METRICS_OFF, {**GATEWAY_ON, "watchNamespaces": ["a"]}],
+    ids=["default", "custom", "off", "gateway"],
 )
 def test_helm_lint(helm: Path, tmp_path: Path, values: dict[str, Any] | None) -> None:
     args = ["lint", "--strict", str(CHART)]
@@ -331,8 +336,10 @@ def test_values_schema_knows_every_operator_setting() -> None:
         ({"config": {"defaults": {"timeLimit": "1h"}}}, "got string, want number"),
         ({"config": {"pollInterval": 1}}, "additional properties 'pollInterval' not allowed"),
         ({"worker": {"concurrency": 0}}, "minimum"),
+        ({"gateway": {"replica": 2}}, "additional properties 'replica' not allowed"),
+        ({"gateway": {"port": 0}}, "minimum"),
     ],
-    ids=["no-replicas", "seconds-are-numbers", "config-typo", "concurrency"],
+    ids=["no-replicas", "seconds-are-numbers", "config-typo", "concurrency", "gateway", "port"],
 )
 def test_values_schema_refuses(
     helm: Path, tmp_path: Path, values: dict[str, Any], message: str
@@ -357,3 +364,85 @@ def test_scripts_pass_shellcheck() -> None:
     ]
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+# -- the gateway (off by default) -----------------------------------------------------
+
+
+def deploy_gateway_rules() -> set[tuple[str, str, str]]:
+    docs = load_all((DEPLOY / "gateway.yaml").read_text())
+    return rule_set(one(docs, "ClusterRole")["rules"])
+
+
+def test_gateway_component(render: Render) -> None:
+    docs = render(GATEWAY_ON, namespace="ops", release="rel")
+    gateway = one(docs, "Deployment", "-gateway")
+    operator = one(docs, "Deployment", "-operator")
+    c = container(gateway)
+    assert c["image"] == container(operator)["image"]
+    assert c["command"] == ["celery-taskrun-gateway"]
+    assert c["args"] == ["--host=0.0.0.0", "--port=8080"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    pod = gateway["spec"]["template"]["spec"]
+    account = one(docs, "ServiceAccount", "-gateway")["metadata"]["name"]
+    assert (
+        pod["serviceAccountName"]
+        == account
+        != operator["spec"]["template"]["spec"]["serviceAccountName"]
+    )
+    # Its own rights, exactly those of deploy/gateway.yaml, bound to its own account.
+    role = one(docs, "ClusterRole", "-gateway")
+    assert rule_set(role["rules"]) == deploy_gateway_rules()
+    binding = one(docs, "ClusterRoleBinding", "-gateway")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ops"}]
+    service = one(docs, "Service", "-gateway")
+    labels = gateway["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert (
+        not service["spec"]["selector"].items()
+        <= operator["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_gateway_rights_follow_watch_namespaces(render: Render) -> None:
+    docs = render({**GATEWAY_ON, "watchNamespaces": ["team-a", "team-b"]}, namespace="ops")
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-gateway")]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    cluster = rule_set(one(docs, "ClusterRole", "-gateway")["rules"])
+    assert {resource for _, resource, _ in cluster} == {"tokenreviews", "subjectaccessreviews"}
+    assert cluster | rule_set(roles[0]["rules"]) == deploy_gateway_rules()
+    for binding in by_kind(docs, "RoleBinding"):
+        if binding["metadata"]["name"].endswith("-gateway"):
+            assert binding["roleRef"]["kind"] == "Role"
+            assert binding["subjects"][0]["namespace"] == "ops"
+
+
+def test_gateway_values(render: Render) -> None:
+    values = {
+        "gateway": {
+            "enabled": True,
+            "replicas": 3,
+            "port": 9000,
+            "service": {"type": "NodePort", "port": 8000},
+            "serviceAccount": {"name": "gw", "annotations": {"a": "b"}},
+            "extraArgs": ["--access-log"],
+            "env": [{"name": "X", "value": "1"}],
+        }
+    }
+    docs = render(values)
+    gateway = one(docs, "Deployment", "-gateway")
+    c = container(gateway)
+    assert gateway["spec"]["replicas"] == 3
+    assert c["args"] == ["--host=0.0.0.0", "--port=9000", "--access-log"]
+    assert env_of(c) == {"X": "1"}
+    assert gateway["spec"]["template"]["spec"]["serviceAccountName"] == "gw"
+    assert one(docs, "ServiceAccount", "gw")["metadata"]["annotations"] == {"a": "b"}
+    service = one(docs, "Service", "-gateway")
+    assert (service["spec"]["type"], service["spec"]["ports"][0]["port"]) == ("NodePort", 8000)

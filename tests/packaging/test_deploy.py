@@ -13,6 +13,7 @@ import pytest
 from packaging_helpers import DEPLOY, Manifest, by_kind, load_all, one
 
 from celery_taskrun import config_file
+from celery_taskrun.gateway.main import parse_args as gateway_args
 from celery_taskrun.main import parse_args
 
 NAMESPACE = "celery-taskrun-system"
@@ -122,3 +123,40 @@ def test_worker_and_redis_match_the_operator(
     # Worker and Redis pods are told apart by their selectors.
     selectors = [d["spec"]["selector"]["matchLabels"] for d in by_kind(worker_docs, "Deployment")]
     assert selectors[0] != selectors[1]
+
+
+def test_gateway_manifest() -> None:
+    docs = load_all((DEPLOY / "gateway.yaml").read_text())
+    for doc in docs:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
+    deployment = one(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    account = one(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == account
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    c = container(deployment)
+    assert c["command"] == ["celery-taskrun-gateway"]
+    args = gateway_args(c["args"])  # the gateway's own parser accepts them
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert (args.host, args.port) == ("0.0.0.0", ports["http"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    service = one(docs, "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    # Only what the gateway needs: reviews, and taskruns without delete or status.
+    rules = {
+        (r["apiGroups"][0], r["resources"][0]): r["verbs"]
+        for r in one(docs, "ClusterRole")["rules"]
+    }
+    assert rules == {
+        ("authentication.k8s.io", "tokenreviews"): ["create"],
+        ("authorization.k8s.io", "subjectaccessreviews"): ["create"],
+        ("celery.taskrun.dev", "taskruns"): ["get", "list", "watch", "create", "patch"],
+    }

@@ -116,7 +116,15 @@ def test_wheel_has_the_commands_and_packages(wheel: Path) -> None:
         entry_points = configparser.ConfigParser()
         entry_points.read_string(archive.read(entry_points_file).decode())
     assert entry_points["console_scripts"]["celery-taskrun-operator"] == "celery_taskrun.main:main"
+    assert entry_points["console_scripts"]["kubectl-taskrun"] == "celery_taskrun.cli.main:main"
+    assert (
+        entry_points["console_scripts"]["celery-taskrun-gateway"]
+        == "celery_taskrun.gateway.main:main"
+    )
     for module in [
+        "celery_taskrun/gateway/static/index.html",
+        "celery_taskrun/gateway/static/app.js",
+        "celery_taskrun/gateway/static/app.css",
         "celery_taskrun/main.py",
         "celery_taskrun/handlers.py",
         "celery_taskrun/py.typed",
@@ -146,6 +154,13 @@ def test_a_clean_virtualenv_runs_both_commands(image_venv: Path, tmp_path: Path)
         "taskrun_workers.app, taskrun_workers.tasks",
     )
     assert imported.returncode == 0, imported.stderr
+    imported = run("python", "-c", "import celery_taskrun.gateway.app, celery_taskrun.cli.main")
+    assert imported.returncode == 0, imported.stderr
+    gateway = run("celery-taskrun-gateway", "--help")
+    assert gateway.returncode == 0 and "--port" in gateway.stdout, gateway.stderr
+    # The CLI without any kubeconfig (nor a pod's account): says so, exit code 2.
+    lost = run("kubectl-taskrun", "get")
+    assert lost.returncode == 2 and "no usable kubeconfig" in lost.stderr, lost.stderr
     worker = run("celery", "-A", "taskrun_workers.app", "worker", "--help")
     assert worker.returncode == 0 and "--pool" in worker.stdout, worker.stderr
     bad = tmp_path / "bad.yaml"

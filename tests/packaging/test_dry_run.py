@@ -21,7 +21,7 @@ from taskrun_dev.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-SHIPPED = ["crd.yaml", "rbac.yaml", "operator.yaml", "worker.yaml"]
+SHIPPED = ["crd.yaml", "rbac.yaml", "operator.yaml", "worker.yaml", "gateway.yaml"]
 WORKLOADS = ("Deployment",)
 # prometheus-operator's CRD is not installed in the local stack (it is neither built
 # here nor fetchable): ServiceMonitors are checked by test_chart.py's assertions only.
@@ -96,7 +96,8 @@ def test_deploy_all_at_once_in_install_order(stack: Stack) -> None:
 def test_deploy_pods_meet_restricted_pod_security(stack: Stack, namespace: str) -> None:
     docs = load_all((DEPLOY / "operator.yaml").read_text())
     docs += load_all((DEPLOY / "worker.yaml").read_text())
-    assert len(by_kind(docs, "Deployment")) == 3
+    docs += load_all((DEPLOY / "gateway.yaml").read_text())
+    assert len(by_kind(docs, "Deployment")) == 4
     assert_pods_restricted(stack, docs, namespace)
 
 
@@ -107,7 +108,11 @@ def chart_values(case: str, namespace: str) -> dict[str, Any] | None:
     if case == "default":
         return None
     if case == "namespaced":
-        return {"watchNamespaces": [namespace], "worker": {"enabled": True}}
+        return {
+            "watchNamespaces": [namespace],
+            "worker": {"enabled": True},
+            "gateway": {"enabled": True},
+        }
     return {
         "celery": {"existingSecret": "celery-connection"},
         "watchNamespaces": [namespace],
@@ -119,6 +124,7 @@ def chart_values(case: str, namespace: str) -> dict[str, Any] | None:
         "metrics": {"port": 9999, "serviceMonitor": {"enabled": True}},
         "worker": {"enabled": True, "queues": ["reports"], "imports": ["my_tasks"]},
         "operator": {"verbose": True, "podAnnotations": {"a": "b"}},
+        "gateway": {"enabled": True, "port": 9000, "serviceAccount": {"name": "gw"}},
     }
 
 

@@ -1,0 +1,1 @@
+"""The gateway (FastAPI): the seed's task API over TaskRuns, and a live page."""

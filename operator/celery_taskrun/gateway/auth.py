@@ -1,0 +1,225 @@
+"""Who calls, and may they: Kubernetes' own answers (TokenReview, SubjectAccessReview).
+
+The caller's bearer token is reviewed by the API server; each action is then asked of
+the API server's authorizer as a SubjectAccessReview on `taskruns` in the namespace,
+so who may do what through the gateway is plain RBAC. Answers are cached briefly (a
+few seconds, bounded), as the API server's own webhook authenticator does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from ..model import GROUP, PLURAL
+from ..taskruns import REQUEST_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+# A ServiceAccount token is ~1 KiB; anything far longer is not a token.
+MAX_TOKEN_BYTES = 16 * 1024
+# Kubernetes' own WebSocket convention (kubectl exec from a browser): the token rides in
+# a subprotocol, since browsers cannot set headers on a WebSocket.
+TOKEN_PROTOCOL_PREFIX = "base64url.bearer.authorization.k8s.io."
+AUTHENTICATION_TTL = 10.0
+AUTHORIZATION_TTL = 5.0
+CACHE_SIZE = 4096
+
+
+class Verb(StrEnum):
+    GET = "get"
+    LIST = "list"
+    WATCH = "watch"
+    CREATE = "create"
+    PATCH = "patch"
+
+
+class Unauthenticated(Exception):
+    """No token, or the API server does not know it: 401."""
+
+
+class Forbidden(Exception):
+    """Authenticated, but RBAC does not allow the action: 403."""
+
+
+class ReviewUnavailable(Exception):
+    """The API server could not answer a review: 503, never an allow."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if well formed."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_BYTES:
+        return None
+    return token
+
+
+def protocol_token(protocols: Sequence[str]) -> str | None:
+    """The token a browser sends as the subprotocol `base64url.bearer.authorization.k8s.io.X`."""
+    for protocol in protocols:
+        if protocol.startswith(TOKEN_PROTOCOL_PREFIX):
+            encoded = protocol[len(TOKEN_PROTOCOL_PREFIX) :]
+            if len(encoded) > MAX_TOKEN_BYTES * 2:
+                return None
+            try:
+                raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+                return bearer_token("Bearer " + raw.decode("ascii"))
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass
+class TtlCache(Generic[K, V]):
+    """At most `size` entries, each good for `ttl` seconds of the given clock (pure)."""
+
+    ttl: float
+    size: int = CACHE_SIZE
+    _items: OrderedDict[K, tuple[float, V]] = field(default_factory=OrderedDict)
+
+    def get(self, key: K, now: float) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if now >= expires:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V, now: float) -> None:
+        self._items[key] = (now + self.ttl, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+def caller_from_review(status: Any) -> Caller | None:
+    """The user of a TokenReview's status, None when not authenticated."""
+    if status is None or not status.authenticated or status.user is None:
+        return None
+    user = status.user
+    extra: Mapping[str, Any] = user.extra or {}
+    return Caller(
+        username=str(user.username or ""),
+        uid=str(user.uid or ""),
+        groups=tuple(str(g) for g in user.groups or ()),
+        extra=tuple(sorted((str(k), tuple(str(v) for v in vs or ())) for k, vs in extra.items())),
+    )
+
+
+def access_review(caller: Caller, verb: Verb, namespace: str, name: str | None) -> dict[str, Any]:
+    """The SubjectAccessReview body for `caller` doing `verb` on taskruns (pure)."""
+    attributes: dict[str, Any] = {
+        "namespace": namespace,
+        "verb": verb.value,
+        "group": GROUP,
+        "resource": PLURAL,
+    }
+    if name:
+        attributes["name"] = name
+    spec: dict[str, Any] = {
+        "user": caller.username,
+        "groups": list(caller.groups),
+        "resourceAttributes": attributes,
+    }
+    if caller.uid:
+        spec["uid"] = caller.uid
+    if caller.extra:
+        spec["extra"] = {key: list(values) for key, values in caller.extra}
+    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+
+
+class Authorizer:
+    """Reviews with the gateway's own identity (it may create both kinds of review)."""
+
+    def __init__(self, api: client.ApiClient, clock: Callable[[], float] = time.monotonic):
+        self.authentication = client.AuthenticationV1Api(api)
+        self.authorization = client.AuthorizationV1Api(api)
+        self.clock = clock
+        # A 1-tuple, so that "not authenticated" (None) is cached too.
+        self._callers: TtlCache[str, tuple[Caller | None]] = TtlCache(AUTHENTICATION_TTL)
+        self._decisions: TtlCache[tuple[Caller, Verb, str, str | None], bool] = TtlCache(
+            AUTHORIZATION_TTL
+        )
+
+    async def _review(self, call: Any, what: str) -> Any:
+        try:
+            return await call
+        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # The detail goes to the log, never to the caller.
+            log.warning("%s failed: %s", what, exc)
+            raise ReviewUnavailable(what) from exc
+
+    async def authenticate(self, token: str | None) -> Caller:
+        if token is None:
+            raise Unauthenticated("a bearer token is required")
+        key = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._callers.get(key, self.clock())
+        if cached is None:
+            review = await self._review(
+                self.authentication.create_token_review(
+                    {
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenReview",
+                        "spec": {"token": token},
+                    },
+                    _request_timeout=REQUEST_TIMEOUT,
+                ),
+                "TokenReview",
+            )
+            cached = (caller_from_review(review.status),)
+            self._callers.put(key, cached, self.clock())
+        caller = cached[0]
+        if caller is None:
+            raise Unauthenticated("the token is not valid")
+        return caller
+
+    async def authorize(
+        self, caller: Caller, verb: Verb, namespace: str, name: str | None = None
+    ) -> None:
+        key = (caller, verb, namespace, name)
+        allowed = self._decisions.get(key, self.clock())
+        if allowed is None:
+            review = await self._review(
+                self.authorization.create_subject_access_review(
+                    access_review(caller, verb, namespace, name),
+                    _request_timeout=REQUEST_TIMEOUT,
+                ),
+                "SubjectAccessReview",
+            )
+            allowed = bool(review.status and review.status.allowed)
+            self._decisions.put(key, allowed, self.clock())
+        if not allowed:
+            target = f"taskruns/{name}" if name else "taskruns"
+            raise Forbidden(
+                f"{caller.username} may not {verb.value} {target} in namespace {namespace}"
+            )

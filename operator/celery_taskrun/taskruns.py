@@ -1,0 +1,351 @@
+"""TaskRuns through the API server, for clients: create, read, cancel, list, and follow
+one run or a namespace by the API server's watch (never a polling loop).
+
+The shell the CLI and the gateway share; what an event means is decided in
+`outcomes.py`. Every call has a timeout; a watch is bounded by the server's
+`timeoutSeconds` and re-made from the last version seen, so followers run until their
+caller stops them (`asyncio.timeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from .model import GROUP, KIND, PLURAL, VERSION
+from .outcomes import Step, Verdict, WatchError, finished, interpret, status_of
+
+MERGE_PATCH = "application/merge-patch+json"
+# One request (not a watch): connect, send, read the answer.
+REQUEST_TIMEOUT = 15.0
+# A watch asks the server to end it after this long; we then watch again from the
+# last version, so a silent connection is noticed within this bound.
+WATCH_SECONDS = 120
+# etcd keeps objects below ~1.5 MB: a longer line is not a TaskRun event.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+# Bounded copy of the API server's refusal message.
+MAX_MESSAGE = 1000
+
+
+@dataclass
+class KubeError(Exception):
+    """The API server refused (status >= 400) or could not be reached (status 0)."""
+
+    status: int
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message or self.reason
+
+
+def refusal(status: int, reason: str, body: str | bytes | None) -> KubeError:
+    """The API server's Status (reason, message) out of a refused request, bounded."""
+    message = ""
+    try:
+        parsed = json.loads(body) if body else {}
+    except (TypeError, ValueError):
+        parsed = {}
+    if isinstance(parsed, dict):
+        reason = str(parsed.get("reason") or reason)
+        message = str(parsed.get("message") or "")
+    return KubeError(status, reason[:100], message[:MAX_MESSAGE])
+
+
+def unreachable(exc: BaseException) -> KubeError:
+    why = type(exc).__name__
+    return KubeError(0, "Unreachable", f"the API server could not be reached ({why})")
+
+
+class LineTooLong(Exception):
+    pass
+
+
+class LineBuffer:
+    """Splits a byte stream into lines; refuses a line longer than `limit` (pure)."""
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self.limit = limit
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._pending += chunk
+        *lines, rest = bytes(self._pending).split(b"\n")
+        if len(rest) > self.limit:
+            raise LineTooLong(f"a watch event longer than {self.limit} bytes")
+        self._pending = bytearray(rest)
+        return [line for line in lines if line.strip()]
+
+
+# Where a pod finds its namespace (the in-cluster fallback of `connect`).
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def kubeconfig_paths(explicit: str | None, environ: Mapping[str, str]) -> list[Path]:
+    """The kubeconfig files kubectl would read: --kubeconfig, $KUBECONFIG, ~/.kube/config."""
+    if explicit:
+        return [Path(explicit).expanduser()]
+    listed = environ.get("KUBECONFIG", "")
+    if listed:
+        return [Path(p).expanduser() for p in listed.split(os.pathsep) if p]
+    return [Path("~/.kube/config").expanduser()]
+
+
+async def connect(
+    kubeconfig: str | None = None, context: str | None = None
+) -> tuple[client.ApiClient, str]:
+    """A client with the user's credentials, and the namespace of their current context.
+
+    Like kubectl: --kubeconfig, else $KUBECONFIG, else ~/.kube/config; inside a pod
+    without any, the pod's ServiceAccount. Raises KubeError when none works.
+    """
+    wanted = kubeconfig_paths(kubeconfig, os.environ)
+    paths = [p for p in wanted if p.is_file()]
+    try:
+        if paths:
+            joined = os.pathsep.join(str(p) for p in paths)
+            contexts, current = config.list_kube_config_contexts(joined)
+            chosen = current
+            if context:
+                chosen = next((c for c in contexts if c.get("name") == context), None)
+                if chosen is None:
+                    raise KubeError(0, "NoContext", f"context {context!r} not in the kubeconfig")
+            namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
+            api = await config.new_client_from_config(
+                config_file=joined, context=context, persist_config=False
+            )
+            return api, str(namespace)
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as exc:
+        where = " ".join(map(str, paths or wanted))
+        raise KubeError(0, "NoConfig", f"no usable kubeconfig ({where}): {exc}") from exc
+    return client.ApiClient(configuration), pod_namespace()
+
+
+def pod_namespace() -> str:
+    try:
+        return POD_NAMESPACE_FILE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def name_prefix(task: str) -> str:
+    """A `generateName` from a task name: `pkg.tasks.calculate_sum` -> `calculate-sum-`."""
+    last = task.rsplit(".", 1)[-1].lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", last).strip("-")[:40].strip("-")
+    return f"{slug or 'taskrun'}-"
+
+
+def resource_version(obj: Mapping[str, Any]) -> str | None:
+    version = (obj.get("metadata") or {}).get("resourceVersion")
+    return version if isinstance(version, str) else None
+
+
+class TaskRunClient:
+    """TaskRuns of any namespace, as the identity of `api` (a kubernetes_asyncio client)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.objects = client.CustomObjectsApi(api)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _call(self, call: Any) -> Any:
+        try:
+            return await call
+        except ApiException as exc:
+            raise refusal(int(exc.status or 0), str(exc.reason or ""), exc.body) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise unreachable(exc) from exc
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self._call(
+            self.objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+            )
+        )
+        return body
+
+    async def create(
+        self, namespace: str, spec: Mapping[str, Any], *, name: str | None = None
+    ) -> dict[str, Any]:
+        """Create a TaskRun; without `name`, the API server names it after the task."""
+        metadata: dict[str, Any] = {"namespace": namespace}
+        if name:
+            metadata["name"] = name
+        else:
+            metadata["generateName"] = name_prefix(str(spec.get("task", "")))
+        manifest = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": metadata,
+            "spec": dict(spec),
+        }
+        body: dict[str, Any] = await self._call(
+            self.objects.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT
+            )
+        )
+        return body
+
+    async def cancel(self, namespace: str, name: str) -> dict[str, Any]:
+        """Set `spec.cancel: true` (the operator revokes the task)."""
+        body: dict[str, Any] = await self._call(
+            self.objects.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"spec": {"cancel": True}},
+                _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        )
+        return body
+
+    async def page(
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        label_selector: str | None = None,
+        continue_token: str | None = None,
+    ) -> dict[str, Any]:
+        options: dict[str, Any] = {"limit": limit}
+        if label_selector:
+            options["label_selector"] = label_selector
+        if continue_token:
+            options["_continue"] = continue_token
+        body: dict[str, Any] = await self._call(
+            self.objects.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT, **options
+            )
+        )
+        return body
+
+    async def _watch(
+        self, namespace: str, version: str, field_selector: str | None
+    ) -> AsyncGenerator[Verdict, None]:
+        """One watch from `version`, until the server ends it (WATCH_SECONDS)."""
+        options: dict[str, Any] = {}
+        if field_selector:
+            options["field_selector"] = field_selector
+        response = await self._call(
+            self.objects.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                watch=True,
+                resource_version=version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_SECONDS,
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(
+                    total=WATCH_SECONDS + REQUEST_TIMEOUT, sock_connect=REQUEST_TIMEOUT
+                ),
+                **options,
+            )
+        )
+        try:
+            if response.status != 200:
+                body = await self._call(response.content.read(64 * 1024))
+                raise refusal(response.status, str(response.reason or ""), body)
+            lines = LineBuffer()
+            while chunk := await self._call(response.content.readany()):
+                for line in lines.feed(chunk):
+                    try:
+                        event = json.loads(line)
+                    except ValueError as exc:
+                        raise WatchError("the watch sent a line that is not JSON") from exc
+                    yield interpret(event)
+        except (LineTooLong, WatchError) as exc:
+            # The API server sent what a watch never sends: as if it were unreachable.
+            raise KubeError(0, "WatchFailed", f"the watch failed: {exc}") from exc
+        finally:
+            response.release()
+
+    async def follow(self, namespace: str, name: str) -> AsyncGenerator[dict[str, Any], None]:
+        """The TaskRun now, then each new version of it, as the watch delivers them.
+
+        Raises KubeError 404 when it does not exist or is deleted. Never ends by itself.
+        """
+        obj = await self.get(namespace, name)
+        yield obj
+        version = resource_version(obj) or "0"
+        selector = f"metadata.name={name}"
+        while True:
+            resync = False
+            async with aclosing(self._watch(namespace, version, selector)) as verdicts:
+                async for verdict in verdicts:
+                    version = verdict.resource_version or version
+                    if verdict.step is Step.UPDATE and verdict.obj is not None:
+                        yield dict(verdict.obj)
+                    elif verdict.step is Step.GONE:
+                        raise KubeError(404, "NotFound", f"taskrun {name} was deleted")
+                    elif verdict.step is Step.RESYNC:
+                        resync = True
+                        break
+            if resync:
+                obj = await self.get(namespace, name)
+                version = resource_version(obj) or "0"
+                yield obj
+
+    async def follow_namespace(
+        self, namespace: str, *, limit: int
+    ) -> AsyncGenerator[tuple[str, list[dict[str, Any]] | dict[str, Any]], None]:
+        """`("SNAPSHOT", items)` (at most `limit`, and again after the watch expires),
+        then `(event type, object)` for each change in the namespace."""
+        while True:
+            listing = await self.page(namespace, limit=limit)
+            yield "SNAPSHOT", list(listing.get("items") or [])
+            version = resource_version(listing) or "0"
+            resync = False
+            while not resync:
+                async with aclosing(self._watch(namespace, version, None)) as verdicts:
+                    async for verdict in verdicts:
+                        version = verdict.resource_version or version
+                        if verdict.step is Step.RESYNC:
+                            resync = True
+                            break
+                        if verdict.obj is not None:
+                            kind = "DELETED" if verdict.step is Step.GONE else "MODIFIED"
+                            yield kind, dict(verdict.obj)
+
+
+async def wait(
+    runs: TaskRunClient, namespace: str, name: str, seconds: float | None
+) -> tuple[dict[str, Any], bool]:
+    """The seed's `get(timeout=...)` over the watch: (the run, whether it finished).
+
+    Reads the run once whatever `seconds` is (0: just look); then follows it until it
+    finishes or `seconds` run out (None: no limit), and returns the last version seen.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
+    async with aclosing(runs.follow(namespace, name)) as versions:
+        obj = await anext(versions)
+        if finished(status_of(obj)) or (deadline is not None and loop.time() >= deadline):
+            return obj, finished(status_of(obj))
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for obj in versions:
+                    if finished(status_of(obj)):
+                        return obj, True
+        except TimeoutError:
+            pass
+    return obj, False

@@ -1,0 +1,261 @@
+"""The gateway's pure parts (views, errors, tokens, caches, reviews), and the app
+in-process against an API server that is not there: a 5xx never says more than that."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from kubernetes_asyncio import client
+from pydantic import ValidationError
+
+from celery_taskrun.gateway import views
+from celery_taskrun.gateway.app import MAX_BODY_BYTES, create_app
+from celery_taskrun.gateway.auth import (
+    Caller,
+    TtlCache,
+    Verb,
+    access_review,
+    bearer_token,
+    caller_from_review,
+    protocol_token,
+)
+from celery_taskrun.model import Phase
+from celery_taskrun.taskruns import KubeError
+from taskrun_dev.processes import free_port
+
+CREATED = "2026-01-01T00:00:00Z"
+OBJ = {
+    "metadata": {"name": "r", "namespace": "ns", "uid": "u", "creationTimestamp": CREATED},
+    "spec": {"task": "t.add", "args": [1]},
+    "status": {
+        "phase": "Failed",
+        "reason": "TaskError",
+        "message": "m" * 1000,
+        "error": {"type": "E", "message": "boom" * 100, "traceback": "T" * 5000},
+        "result": None,
+        # A status claiming identity keys must not override the object's own.
+        "name": "forged",
+        "finished": False,
+    },
+}  # fmt: skip
+
+
+def test_run_view_has_the_status_flat_and_nested() -> None:
+    view = views.run_view(OBJ)
+    assert (view["name"], view["namespace"], view["task"], view["uid"]) == ("r", "ns", "t.add", "u")
+    assert view["finished"] is True
+    assert view["phase"] == view["status"]["phase"] == "Failed"
+    assert view["error"]["traceback"] == "T" * 5000
+    assert view["spec"] == {"task": "t.add", "args": [1]}
+    assert views.RunView.model_validate(view).finished is True
+
+
+def test_a_run_without_status_has_every_field() -> None:
+    view = views.run_view({"metadata": {"name": "r", "namespace": "ns"}, "spec": "junk"})
+    assert view["phase"] is None and view["result"] is None and view["status"] == {}
+    assert view["finished"] is False and view["spec"] == {}
+
+
+def test_summaries_are_small() -> None:
+    summary = views.summary(OBJ)
+    assert (summary["name"], summary["phase"], summary["finished"]) == ("r", "Failed", True)
+    assert "result" not in summary and "traceback" not in summary["error"]
+    assert len(summary["message"]) == len(summary["error"]["message"]) == views.SUMMARY_TEXT
+    assert len(json.dumps(summary)) < 2000
+
+
+@pytest.mark.parametrize(
+    ("phases", "task", "match"),
+    [
+        ((), None, True),
+        ((Phase.FAILED,), None, True),
+        ((Phase.SUCCEEDED, Phase.RUNNING), None, False),
+        ((), "t.add", True),
+        ((), "t.*", True),
+        ((), "*.sub", False),
+        ((Phase.FAILED,), "x", False),
+    ],
+)
+def test_list_filters(phases: tuple[Phase, ...], task: str | None, match: bool) -> None:
+    assert views.matches(OBJ, phases, task) is match
+
+
+@pytest.mark.parametrize(
+    ("status", "http", "leaks"),
+    [
+        (404, 404, True),
+        (409, 409, True),
+        (422, 422, True),
+        (400, 422, True),
+        (410, 410, False),
+        (413, 413, False),
+        (0, 503, False),
+        (429, 503, False),
+        (500, 503, False),
+        (503, 503, False),
+        (401, 502, False),
+        (403, 502, False),
+    ],
+)
+def test_api_server_refusals_as_http(status: int, http: int, leaks: bool) -> None:
+    code, detail = views.http_error(KubeError(status, "Reason", "secret internals"))
+    assert code == http
+    # What the caller sent may be explained; the gateway's own trouble is not.
+    assert ("secret internals" in json.dumps(detail)) is leaks
+
+
+def test_submit_request_is_the_spec_plus_a_name() -> None:
+    request = views.SubmitRequest.model_validate({"task": "t", "args": [1], "name": "a.b-c"})
+    assert request.spec() == {"task": "t", "args": [1]}
+    assert request.name == "a.b-c"
+    assert views.SubmitRequest.model_validate({"task": "t", "queue": None}).spec() == {"task": "t"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"task": "t", "timelimit": 1},
+        {"task": "t", "name": "Upper"},
+        {"task": "t", "name": "-x"},
+        {"task": "t", "name": "x" * 254},
+        {"task": "t", "softTimeLimit": 0},
+        {"args": []},
+    ],
+)
+def test_submit_request_refuses(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        views.SubmitRequest.model_validate(body)
+
+
+def _protocol(token: str) -> str:
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    return f"base64url.bearer.authorization.k8s.io.{encoded}"
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer abc.def", "abc.def"),
+        ("bearer  abc ", "abc"),
+        ("Basic abc", None),
+        ("Bearer", None),
+        ("", None),
+        (None, None),
+        ("Bearer " + "x" * 20000, None),
+    ],
+)
+def test_bearer_tokens(header: str | None, token: str | None) -> None:
+    assert bearer_token(header) == token
+
+
+@pytest.mark.parametrize(
+    ("protocols", "token"),
+    [
+        (["taskrun.v1", _protocol("abc.def-g_h")], "abc.def-g_h"),
+        (["taskrun.v1"], None),
+        ([], None),
+        (["base64url.bearer.authorization.k8s.io.!!!"], None),
+        (["base64url.bearer.authorization.k8s.io." + "A" * 40000], None),
+        ([_protocol("")], None),
+    ],
+)
+def test_websocket_tokens(protocols: list[str], token: str | None) -> None:
+    assert protocol_token(protocols) == token
+
+
+def test_ttl_cache_expires_and_is_bounded() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl=5, size=2)
+    cache.put("a", 1, now=0)
+    assert cache.get("a", now=4.9) == 1
+    assert cache.get("a", now=5) is None
+    cache.put("a", 1, now=10)
+    cache.put("b", 2, now=10)
+    cache.get("a", now=11)  # a is now the most recent
+    cache.put("c", 3, now=11)
+    assert (cache.get("a", 11), cache.get("b", 11), cache.get("c", 11)) == (1, None, 3)
+
+
+def test_access_review_asks_about_taskruns_in_the_namespace() -> None:
+    caller = Caller("system:serviceaccount:ns:app", "uid-1", ("g1",), (("k", ("v",)),))
+    review = access_review(caller, Verb.PATCH, "ns", "r")
+    assert review["spec"] == {
+        "user": "system:serviceaccount:ns:app",
+        "uid": "uid-1",
+        "groups": ["g1"],
+        "extra": {"k": ["v"]},
+        "resourceAttributes": {
+            "namespace": "ns",
+            "verb": "patch",
+            "group": "celery.taskrun.dev",
+            "resource": "taskruns",
+            "name": "r",
+        },
+    }
+    assert (
+        "name"
+        not in access_review(Caller("u"), Verb.LIST, "ns", None)["spec"]["resourceAttributes"]
+    )
+
+
+def test_caller_from_review() -> None:
+    user = SimpleNamespace(username="u", uid=None, groups=["a"], extra={"x": ["1", "2"]})
+    status = SimpleNamespace(authenticated=True, user=user)
+    assert caller_from_review(status) == Caller("u", "", ("a",), (("x", ("1", "2")),))
+    assert caller_from_review(SimpleNamespace(authenticated=False, user=user)) is None
+    assert caller_from_review(None) is None
+
+
+# -- the app, with an API server that does not answer -------------------------------
+
+
+@pytest.fixture
+def app_without_api() -> Iterator[TestClient]:
+    async def connector() -> client.ApiClient:
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{free_port()}"  # nothing listens
+        configuration.api_key = {"BearerToken": "the-gateways-own-token"}
+        return client.ApiClient(configuration)
+
+    with TestClient(create_app(connector)) as test_client:
+        yield test_client
+
+
+def test_unavailable_api_is_a_bare_503(app_without_api: TestClient) -> None:
+    runs = "/api/v1/namespaces/ns/taskruns"
+    headers = {"Authorization": "Bearer someone"}
+    for method, path in [("GET", runs), ("GET", f"{runs}/r/wait"), ("POST", f"{runs}/r/cancel")]:
+        response = app_without_api.request(method, path, headers=headers)
+        assert response.status_code == 503
+        assert response.json() == {"detail": "credentials cannot be checked now; try again"}
+        assert "127.0.0.1" not in response.text and "the-gateways-own-token" not in response.text
+
+
+def test_refusals_before_any_api_call(app_without_api: TestClient) -> None:
+    runs = "/api/v1/namespaces/ns/taskruns"
+    assert app_without_api.get(runs).status_code == 401
+    too_big = app_without_api.post(runs, content=b"x" * (MAX_BODY_BYTES + 1))
+    assert too_big.status_code == 413
+    assert app_without_api.get("/api/v1/namespaces/Not_Valid/taskruns").status_code in (401, 422)
+    assert app_without_api.get("/healthz").json() == {"ok": True}
+
+
+def test_page_and_schema_are_served(app_without_api: TestClient) -> None:
+    page = app_without_api.get("/")
+    assert page.status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert app_without_api.get("/static/app.js").headers["x-content-type-options"] == "nosniff"
+    schema = app_without_api.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    paths = set(schema["paths"])
+    assert paths == {
+        "/api/v1/namespaces/{namespace}/taskruns",
+        "/api/v1/namespaces/{namespace}/taskruns/{name}",
+        "/api/v1/namespaces/{namespace}/taskruns/{name}/wait",
+        "/api/v1/namespaces/{namespace}/taskruns/{name}/cancel",
+    }
