@@ -63,8 +63,6 @@ def deeper_than(value: Any, limit: int) -> bool:
 
 def encoded(value: Any) -> str | None:
     """Compact JSON of `value`, or None when it has none (too deep, not JSON)."""
-    if deeper_than(value, MAX_DEPTH * 8):
-        return None
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False, default=str)
     except (ValueError, TypeError, RecursionError):

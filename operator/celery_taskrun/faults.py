@@ -1,15 +1,25 @@
-"""Fault injection for crash tests: the one crash a test cannot time from outside.
+"""Fault injection for tests: the faults a test cannot cause from outside.
 
-`TASKRUN_FAULT=exit-after-send` makes the operator exit at once, as `kill -9` would,
-right after it sent a task and before it recorded that in status: the window the
-submission protocol exists for. Never set outside tests.
+- `TASKRUN_FAULT=exit-after-send` makes the operator exit at once, as `kill -9` would,
+  right after it sent a task and before it recorded that in status: the window the
+  submission protocol exists for.
+- `TASKRUN_FAULT=stall-loop` stops the tracker's loop from turning (as a bug would),
+  so the liveness endpoint can be seen to fail.
+
+Never set outside tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 
 def crash_point(name: str) -> None:
     if os.environ.get("TASKRUN_FAULT") == f"exit-{name}":
         os._exit(137)
+
+
+async def stall_point(name: str) -> None:
+    if os.environ.get("TASKRUN_FAULT") == f"stall-{name}":
+        await asyncio.Event().wait()

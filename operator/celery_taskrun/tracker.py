@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import metrics, records
+from . import faults, metrics, records
 from .backend import BackendUnavailable, ResultBackend
 from .backoff import backoff_for
 from .celery_client import BrokerUnavailable, CeleryClient
@@ -271,6 +271,7 @@ class Tracker:
 
     async def _loop(self) -> None:
         while True:
+            await faults.stall_point("loop")
             reads: list[Run] = []
             for key in self.schedule.due():
                 if key.startswith(TTL_PREFIX):
@@ -477,8 +478,8 @@ class Tracker:
             return
         before = run.status
         written = await self.writer.write(run, status)
-        if written is Written.GONE:
-            self._forget(run.uid)
+        if written in (Written.GONE, Written.REFUSED):
+            self._forget(run.uid)  # gone, or no status of it can ever be written
             return
         if written is Written.FAILED:
             run.status = status  # still owed: the next step writes it

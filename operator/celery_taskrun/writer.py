@@ -32,6 +32,7 @@ class Written(enum.Enum):
     UNCHANGED = "unchanged"  # nothing visible changed: no write
     GONE = "gone"  # the object no longer exists
     FAILED = "failed"  # not written: try again later
+    REFUSED = "refused"  # refused even at its smallest: trying again cannot help
 
 
 def merge_patch(written: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +80,7 @@ class StatusWriter:
                 await self._announce(run, status)
             return Written.WRITTEN
         log.error("status of %s/%s refused even at its smallest", run.namespace, run.name)
-        run.synced = False
-        return Written.FAILED
+        return Written.REFUSED
 
     async def _announce(self, run: Run, status: TaskRunStatus) -> None:
         phase = status.phase or Phase.PENDING

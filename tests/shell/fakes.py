@@ -19,7 +19,7 @@ from celery_taskrun import records
 from celery_taskrun.backend import BackendUnavailable, OnRecord, OnResync
 from celery_taskrun.celery_client import BrokerUnavailable
 from celery_taskrun.config import OperatorConfig
-from celery_taskrun.kube import Gone, TooLarge
+from celery_taskrun.kube import Gone, Invalid, TooLarge
 from celery_taskrun.model import FINALIZER, INTENT_ANNOTATION
 from celery_taskrun.records import Reading
 from celery_taskrun.submission import Submission
@@ -33,6 +33,7 @@ class FakeKube:
     objects: dict[str, Body] = field(default_factory=dict)  # by name
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (name, type, reason)
     hang: set[str] = field(default_factory=set)  # names whose status writes never return
+    refuse: set[str] = field(default_factory=set)  # names whose status writes are invalid
     max_status_bytes: int | None = None  # refuse larger status patches (etcd's limit)
     writes: int = 0
 
@@ -40,6 +41,8 @@ class FakeKube:
         if name in self.hang:
             await asyncio.Event().wait()
         obj = self._get(name)
+        if name in self.refuse:
+            raise Invalid("status: Invalid value")
         if self.max_status_bytes is not None and len(repr(patch)) > self.max_status_bytes:
             raise TooLarge("etcdserver: request is too large")
         status = obj.setdefault("status", {})

@@ -88,6 +88,15 @@ async def test_a_status_refused_for_its_size_is_written_smaller(harness: Harness
     assert status["resultTruncated"] is True and len(status["result"]) < 2000
 
 
+async def test_a_status_that_can_never_be_written_is_let_go(harness: Harness) -> None:
+    bad = harness.create({"task": "t.a"})
+    harness.kube.refuse.add(bad["metadata"]["name"])
+    await harness.tracker.observe("ADDED", bad)
+    await until(lambda: bad["metadata"]["uid"] not in harness.tracker.runs, what="let go")
+    good = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, good) == "Queued", what="the next run Queued")
+
+
 async def test_a_step_that_keeps_failing_ends_its_run(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
