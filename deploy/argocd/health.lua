@@ -3,7 +3,8 @@
 --   Degraded     the run ended in failure: Failed, TimedOut, Revoked (Stalled True);
 --                the message is status.message
 --   Progressing  in flight (Reconciling True), not yet seen by the operator (no
---                status), or a status this script does not know
+--                status, or the schema's default `status: {observedGeneration: 0}`),
+--                or a status this script does not know
 -- Install: resource.customizations.health.celery.taskrun.dev_TaskRun in argocd-cm
 -- (see README.md beside this file).
 local health = {}
@@ -31,7 +32,7 @@ local function describe(status, fallback)
 end
 
 local status = obj.status
-if status == nil then
+if status == nil or status.phase == nil then
   health.status = "Progressing"
   health.message = "Waiting for the operator to accept the TaskRun"
   return health

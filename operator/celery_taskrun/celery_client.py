@@ -26,8 +26,16 @@ PING_SECONDS = 2.0
 SOCKET_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 5}
 
 
-def make_app(config: OperatorConfig) -> Celery:
+def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
+    """The operator's Celery app.  `results=False`: one without a result backend, to send
+    with: with one, Celery subscribes its own result consumer to every task sent (for
+    `AsyncResult.get`, which the operator never calls), retrying for 20 s when Redis is
+    down and holding a subscription per task in flight."""
     app = Celery("celery-taskrun-operator", broker=config.brokerUrl, backend=config.resultBackend)
+    if not results:
+        # The class wins over the setting, which CELERY_RESULT_BACKEND in the environment
+        # would set again.
+        app.backend_cls = "disabled"
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -50,8 +58,11 @@ class BrokerUnavailable(Exception):
 
 
 class CeleryClient:
-    def __init__(self, app: Celery, *, timeout: float = 10.0, threads: int = 16) -> None:
-        self.app = app
+    def __init__(
+        self, app: Celery, sender: Celery, *, timeout: float = 10.0, threads: int = 16
+    ) -> None:
+        self.app = app  # control commands, and revoke marks in the result backend
+        self.sender = sender  # sending: no result backend of its own (see `make_app`)
         self.timeout = timeout
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="celery-client")
         # What the broker's transport and the backend raise when they are unreachable.
@@ -87,7 +98,7 @@ class CeleryClient:
 
     async def _send(self, submission: Submission) -> None:
         await self._call(
-            self.app.send_task,
+            self.sender.send_task,
             submission.task,
             args=submission.args,
             kwargs=submission.kwargs,

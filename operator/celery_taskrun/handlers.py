@@ -42,7 +42,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     tracker = Tracker(
         config,
         Kube(await connect(), timeout=config.apiTimeout),
-        CeleryClient(app, timeout=config.brokerTimeout),
+        CeleryClient(app, make_app(config, results=False), timeout=config.brokerTimeout),
         backend,
     )
     await tracker.start()

@@ -358,13 +358,18 @@ def test_broker_down_at_submission_waits_then_meets_its_deadline(
     assert redis_proc is not None
     redis_proc.stop()
     try:
-        runs.apply("unsent", "calculate_sum", args=[[1]], timeout=4)
+        # A user-chosen backoff of a minute: the deadline is checked when it falls due.
+        poll = {"initialInterval": 60, "maxInterval": 60}
+        runs.apply("unsent", "calculate_sum", args=[[1]], timeout=4, poll=poll)
         pending = runs.wait_phase("unsent", "Pending", timeout=30)
         assert pending["reason"] == "BackendUnavailable"
         assert runs.condition("unsent", "Finished")["status"] == "False"
         status = runs.finished("unsent", timeout=30)
         assert (status["phase"], status["reason"]) == ("TimedOut", "DeadlineExceeded")
         assert "could not be sent" in status["message"]
+        created = seconds(runs.get("unsent")["metadata"]["creationTimestamp"])
+        # Due 4 s after creation, to the second creationTimestamp has (so + 1 s).
+        assert seconds(status["completedAt"]) - (created + 5) < 1.5
     finally:
         stack.start_redis()
     runs.apply("after-outage", "calculate_sum", args=[[2, 2]])

@@ -11,6 +11,7 @@ Celery app (no guard) of tasks the operator never saw.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -107,7 +108,10 @@ def hostile_worker(stack: Stack) -> Iterator[Any]:
 def test_kubectl_apply_refuses_what_the_operator_cannot_hold(
     runs: TaskRuns, spec_json: str, refusal: str
 ) -> None:
-    result = runs.kubectl("apply", "-f", "-", input=raw_manifest(runs.namespace, "bad", spec_json))
+    # Server-side: a client-side apply keeps the whole manifest in an annotation, whose
+    # own 256 KiB limit would refuse the big arguments before the policy could.
+    manifest = raw_manifest(runs.namespace, "bad", spec_json)
+    result = runs.kubectl("apply", "--server-side", "-f", "-", input=manifest)
     assert result.returncode != 0
     assert refusal in result.stderr, result.stderr
     assert not runs.exists("bad")
@@ -115,7 +119,12 @@ def test_kubectl_apply_refuses_what_the_operator_cannot_hold(
 
 @pytest.fixture
 def admission_off(stack: Stack) -> Iterator[None]:
-    """Objects as an older or edited CRD let them in: no bounds on args, no maxima."""
+    """Objects as an older or edited CRD let them in: no bounds on args, no maxima.
+
+    The test's own client then reads objects 10,000 levels deep, as the operator does:
+    with Python's recursion limit raised the same way."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 25_000))
     stack.kubectl("delete", "validatingadmissionpolicybinding", BOUNDED_BINDING, check=True)
     limits = [
         {
@@ -143,6 +152,7 @@ def admission_off(stack: Stack) -> Iterator[None]:
             return all(refused)
 
         wait_for(enforced, timeout=30, what="the bounds enforced again", interval=0.2)
+        sys.setrecursionlimit(limit)
 
 
 def test_what_got_past_admission_ends_invalid_and_the_operator_lives_on(

@@ -84,7 +84,13 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "empty status",
         {**taskrun(None), "status": {}},
         "Progressing",
-        "Pending",
+        "Waiting for the operator to accept the TaskRun",
+    ),
+    (
+        "the schema's default status",
+        {**taskrun(None), "status": {"observedGeneration": 0}},
+        "Progressing",
+        "Waiting for the operator to accept the TaskRun",
     ),
     (
         "pending",
