@@ -527,6 +527,9 @@ class Stack:
             "CELERY_RESULT_BACKEND": self.result_backend,
             "TASKRUN_METRICS_HOST": cp.HOST,
             "TASKRUN_METRICS_PORT": str(metrics_port),
+            # Leader election: operators sharing a Lease never both act.  Each named
+            # process its own by default (several may watch different namespaces).
+            "TASKRUN_LEASE_NAME": f"celery-taskrun-{name}",
         }
         if config_path is not None:
             settings["TASKRUN_CONFIG"] = str(Path(config_path).resolve())

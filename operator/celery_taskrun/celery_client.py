@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from kombu.exceptions import EncodeError, KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -106,8 +107,9 @@ class CeleryClient:
             **submission.options,
         )
 
-    async def revoke(self, task_id: str, *, terminate: bool, reason: str) -> None:
-        """Revoke for the workers online, and record REVOKED in the backend.
+    async def revoke(self, task_id: str, *, terminate: bool, reason: str, keep_for: float) -> None:
+        """Revoke for the workers online, and record REVOKED in the backend for at least
+        `keep_for` seconds: as long as a message of the task may still be delivered.
 
         The broadcast reaches only the workers online now; the stored REVOKED state is
         what the worker guard (taskrun_workers.guard) checks before running a task,
@@ -115,24 +117,23 @@ class CeleryClient:
         """
         await self._call(self.app.control.revoke, task_id, terminate=terminate)
         await self._call(self.app.backend.mark_as_revoked, task_id, reason)
+        await self._call(self._keep_mark, task_id, keep_for)
 
-    async def alive(self, hostnames: set[str]) -> set[str]:
-        """Which of these workers answer a ping (their main process, even when busy)."""
-        replies = await self._call(
-            self.app.control.ping, destination=sorted(hostnames), timeout=PING_SECONDS
-        )
-        return {name for reply in replies or [] for name in reply}
+    def _keep_mark(self, task_id: str, seconds: float) -> None:
+        """The mark expires with result_expires (a day by default), but no sooner than a
+        message of the task could arrive (a long countdown): Redis keeps it longer."""
+        backend = self.app.backend
+        if isinstance(backend, RedisBackend) and seconds > (backend.expires or 0):
+            backend.client.expire(backend.get_key_for_task(task_id), int(seconds) + 1)
 
-    async def still_running(self, task_id: str, worker: str | None) -> bool | None:
-        """Whether the worker reports the task active, reserved or scheduled right now;
-        None when no worker answers (reconnecting, or gone: the liveness check decides)."""
-        inspect = self.app.control.inspect(
-            destination=[worker] if worker else None, timeout=PING_SECONDS
-        )
-        replies = await self._call(inspect.query_task, task_id)
-        if not replies:
-            return None
-        return any(task_id in (reply or {}) for reply in replies.values())
+    async def holding(self, task_ids: list[str], hostnames: set[str]) -> dict[str, set[str]]:
+        """Which of these tasks each of these workers (every worker, if none is named)
+        reports active, reserved or scheduled right now; one that does not answer is
+        absent."""
+        destination = sorted(hostnames) or None
+        inspect = self.app.control.inspect(destination=destination, timeout=PING_SECONDS)
+        replies = await self._call(inspect.query_task, *task_ids)
+        return {host: set(reply or {}) for host, reply in (replies or {}).items()}
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -55,6 +55,22 @@ class PollDefaults(BaseModel):
     )
 
 
+class Policy(BaseModel):
+    """Who may run what: TaskRuns in these namespaces may run these tasks on these queues."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespaces: list[str] = Field(
+        min_length=1, description="Namespaces (globs) this policy covers."
+    )
+    tasks: list[str] = Field(
+        min_length=1,
+        description="Task names (globs) they may run; Celery's built-ins (celery.*) only "
+        "when a pattern starting with `celery.` names them.",
+    )
+    queues: list[str] = Field(["*"], min_length=1, description="Queues (globs) they may send to.")
+
+
 class OperatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,8 +94,54 @@ class OperatorConfig(BaseModel):
     )
     allowedTasks: list[str] = Field(
         [],
-        description="Task names (globs) a TaskRun may run; empty allows any. Others end "
-        "Failed / TaskNotAllowed.",
+        description="Task names (globs) any TaskRun may run, a global shorthand over "
+        "`policies`; empty allows any. Others end Failed / TaskNotAllowed.",
+    )
+    policies: list[Policy] = Field(
+        [],
+        description="Who may run what, per namespace: a TaskRun is allowed when a policy "
+        "matching its namespace allows both its task and its queue. Empty: any namespace may "
+        "run any task on any queue, but for Celery's built-ins (celery.*), refused unless a "
+        "policy names them. Refused runs end Failed / TaskNotAllowed and nothing is sent.",
+    )
+    defaultQueue: str = Field(
+        "celery",
+        min_length=1,
+        description="The queue of a TaskRun without spec.queue (Celery's task_default_queue), "
+        "as policies see it.",
+    )
+    messageExpires: float = Field(
+        86400.0,
+        ge=60,
+        le=MAX_SECONDS,
+        description="Every task message expires this long after its countdown, unless the run's "
+        "expires or timeout ends it sooner, so a cancelled run never runs later even after "
+        "result_expires drops its revoke mark; a message still queued then ends its run "
+        "Revoked / Expired.",
+    )
+    leaseName: str = Field(
+        "celery-taskrun-operator",
+        min_length=1,
+        description="The coordination.k8s.io Lease whose holder is the one operator that acts "
+        "(leader election); operators with the same lease never both act.",
+    )
+    leaseNamespace: str | None = Field(
+        None,
+        description="The Lease's namespace; default: the pod's own (POD_NAMESPACE or its "
+        "service account's), else celery-taskrun-system.",
+    )
+    leaseDurationSeconds: float = Field(
+        15.0, ge=2, le=300, description="How long a Lease not renewed still holds others off."
+    )
+    leaseRenewDeadlineSeconds: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="A leader that could not renew for this long stops acting; below "
+        "leaseDurationSeconds, so it stops before another may take over.",
+    )
+    leaseRetryPeriodSeconds: float = Field(
+        2.0, gt=0, le=60, description="How often the Lease is renewed or tried."
     )
     poll: PollDefaults = Field(
         PollDefaults(),
@@ -171,6 +233,15 @@ class OperatorConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _renew_before_expiry(self) -> OperatorConfig:
+        if self.leaseRenewDeadlineSeconds >= self.leaseDurationSeconds:
+            raise ValueError(
+                "leaseRenewDeadlineSeconds must be below leaseDurationSeconds: a leader that "
+                "cannot renew must stop acting before another operator may take over"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _refuse_rpc(self) -> OperatorConfig:
         if self.resultBackend.split("://", 1)[0] == "rpc":
             raise ValueError(
@@ -185,8 +256,3 @@ class OperatorConfig(BaseModel):
             if fnmatch.fnmatchcase(task, pattern):
                 return defaults
         return None
-
-    def allows(self, task: str) -> bool:
-        return not self.allowedTasks or any(
-            fnmatch.fnmatchcase(task, pattern) for pattern in self.allowedTasks
-        )

@@ -20,6 +20,8 @@ ENVIRONMENT = {
     "resultBackend": "CELERY_RESULT_BACKEND",
     "metricsHost": "TASKRUN_METRICS_HOST",
     "metricsPort": "TASKRUN_METRICS_PORT",
+    "leaseName": "TASKRUN_LEASE_NAME",
+    "leaseNamespace": "POD_NAMESPACE",
 }
 
 

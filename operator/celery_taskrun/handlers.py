@@ -7,6 +7,7 @@ alone.  Kopf still brings the watch, its reconnects, and the operator lifecycle.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -15,9 +16,10 @@ import kopf
 from .backend import open_backend
 from .celery_client import CeleryClient, make_app
 from .config import OperatorConfig
+from .elector import Elector
 from .kube import Kube, connect
 from .model import GROUP, PLURAL, VERSION
-from .tracker import Tracker
+from .tracker import Tracker, supervised
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +41,27 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         max_record_bytes=config.maxRecordBytes,
         timeout=config.backendTimeout,
     )
+    kube = Kube(await connect(), timeout=config.apiTimeout)
     tracker = Tracker(
         config,
-        Kube(await connect(), timeout=config.apiTimeout),
+        kube,
         CeleryClient(app, make_app(config, results=False), timeout=config.brokerTimeout),
         backend,
+        namespaces=memo["namespaces"],
     )
-    await tracker.start()
-    memo["tracker"] = tracker
+    # Only the holder of the Lease acts; the tracker stands by until then.
+    elector = Elector(kube, config, on_lead=tracker.lead, on_lose=tracker.step_down)
+    memo["tracker"], memo["elector"] = tracker, elector
+    memo["campaign"] = asyncio.create_task(supervised("leader election", elector.campaign))
     log.info("celery-taskrun operator started (backend %s)", config.resultBackend.split("://")[0])
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    campaign: asyncio.Task[None] | None = memo.get("campaign")
+    if campaign is not None:
+        campaign.cancel()  # hands the Lease over, if held
+        await asyncio.gather(campaign, return_exceptions=True)
     tracker: Tracker | None = memo.get("tracker")
     if tracker is not None:
         await tracker.stop()
@@ -59,12 +69,16 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.probe(id="tracker")
 async def tracker_health(memo: kopf.Memo, **_: Any) -> str:
-    """The liveness endpoint fails when the tracker stops making progress."""
+    """The liveness endpoint fails when the tracker stops making progress, or the
+    election stops turning."""
     tracker: Tracker | None = memo.get("tracker")
-    problem = "the tracker has not started" if tracker is None else tracker.health()
+    elector: Elector | None = memo.get("elector")
+    if tracker is None or elector is None:
+        raise kopf.PermanentError("the tracker has not started")
+    problem = tracker.health() or elector.health(tracker.config.livenessTimeout)
     if problem is not None:
         raise kopf.PermanentError(problem)
-    return "ok"
+    return "leading" if elector.leading else "standing by"
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -41,6 +41,10 @@ class TooLarge(KubeError):
     """The request was refused for its size (413, or etcd's request limit)."""
 
 
+class Conflict(KubeError):
+    """Someone else changed the object first (409): read it again."""
+
+
 class Invalid(KubeError):
     """The API server refused the content (422): retrying it as is cannot help."""
 
@@ -57,6 +61,8 @@ def classify(exc: ApiException) -> KubeError:
         exc.status == 500 and ("too large" in message or "larger than max" in message)
     ):
         return TooLarge(message)
+    if exc.status == 409:
+        return Conflict(message)
     if exc.status == 422:
         return Invalid(message)
     return ApiUnavailable(f"{exc.status} {message}")
@@ -76,14 +82,15 @@ class Kube:
         self.timeout = timeout
         self.objects = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.leases = client.CoordinationV1Api(api)
 
     async def close(self) -> None:
         await self.api.close()
 
-    async def _guard(self, call: Awaitable[T]) -> T:
+    async def _guard(self, call: Awaitable[T], seconds: float | None = None) -> T:
         """Await one API call within the timeout; its failure as a KubeError."""
         try:
-            return await asyncio.wait_for(call, self.timeout)
+            return await asyncio.wait_for(call, seconds or self.timeout)
         except ApiException as exc:
             raise classify(exc) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -173,6 +180,63 @@ class Kube:
             )
         )
         return body
+
+    async def list_taskruns(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Every TaskRun of a namespace (or of the cluster), a page at a time."""
+        token: str | None = None
+        while True:
+            options: dict[str, Any] = {"limit": 500, "_request_timeout": self.timeout}
+            if token:
+                options["_continue"] = token
+            if namespace is None:
+                call = self.objects.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
+            else:
+                call = self.objects.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, **options
+                )
+            page: dict[str, Any] = await self._guard(call)
+            for item in page.get("items") or []:
+                yield item
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+
+    async def lease(self, namespace: str, name: str, seconds: float) -> dict[str, Any] | None:
+        """The Lease, or None when there is none."""
+        try:
+            found = await self._guard(
+                self.leases.read_namespaced_lease(name, namespace, _request_timeout=seconds),
+                seconds,
+            )
+        except Gone:
+            return None
+        body: dict[str, Any] = self.api.sanitize_for_serialization(found)
+        return body
+
+    async def write_lease(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        version: str | None,
+        seconds: float,
+    ) -> None:
+        """Create the Lease (`version` None) or replace it if it is still `version`:
+        Conflict when another operator wrote first."""
+        body: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        if version is None:
+            call = self.leases.create_namespaced_lease(namespace, body, _request_timeout=seconds)
+        else:
+            body["metadata"]["resourceVersion"] = version
+            call = self.leases.replace_namespaced_lease(
+                name, namespace, body, _request_timeout=seconds
+            )
+        await self._guard(call, seconds)
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:
         await self._guard(

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            memo=kopf.Memo(config=config),
+            memo=kopf.Memo(config=config, namespaces=namespaces),
             liveness_endpoint=args.liveness,
         )
     )

@@ -13,12 +13,6 @@ BACKEND_READS = Counter("taskrun_backend_reads_total", "Batched reads of the res
 BACKEND_ERRORS = Counter("taskrun_backend_errors_total", "Failed reads of the result backend")
 WAKEUPS = Counter("taskrun_wakeups_total", "State changes heard from the backend's publish")
 API_WRITES = Counter("taskrun_api_writes_total", "Writes to the Kubernetes API", ["kind"])
-STATUS_WRITE_FAILURES = Counter(
-    "taskrun_status_write_failures_total",
-    "Status writes the API server did not take, by error (TooLarge and Invalid are retried "
-    "smaller)",
-    ["error"],
-)
 STEP_ERRORS = Counter(
     "taskrun_step_errors_total", "Unexpected errors while handling one run (operator bugs)"
 )

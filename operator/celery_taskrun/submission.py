@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import policy
 from .config import LimitDefaults, OperatorConfig
-from .model import EffectiveLimit, EffectiveLimits, LimitSource, Reason, TaskRunSpec
+from .model import (
+    EffectiveLimit,
+    EffectiveLimits,
+    LimitSource,
+    Reason,
+    TaskRunSpec,
+    TaskRunStatus,
+)
 
 MIB = 1024 * 1024
 
@@ -21,6 +29,13 @@ MIB = 1024 * 1024
 def task_id_for(uid: str, submission: int) -> str:
     """The Celery task id of one submission: derived, so a resend is recognisable."""
     return f"tr-{uid}-{submission}"
+
+
+def derived(task_id: str | None, uid: str) -> bool:
+    """Whether `task_id` is one this run's submissions would have (`tr-<uid>-<n>`): a
+    status or annotation naming any other id is not the operator's to act on."""
+    prefix = f"tr-{uid}-"
+    return task_id is not None and task_id.startswith(prefix) and task_id[len(prefix) :].isdigit()
 
 
 def submission_of(task_id: str | None) -> int:
@@ -43,6 +58,11 @@ class Submission:
 class Refusal:
     reason: Reason
     message: str
+
+
+def message_expiry(sent: datetime, spec: TaskRunSpec, config: OperatorConfig) -> datetime:
+    """The latest a message sent at `sent` may still be taken by a worker."""
+    return sent + timedelta(seconds=(spec.countdown or 0) + config.messageExpires)
 
 
 def size_based_time_limits(spec: TaskRunSpec) -> tuple[float, float] | None:
@@ -81,21 +101,33 @@ def effective_limits(spec: TaskRunSpec, config: OperatorConfig) -> EffectiveLimi
     )
 
 
+def trusted(status: TaskRunStatus, uid: str) -> TaskRunStatus:
+    """A status read back from the API server, as far as the operator may act on it.
+
+    Anyone with rights on the status can edit it: an in-flight status naming a task id
+    this run never had would make the operator read, revoke or report another run's
+    task.  Such a status is dropped (the run is followed again from its intent
+    annotation and the backend); a finished one is left as it is (nothing acts on it).
+    """
+    if status.taskId is None or derived(status.taskId, uid):
+        return status
+    return status if status.phase is not None and status.phase.terminal else TaskRunStatus()
+
+
 def plan(
     spec: TaskRunSpec,
     config: OperatorConfig,
     *,
     uid: str,
+    namespace: str,
     submission: int,
     now: datetime,
     first_submitted_at: datetime | None = None,
 ) -> Submission | Refusal:
     """What to send for one submission of a run, or why it must not be sent."""
-    if not config.allows(spec.task):
-        return Refusal(
-            Reason.TASK_NOT_ALLOWED,
-            f"task {spec.task!r} is not in the operator's allowedTasks",
-        )
+    refused = policy.refusal(config, namespace, spec.task, spec.queue)
+    if refused is not None:
+        return Refusal(Reason.TASK_NOT_ALLOWED, refused)
     size = len(json.dumps([spec.args, spec.kwargs], separators=(",", ":")))
     if size > config.maxArgsBytes:
         return Refusal(
@@ -124,16 +156,16 @@ def plan(
         options["time_limit"] = hard.seconds
     if soft is not None:
         options["soft_time_limit"] = soft.seconds
-    # The message itself expires at the earliest of `expires` and the run's deadline,
-    # so a worker that comes online late discards it instead of running it.
-    expiries = []
+    # The message itself expires at the earliest of `expires`, the run's deadline and
+    # `messageExpires` after its countdown, so a worker that comes online late discards
+    # it instead of running it, and no message outlives the revoke mark of its run.
+    expiries = [message_expiry(now, spec, config)]
     if limits.expires is not None:
         expiries.append(now + timedelta(seconds=limits.expires.seconds))
     if limits.timeout is not None:
         start = first_submitted_at or now
         expiries.append(start + timedelta(seconds=limits.timeout.seconds))
-    if expiries:
-        options["expires"] = min(expiries)
+    options["expires"] = min(expiries)
     return Submission(
         task=spec.task,
         task_id=task_id_for(uid, submission),

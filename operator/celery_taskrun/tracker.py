@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,7 +39,7 @@ from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
 from .records import Reading
 from .runs import Run, dump, validation_message
 from .schedule import Schedule
-from .submission import submission_of
+from .submission import derived, message_expiry, submission_of, trusted
 from .submitter import NotSent, Sent, Submitter
 from .transitions import (
     BackendError,
@@ -65,6 +66,19 @@ MAX_STEP_ERRORS = 5
 TTL_PREFIX = "ttl/"
 
 
+async def supervised(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run `run` for as long as it is wanted, restarting it when it fails."""
+    delay = 1.0
+    while True:
+        try:
+            await run()
+            return  # finished on its own (a backend without wake-ups, a listing done)
+        except Exception:  # a bug: restart rather than stop every run
+            log.exception("%s failed; restarting in %.0fs", name, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
 def moved(before: TaskRunStatus, after: TaskRunStatus) -> bool:
     """Whether a run visibly moved on (resets its backoff): a new phase, reason or
     state, or new progress; a reworded message alone is not news."""
@@ -84,10 +98,16 @@ class Tracker:
         celery: CeleryClient,
         backend: ResultBackend,
         *,
+        namespaces: Sequence[str] = (),
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        # The namespaces handled (globs; none: all), and which to list on taking over:
+        # each by name, or the whole cluster when a glob needs filtering.
+        self.namespaces = list(namespaces)
+        globbed = any(set(p) & set("*?[") for p in self.namespaces)
+        self.listed: list[str | None] = [] if globbed else list(self.namespaces)
         self.kube = kube
         self.celery = celery
         self.backend = backend
@@ -110,28 +130,47 @@ class Tracker:
         self.wake = asyncio.Event()
         self.background: set[asyncio.Task[Any]] = set()
         self.beat = monotonic()
+        self.acting = False
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- lifecycle: the tracker acts only while its operator leads ------------------------
 
-    async def start(self) -> None:
-        self._supervise("loop", self._loop)
+    async def lead(self) -> None:
+        """Start acting: every TaskRun is listed and adopted, then followed."""
+        self.acting = True
+        self.beat = self.monotonic()
+        self._spawn(supervised("loop", self._loop))
         if self.config.wakeups:
-            self._supervise("wake-ups", lambda: self.backend.watch(self._on_record, self._resync))
+            watch = lambda: self.backend.watch(self._on_record, self._resync)  # noqa: E731
+            self._spawn(supervised("wake-ups", watch))
         if self.config.workerLostAfter:
-            self._supervise("watchdog", self.watchdog.watch)
+            self._spawn(supervised("watchdog", self.watchdog.watch))
+        self._spawn(supervised("adoption", self._adopt_all))
+
+    async def step_down(self) -> None:
+        """Stop acting at once (another operator may take over): every step, read and
+        loop is cancelled, and nothing is remembered (the next lead lists afresh)."""
+        self.acting = False
+        tasks = list(self.background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.runs.clear()
+        self.by_task.clear()
+        self.expiring.clear()
+        self.schedule = Schedule(self.monotonic)
+        metrics.IN_FLIGHT.set(0)
 
     async def stop(self) -> None:
-        for task in list(self.background):
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.step_down()
         await self.backend.close()
         await self.kube.close()
         self.celery.close()
 
     def health(self) -> str | None:
-        """None while the loop turns; else why the operator should be restarted."""
+        """None while the loop turns (or while standing by); else why the operator
+        should be restarted."""
         stalled = self.monotonic() - self.beat
-        if stalled > self.config.livenessTimeout:
+        if self.acting and stalled > self.config.livenessTimeout:
             return f"the tracker's loop has not turned for {stalled:.0f}s"
         return None
 
@@ -140,26 +179,23 @@ class Tracker:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run `run` for the operator's lifetime, restarting it when it fails."""
+    async def _adopt_all(self) -> None:
+        """Every TaskRun this operator handles, as the API server has it now."""
+        for namespace in self.listed or [None]:
+            async for body in self.kube.list_taskruns(namespace):
+                meta = body.get("metadata") or {}
+                if self.handles(meta.get("namespace", "")) and meta.get("uid") not in self.runs:
+                    await self.observe("ADDED", body)
 
-        async def forever() -> None:
-            delay = 1.0
-            while True:
-                try:
-                    await run()
-                    return  # finished on its own (a backend without wake-ups)
-                except Exception:  # a bug: restart rather than stop every run
-                    log.exception("tracker %s failed; restarting in %.0fs", name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-        self._spawn(forever())
+    def handles(self, namespace: str) -> bool:
+        return not self.namespaces or any(fnmatchcase(namespace, p) for p in self.namespaces)
 
     # -- input: watch events ----------------------------------------------------------
 
     async def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """Every watch event of every TaskRun, from Kopf."""
+        """Every watch event of every TaskRun, from Kopf (ignored while standing by)."""
+        if not self.acting:
+            return
         meta = body["metadata"]
         uid = meta["uid"]
         if event_type == "DELETED":
@@ -190,7 +226,7 @@ class Tracker:
         """A run seen for the first time: just created, or found again after a restart."""
         meta = body["metadata"]
         try:
-            status = TaskRunStatus.model_validate(body.get("status") or {})
+            status = trusted(TaskRunStatus.model_validate(body.get("status") or {}), meta["uid"])
         except ValidationError:
             status = TaskRunStatus()  # not ours to trust: start from what we can see
         try:
@@ -395,6 +431,7 @@ class Tracker:
             run.status,
             self.config,
             uid=run.uid,
+            namespace=run.namespace,
             submission=submission,
             created=run.created,
             generation=run.generation,
@@ -424,21 +461,31 @@ class Tracker:
             )
             await self._commit(run, status)
             return
+        if self.runs.get(run.uid) is not run:
+            # Deleted while it was being sent: `_delete` may have revoked too early.
+            await self._revoke(run, task_id, terminate=True, reason="TaskRun deleted")
+            return
         if previous is not None and previous.taskId:
             self.by_task.pop(previous.taskId, None)
         await self._commit(run, decision.after)
 
     async def _still_running(self, run: Run) -> bool | None:
+        """Whether a worker holds the task; None when no worker answers."""
+        task_id, worker = run.status.taskId or "", run.status.worker
         try:
-            return await self.celery.still_running(run.status.taskId or "", run.status.worker)
+            held = await self.celery.holding([task_id], {worker} if worker else set())
         except BrokerUnavailable as exc:  # nobody can say yet
-            log.info("could not ask the workers about %s: %s", run.status.taskId, exc)
+            log.info("could not ask the workers about %s: %s", task_id, exc)
             return None
+        return any(task_id in ids for ids in held.values()) if held else None
 
     async def _revoke(self, run: Run, task_id: str, *, terminate: bool, reason: str) -> None:
+        now = self.now()
+        sent = parse_time(run.status.submittedAt) or now
+        keep_for = (message_expiry(sent, run.spec, self.config) - now).total_seconds()
         try:
             await asyncio.wait_for(
-                self.celery.revoke(task_id, terminate=terminate, reason=reason),
+                self.celery.revoke(task_id, terminate=terminate, reason=reason, keep_for=keep_for),
                 self.config.revokeTimeout,
             )
         except (BrokerUnavailable, TimeoutError) as exc:  # the status still says what happened
@@ -536,9 +583,11 @@ class Tracker:
         self.schedule.drop(TTL_PREFIX + uid)
 
     async def _delete(self, run: Run) -> None:
-        """The TaskRun is being deleted: revoke its task if in flight, then let it go."""
+        """The TaskRun is being deleted: revoke its task if in flight (or being sent: the
+        intent names it), then let it go."""
         self._forget(run.uid)
-        if run.status.taskId and not run.finished:
-            await self._revoke(run, run.status.taskId, terminate=True, reason="TaskRun deleted")
+        in_flight = run.status.taskId or (run.intent if derived(run.intent, run.uid) else None)
+        if in_flight and not run.finished:
+            await self._revoke(run, in_flight, terminate=True, reason="TaskRun deleted")
         with contextlib.suppress(Gone):
             await self.kube.remove_finalizer(run.namespace, run.name, run.finalizers)

@@ -315,6 +315,10 @@ def finished(
         and not spec.cancel
         and (run_deadline is None or now < run_deadline)
     ):
+        if reason is Reason.WORKER_LOST:
+            # A worker that went silent may yet run the task (cut off, then back): the
+            # previous attempt is revoked before the next one is sent.
+            return Outcome(final, revoke=status.taskId, terminate=True, resubmit=submission + 1)
         return Outcome(final, resubmit=submission + 1)
     return Outcome(final)
 
@@ -378,7 +382,7 @@ def worker_lost(status: TaskRunStatus) -> TaskRecord:
         records.FAILURE,
         {
             "exc_type": "WorkerLostError",
-            "exc_message": [f"worker {status.worker} stopped answering while running the task"],
+            "exc_message": [f"worker {status.worker} stopped reporting the task while running it"],
         },
         worker=status.worker,
     )

@@ -1,12 +1,17 @@
-"""The worker watchdog: a whole worker lost mid-task leaves Celery's record at STARTED
-for ever, so the workers of running tasks are pinged, and the runs of one that stays
-silent for `workerLostAfter` pings in a row are handed back to the tracker as lost."""
+"""The worker watchdog: a worker lost mid-task leaves Celery's record at STARTED for
+ever, so the workers of running tasks are asked, every `workerCheckInterval`, about
+those tasks; a run whose task its worker does not report (the worker is silent, or
+answers without it: restarted in place under the same name, or cut off and back) for
+`workerLostAfter` checks in a row is handed back to the tracker as lost.
+
+The question is about the task, not the host: a worker that answers a ping proves
+nothing about a task it no longer has."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .celery_client import BrokerUnavailable, CeleryClient
 from .model import Phase
@@ -15,9 +20,15 @@ from .runs import Run
 log = logging.getLogger(__name__)
 
 
-def silent(misses: dict[str, int], running: set[str], alive: set[str]) -> dict[str, int]:
-    """Pings missed in a row by each worker of a running task (pure)."""
-    return {host: misses.get(host, 0) + 1 for host in running if host not in alive}
+def misses(
+    before: Mapping[str, int], running: Mapping[str, str], held: Mapping[str, set[str]]
+) -> dict[str, int]:
+    """Checks in a row each running task (task id -> its worker) went unreported (pure)."""
+    return {
+        task_id: before.get(task_id, 0) + 1
+        for task_id, worker in running.items()
+        if task_id not in held.get(worker, set())
+    }
 
 
 class WorkerWatchdog:
@@ -37,26 +48,26 @@ class WorkerWatchdog:
         self.lose = lose
 
     async def watch(self) -> None:
-        misses: dict[str, int] = {}
+        missed: dict[str, int] = {}
         while True:
             await asyncio.sleep(self.interval)
-            running: dict[str, list[Run]] = {}
-            for run in self.runs():
-                if run.status.phase is Phase.RUNNING and run.status.worker:
-                    running.setdefault(run.status.worker, []).append(run)
+            running = {
+                run.status.taskId: run
+                for run in self.runs()
+                if run.status.phase is Phase.RUNNING and run.status.worker and run.status.taskId
+            }
             if not running:
-                misses.clear()
+                missed.clear()
                 continue
+            workers = {task_id: run.status.worker or "" for task_id, run in running.items()}
             try:
-                alive = await self.celery.alive(set(running))
+                held = await self.celery.holding(list(running), set(workers.values()))
             except BrokerUnavailable as exc:  # silence proves nothing when we cannot ask
-                log.info("worker ping failed: %s", exc)
+                log.info("asking the workers failed: %s", exc)
                 continue
-            misses = silent(misses, set(running), alive)
-            for host, count in misses.items():
+            missed = misses(missed, workers, held)
+            for task_id, count in missed.items():
                 if count >= self.lost_after:
-                    log.warning(
-                        "worker %s missed %d pings: its running tasks are lost", host, count
-                    )
-                    for run in running[host]:
-                        self.lose(run)
+                    message = "worker %s has not reported task %s in %d checks: it is lost"
+                    log.warning(message, workers[task_id], task_id, count)
+                    self.lose(running[task_id])

@@ -63,14 +63,14 @@ class StatusWriter:
             except Gone:
                 return Written.GONE
             except (TooLarge, Invalid) as exc:
-                metrics.STATUS_WRITE_FAILURES.labels(type(exc).__name__).inc()
+                metrics.API_WRITE_ERRORS.labels("status").inc()
                 log.warning(
                     "status of %s/%s refused (%s); writing it smaller", run.namespace, run.name, exc
                 )
                 status = shrunk(status, level + 1)
                 continue
             except KubeError as exc:
-                metrics.STATUS_WRITE_FAILURES.labels(type(exc).__name__).inc()
+                metrics.API_WRITE_ERRORS.labels("status").inc()
                 log.warning("status write for %s/%s failed: %s", run.namespace, run.name, exc)
                 run.synced = False
                 return Written.FAILED

@@ -136,6 +136,9 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
             "ConfigMap",
             "ClusterRole",
             "ClusterRoleBinding",
+            # Leader election's Lease.
+            "Role",
+            "RoleBinding",
             "Service",
             "Deployment",
             # Bounded args/kwargs on create, frozen ones on update.
@@ -143,8 +146,11 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
         ]
     )
     deployment = one(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2  # one leads, one stands by
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     c = container(deployment)
     assert c["image"] == "celery-taskrun:0.1.0"
     assert c["args"] == [
@@ -190,21 +196,33 @@ def test_cluster_role_mirrors_deploy_rbac(render: Render) -> None:
     assert rule_set(one(render(), "ClusterRole")["rules"]) == deploy_rbac_rules()
 
 
+def lease_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-election")]
+    return rule_set(role["rules"])
+
+
+def test_leader_election_may_use_its_lease_and_nothing_else(render: Render) -> None:
+    expected = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    assert lease_rules(render()) == expected
+    assert lease_rules(load_all((DEPLOY / "rbac.yaml").read_text())) == expected
+
+
 def test_namespaced_rbac_splits_the_same_rules(render: Render) -> None:
     docs = render({"watchNamespaces": ["team-a", "team-b"]}, namespace="ops")
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] != "ops"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert rule_set(roles[0]["rules"]) == rule_set(roles[1]["rules"])
     cluster = one(docs, "ClusterRole")
-    # Together, what deploy/rbac.yaml grants; cluster-wide, only reading (and peering).
+    # Together, what deploy/rbac.yaml grants; cluster-wide, only reading.
     assert rule_set(roles[0]["rules"]) | rule_set(cluster["rules"]) == deploy_rbac_rules()
-    assert {g for g, _, _ in rule_set(cluster["rules"])} <= {"", "apiextensions.k8s.io", "kopf.dev"}
+    assert {g for g, _, _ in rule_set(cluster["rules"])} <= {"", "apiextensions.k8s.io"}
+    assert {v for _, _, v in rule_set(cluster["rules"])} <= {"get", "list", "watch"}
     assert {r for _, r, _ in rule_set(cluster["rules"])} == {
         "customresourcedefinitions",
         "namespaces",
-        "clusterkopfpeerings",
     }
-    for binding in by_kind(docs, "RoleBinding"):
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] != "ops"]
+    for binding in bindings:
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "Role",
@@ -332,7 +350,7 @@ def test_values_schema_knows_every_operator_setting() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"operator": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"operator": {"replicas": 0}}, "minimum"),
         ({"config": {"defaults": {"timeLimit": "1h"}}}, "got string, want number"),
         ({"config": {"pollInterval": 1}}, "additional properties 'pollInterval' not allowed"),
         ({"worker": {"concurrency": 0}}, "minimum"),

@@ -93,6 +93,8 @@ def test_namespaced_chart_rbac_runs_a_taskrun(
             config_path=config,
             kubeconfig=kubeconfig,
             extra_args=[a for a in args if a.startswith("--namespace")],
+            # In a pod its service account names its namespace: the Lease's.
+            env_overrides={"POD_NAMESPACE": home},
         )
         try:
             stack.kubectl("apply", "-n", watched, "-f", "-", input=TASKRUN, check=True)

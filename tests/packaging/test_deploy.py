@@ -48,8 +48,8 @@ def test_everything_lives_in_the_rbac_namespace(
 
 def test_operator_deployment(operator_docs: list[Manifest], tmp_path: Path) -> None:
     deployment = one(operator_docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2  # one leads, one stands by
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     c = container(deployment)
     assert c["image"] == "celery-taskrun:dev"
     args = parse_args(c["args"])  # the operator's own parser accepts them

@@ -22,7 +22,7 @@ async def make_harness() -> AsyncIterator[MakeHarness]:
     async def make(**config: Any) -> Harness:
         kube, celery, backend = FakeKube(), FakeCelery(), FakeBackend()
         tracker = Tracker(harness_config(**config), kube, celery, backend)  # type: ignore[arg-type]
-        await tracker.start()
+        await tracker.lead()
         started.append(tracker)
         return Harness(tracker, kube, celery, backend)
 

@@ -10,7 +10,7 @@ import copy
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +62,10 @@ class FakeKube:
     async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str]) -> None:
         meta = self._get(name)["metadata"]
         meta["finalizers"] = [f for f in meta.get("finalizers", []) if f != FINALIZER]
+
+    async def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]:
+        for body in list(self.objects.values()):
+            yield copy.deepcopy(body)
 
     async def get(self, namespace: str, name: str) -> Body:
         return copy.deepcopy(self._get(name))
@@ -126,14 +130,11 @@ class FakeCelery:
             raise BrokerUnavailable("ConnectionError: broker down")
         self.sent.append(submission)
 
-    async def revoke(self, task_id: str, *, terminate: bool, reason: str) -> None:
+    async def revoke(self, task_id: str, *, terminate: bool, reason: str, keep_for: float) -> None:
         self.revoked.append(task_id)
 
-    async def alive(self, hostnames: set[str]) -> set[str]:
-        return set(hostnames)
-
-    async def still_running(self, task_id: str, worker: str | None) -> bool | None:
-        return None
+    async def holding(self, task_ids: list[str], hostnames: set[str]) -> dict[str, set[str]]:
+        return {}
 
     def close(self) -> None:
         return

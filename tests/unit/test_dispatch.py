@@ -26,6 +26,7 @@ def decide(
         status or TaskRunStatus(),
         CONFIG,
         uid="u",
+        namespace="team-a",
         submission=2 if previous else 1,
         created=CREATED,
         generation=1,

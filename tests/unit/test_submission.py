@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from celery_taskrun.config import OperatorConfig
-from celery_taskrun.model import Reason, TaskRunSpec
+from celery_taskrun.model import Reason, TaskRunSpec, TaskRunStatus
 from celery_taskrun.submission import (
     Refusal,
     Submission,
@@ -14,6 +14,7 @@ from celery_taskrun.submission import (
     size_based_time_limits,
     submission_of,
     task_id_for,
+    trusted,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -31,13 +32,28 @@ CONFIG = OperatorConfig.model_validate(
 
 
 def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> Submission:
-    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", submission=1, now=NOW, **kw)
+    decided = plan(
+        TaskRunSpec.model_validate(spec),
+        config,
+        uid="u1",
+        namespace="team-a",
+        submission=1,
+        now=NOW,
+        **kw,
+    )
     assert isinstance(decided, Submission), decided
     return decided
 
 
 def refuse(spec: dict[str, Any], config: OperatorConfig = CONFIG) -> Refusal:
-    decided = plan(TaskRunSpec.model_validate(spec), config, uid="u1", submission=1, now=NOW)
+    decided = plan(
+        TaskRunSpec.model_validate(spec),
+        config,
+        uid="u1",
+        namespace="team-a",
+        submission=1,
+        now=NOW,
+    )
     assert isinstance(decided, Refusal), decided
     return decided
 
@@ -87,7 +103,7 @@ def test_limit_precedence(
 
 def test_no_limits_without_defaults() -> None:
     decided = submit({"task": "t", "args": [1, 2]}, OperatorConfig())
-    assert decided.options == {}
+    assert decided.options == {"expires": NOW + timedelta(days=1)}  # messageExpires
     assert decided.limits.timeLimit is None
     assert (decided.task, decided.task_id, decided.args, decided.kwargs) == (
         "t",
@@ -102,7 +118,12 @@ def test_options_are_passed_per_call() -> None:
         {"task": "t", "queue": "q", "priority": 7, "countdown": 3, "kwargs": {"a": 1}},
         OperatorConfig(),
     )
-    assert decided.options == {"queue": "q", "priority": 7, "countdown": 3}
+    assert decided.options == {
+        "queue": "q",
+        "priority": 7,
+        "countdown": 3,
+        "expires": NOW + timedelta(days=1, seconds=3),
+    }
     assert decided.kwargs == {"a": 1}
 
 
@@ -164,3 +185,34 @@ def test_task_ids_are_derived_per_submission() -> None:
 
 def test_size_based_limits_absent() -> None:
     assert size_based_time_limits(TaskRunSpec(task="t")) is None
+
+
+def test_every_message_expires_after_its_countdown() -> None:
+    config = OperatorConfig(messageExpires=3600)
+    assert submit({"task": "t"}, config).options["expires"] == NOW + timedelta(seconds=3600)
+    later = submit({"task": "t", "countdown": 600}, config).options["expires"]
+    assert later == NOW + timedelta(seconds=4200)
+    # A run's own expiry or deadline ends it sooner.
+    assert submit({"task": "t", "expires": 5}, config).options["expires"] == NOW + timedelta(
+        seconds=5
+    )
+
+
+@pytest.mark.parametrize(
+    ("task_id", "phase", "kept"),
+    [
+        (None, None, True),
+        ("tr-u1-1", "Running", True),
+        ("tr-u1-12", "Queued", True),
+        ("tr-other-1", "Running", False),  # another run's task: never read nor revoked
+        ("tr-u1-x", "Queued", False),
+        ("tr-other-1", "Succeeded", True),  # finished: nothing acts on it
+    ],
+)
+def test_only_this_runs_task_ids_are_trusted(
+    task_id: str | None, phase: str | None, kept: bool
+) -> None:
+    status = TaskRunStatus.model_validate({"taskId": task_id, "phase": phase})
+    assert (trusted(status, "u1") is status) is kept
+    if not kept:
+        assert trusted(status, "u1") == TaskRunStatus()

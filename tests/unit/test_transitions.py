@@ -383,8 +383,10 @@ def test_a_lost_worker_fails_the_run_or_retries_it(retries: int, resubmit: int |
     running = step(TaskRecord("STARTED", {"pid": 1, "hostname": "w9@h"})).status
     outcome = step(worker_lost(running), running, spec={"task": "t", "retries": retries})
     assert (outcome.status.phase, outcome.status.reason) == (Phase.FAILED, "WorkerLost")
-    assert "w9@h stopped answering" in outcome.status.error.message
+    assert "w9@h stopped reporting the task" in outcome.status.error.message
     assert outcome.resubmit == resubmit
+    # Before another attempt, the silent worker's one is revoked (it may come back).
+    assert outcome.revoke == ("tr-u-1" if resubmit else None)
 
 
 REVOKED_RECORD = TaskRecord("REVOKED", {"exc_type": "TaskRevokedError", "exc_message": ["revoked"]})
