@@ -36,22 +36,23 @@ READ_CHUNK = 500
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 4 * 1024
 
-# Each key: nil (no record), its value (within `limit`, while `budget` lasts), its size
-# (too large to return here), or -1 (not a string: not a Celery record).
+# Each key: nil (no record, or not a string), its value (within `limit`, while `budget`
+# lasts), or its size (too large to return here).  One MGET inside the script: the
+# whole read is two commands for Redis, whatever the number of keys, and a large value
+# never leaves the server.
 READ_SCRIPT = """
 local limit, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local values = redis.call('MGET', unpack(KEYS))
 local out = {}
-for i, key in ipairs(KEYS) do
-  local size = redis.pcall('STRLEN', key)
-  if type(size) ~= 'number' then
-    out[i] = -1
-  elseif size == 0 then
+for i = 1, #KEYS do
+  local value = values[i]
+  if not value then
     out[i] = false
-  elseif size > limit or size > budget then
-    out[i] = size
+  elseif #value > limit or #value > budget then
+    out[i] = #value
   else
-    out[i] = redis.call('GET', key)
-    budget = budget - size
+    out[i] = value
+    budget = budget - #value
   end
 end
 return out
@@ -111,8 +112,6 @@ class RedisResultBackend:
                 out[tid] = records.NO_RECORD
             elif isinstance(value, bytes):
                 out[tid] = records.parse(Stored(value, len(value)), self.limit)
-            elif value < 0:
-                out[tid] = Unreadable("a Redis value that is not a string")
             elif value > self.limit:
                 out[tid] = records.parse(await self._read_part(tid, value), self.limit)
             else:  # within the bound, past this call's budget: on its own

@@ -112,7 +112,7 @@ class OperatorConfig(BaseModel):
     )
     messageExpires: float = Field(
         86400.0,
-        ge=60,
+        ge=1,
         le=MAX_SECONDS,
         description="Every task message expires this long after its countdown, unless the run's "
         "expires or timeout ends it sooner, so a cancelled run never runs later even after "

@@ -5,6 +5,8 @@
   submission protocol exists for.
 - `TASKRUN_FAULT=stall-loop` stops the tracker's loop from turning (as a bug would),
   so the liveness endpoint can be seen to fail.
+- `TASKRUN_FAULT=slow-send` holds each send for 3 s after its intent is recorded, so
+  a test can delete a TaskRun while its task is being sent.
 
 Never set outside tests.
 """
@@ -23,3 +25,8 @@ def crash_point(name: str) -> None:
 async def stall_point(name: str) -> None:
     if os.environ.get("TASKRUN_FAULT") == f"stall-{name}":
         await asyncio.Event().wait()
+
+
+async def slow_point(name: str, seconds: float = 3.0) -> None:
+    if os.environ.get("TASKRUN_FAULT") == f"slow-{name}":
+        await asyncio.sleep(seconds)

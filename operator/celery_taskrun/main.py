@@ -15,12 +15,27 @@ from . import (
     handlers,  # noqa: F401  (registers the Kopf handlers)
     metrics,
 )
+from .redact import redact, secrets_of
 
 # The API server stores objects nested up to 10,000 levels deep; Python's JSON decoder
 # recurses once per level and stops at the recursion limit (1,000), and the watch
 # decodes every object before any handler can refuse it.  The decoder's C frames are
 # small: 10,000 levels fit the main thread's stack many times over.
 RECURSION_LIMIT = 25_000
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Every log line, from any library, with connection passwords masked."""
+
+    def __init__(self, fmt: str, secrets: list[str]) -> None:
+        super().__init__(fmt)
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self.secrets)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,17 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     if not args.verbose:
         # Kopf logs every handler call; the tracker logs what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         config = config_file.load(args.config)
     except (ValidationError, OSError, ValueError) as exc:
-        sys.exit(f"celery-taskrun-operator: invalid configuration: {exc}")
+        sys.exit(f"celery-taskrun-operator: invalid configuration: {redact(str(exc))}")
+    secrets = secrets_of([config.brokerUrl, config.resultBackend])
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter(LOG_FORMAT, secrets))
     sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     namespaces = args.namespace or config.namespaces
     if config.metricsPort is not None:

@@ -56,6 +56,7 @@ class Submitter:
             if not recovering or not run.guarded:
                 await self._record_intent(run, task_id)
             if not (recovering and await self._has_record(task_id)):
+                await faults.slow_point("send")
                 await self.celery.send(submission)
                 faults.crash_point("after-send")
         except Gone:

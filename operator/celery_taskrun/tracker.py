@@ -37,6 +37,7 @@ from .dispatch import Send, not_sent, prepare
 from .kube import Gone, Kube, KubeError
 from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
 from .records import Reading
+from .redact import secrets_of
 from .runs import Run, dump, validation_message
 from .schedule import Schedule
 from .submission import derived, message_expiry, submission_of, trusted
@@ -118,7 +119,12 @@ class Tracker:
         self.by_task: dict[str, str] = {}
         self.schedule = Schedule(monotonic)
         self.expiring: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name)
-        self.writer = StatusWriter(kube, concurrency=config.writeConcurrency, now=now)
+        self.writer = StatusWriter(
+            kube,
+            concurrency=config.writeConcurrency,
+            now=now,
+            secrets=secrets_of([config.brokerUrl, config.resultBackend]),
+        )
         self.submitter = Submitter(kube, celery, backend)
         self.watchdog = WorkerWatchdog(
             celery,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from . import metrics
 from .kube import Gone, Invalid, Kube, KubeError, TooLarge
 from .model import Phase, Reason, TaskRunStatus
+from .redact import redact, scrubbed
 from .runs import Run, dump
 from .transitions import parse_time, shrunk
 
@@ -43,13 +44,23 @@ def merge_patch(written: dict[str, Any], desired: dict[str, Any]) -> dict[str, A
 
 
 class StatusWriter:
-    def __init__(self, kube: Kube, *, concurrency: int, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        concurrency: int,
+        now: Callable[[], datetime],
+        secrets: Sequence[str] = (),
+    ) -> None:
         self.kube = kube
         self.now = now
         self.slots = asyncio.Semaphore(concurrency)
+        self.secrets = list(secrets)  # never written: the passwords of the connections
 
     async def write(self, run: Run, status: TaskRunStatus) -> Written:
-        """Make the API server hold `status` (or a smaller version of it)."""
+        """Make the API server hold `status` (or a smaller version of it), secrets
+        redacted."""
+        status = scrubbed(status, self.secrets)
         old_phase, old_reason = run.written.get("phase"), run.written.get("reason")
         for level in range(SHRINK_LEVELS + 1):
             desired = dump(status)
@@ -99,6 +110,7 @@ class StatusWriter:
 
     async def event(self, run: Run, kind: str, reason: str, message: str) -> None:
         try:
+            message = redact(message, self.secrets)
             await self.kube.event(run.namespace, run.name, run.uid, kind, reason, message)
             metrics.API_WRITES.labels("event").inc()
         except KubeError as exc:  # an event is worth a try, never a failure

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+import redis
 from celery import Celery
 
 app = Celery("hostile_app")
@@ -27,6 +28,14 @@ app.conf.update(
     result_extended=True,
     worker_prefetch_multiplier=1,
 )
+
+
+@app.task(name="hostile.count")
+def count(key: str, seconds: float = 0) -> int:
+    """Counts its own executions (in Redis): what a run executed twice would show."""
+    executions = int(redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).incr(key))
+    time.sleep(seconds)
+    return executions
 
 
 @app.task(name="hostile.echo")

@@ -66,10 +66,11 @@ def test_operator_kubeconfig_is_the_service_account(stack: Stack) -> None:
         ("list", "taskruns.celery.taskrun.dev", "yes"),
         ("watch", "taskruns.celery.taskrun.dev", "yes"),
         ("patch", "taskruns.celery.taskrun.dev", "yes"),
-        ("update", "taskruns.celery.taskrun.dev", "yes"),
+        ("update", "taskruns.celery.taskrun.dev", "no"),  # patches only
         ("patch", "taskruns.celery.taskrun.dev/status", "yes"),
+        ("update", "taskruns.celery.taskrun.dev/status", "no"),
         ("create", "events", "yes"),
-        ("create", "events.events.k8s.io", "yes"),
+        ("create", "events.events.k8s.io", "no"),
         ("list", "customresourcedefinitions.apiextensions.k8s.io", "yes"),
         ("watch", "namespaces", "yes"),
         ("list", "secrets", "no"),
@@ -81,6 +82,21 @@ def test_operator_kubeconfig_is_the_service_account(stack: Stack) -> None:
 )
 def test_operator_rbac(stack: Stack, verb: str, resource: str, allowed: str) -> None:
     assert _can_i(stack, verb, resource, "--all-namespaces") == allowed
+
+
+@pytest.mark.parametrize(
+    ("verb", "namespace", "allowed"),
+    [
+        ("update", "celery-taskrun-system", "yes"),
+        ("create", "celery-taskrun-system", "yes"),
+        ("delete", "celery-taskrun-system", "no"),
+        ("update", "default", "no"),
+    ],
+)
+def test_operator_may_use_its_lease_only(
+    stack: Stack, verb: str, namespace: str, allowed: str
+) -> None:
+    assert _can_i(stack, verb, "leases.coordination.k8s.io", "-n", namespace) == allowed
 
 
 def test_operator_is_really_forbidden_secrets(stack: Stack) -> None:

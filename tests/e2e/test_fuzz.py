@@ -188,12 +188,28 @@ def statuses(runs: TaskRuns) -> dict[str, Body]:
     return {i["metadata"]["name"]: i.get("status") or {} for i in items["items"]}
 
 
-def settle(runs: TaskRuns, names: list[str], ready: Callable[[Body], bool], what: str) -> None:
+def settle(
+    runs: TaskRuns,
+    names: list[str],
+    ready: Callable[[Body], bool],
+    what: str,
+    inputs: dict[str, Any] | None = None,
+) -> None:
     def done() -> bool:
         found = statuses(runs)
         return all(ready(found.get(name, {})) for name in names)
 
-    wait_for(done, timeout=60, what=what, interval=0.2)
+    try:
+        wait_for(done, timeout=60, what=what, interval=0.2)
+    except AssertionError:
+        found = statuses(runs)
+        stuck = {
+            name: {"status": found.get(name), "input": repr((inputs or {}).get(name))[:2000]}
+            for name in names
+            if not ready(found.get(name, {}))
+        }
+        detail = json.dumps(stuck, default=str)[:20000]
+        raise AssertionError(f"{what}: not so for {detail}") from None
 
 
 def written(status: Body) -> bool:
@@ -210,9 +226,9 @@ def cancel_in_flight(runs: TaskRuns, names: list[str]) -> None:
             runs.patch(name, {"cancel": True})
 
 
-def assert_clear_ends(runs: TaskRuns, names: list[str]) -> None:
+def assert_clear_ends(runs: TaskRuns, names: list[str], inputs: dict[str, Any]) -> None:
     """Every run ends, in a terminal phase, with a known reason and a message."""
-    settle(runs, names, ended, "every run ended")
+    settle(runs, names, ended, "every run ended", inputs)
     for name, status in statuses(runs).items():
         if name in names:
             assert status["reason"] in REASONS and status.get("message"), status
@@ -240,10 +256,11 @@ def operator_pid(stack: Stack, runs: TaskRuns) -> int:
 def test_generated_manifests(
     runs: TaskRuns, stack: Stack, operator_pid: int, batch: list[Body]
 ) -> None:
-    names = [name for spec in batch if (name := create(runs, spec)) is not None]
-    settle(runs, names, written, "the operator's first status on every run")
+    created = {name: spec for spec in batch if (name := create(runs, spec)) is not None}
+    names = list(created)
+    settle(runs, names, written, "the operator's first status on every run", created)
     cancel_in_flight(runs, names)
-    assert_clear_ends(runs, names)
+    assert_clear_ends(runs, names, created)
     still_serving(runs, stack, operator_pid)
 
 
@@ -263,5 +280,5 @@ def test_generated_backend_records(
         key = f"celery-task-meta-{found[name]['taskId']}"
         backend.set(key, raw)
         backend.publish(key, raw)
-    assert_clear_ends(runs, names)
+    assert_clear_ends(runs, names, dict(zip(names, batch, strict=True)))
     still_serving(runs, stack, operator_pid)

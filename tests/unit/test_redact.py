@@ -1,0 +1,46 @@
+"""No secrets in what the operator says."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from celery_taskrun.model import Phase, Reason, TaskRunStatus
+from celery_taskrun.redact import redact, scrubbed, secrets_of
+from celery_taskrun.transitions import with_phase
+
+URLS = ["redis://:s3cr%40t@redis:6379/0", "db+postgresql://app:hunter2@db/results"]
+
+
+def test_secrets_are_the_passwords_as_written_and_decoded() -> None:
+    assert set(secrets_of(URLS)) == {"s3cr%40t", "s3cr@t", "hunter2"}
+    assert secrets_of(["redis://redis:6379/0", "not a url"]) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        (
+            "Error connecting to redis://:s3cr%40t@redis:6379/0: refused",
+            "Error connecting to redis://:***@redis:6379/0: refused",
+        ),
+        ("amqp://guest:guest@rabbit//", "amqp://guest:***@rabbit//"),
+        ("AUTH s3cr@t failed", "AUTH *** failed"),
+        ("nothing to hide", "nothing to hide"),
+    ],
+)
+def test_redact(text: str, clean: str) -> None:
+    assert redact(text, secrets_of(URLS)) == clean
+
+
+def test_a_status_is_scrubbed_everywhere_the_operator_writes() -> None:
+    status = with_phase(
+        TaskRunStatus(),
+        Phase.PENDING,
+        Reason.BACKEND_UNAVAILABLE,
+        "cannot send the task yet: redis://:hunter2@x failed",
+        generation=1,
+        now=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    clean = scrubbed(status, ["hunter2"])
+    assert "hunter2" not in clean.model_dump_json()
+    assert scrubbed(clean, ["hunter2"]) is clean  # nothing left to hide: same object
