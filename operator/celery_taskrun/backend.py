@@ -176,7 +176,7 @@ class CeleryResultBackend:
     def _read_one(self, task_id: str) -> Reading:
         try:
             meta = self.backend.get_task_meta(task_id)
-        except (DecodeError, ValueError, TypeError, KeyError) as exc:
+        except (DecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
             return Unreadable(f"{type(exc).__name__}: {str(exc)[:200]}")
         if not isinstance(meta, dict) or not isinstance(meta.get("status"), str):
             return Unreadable("a record without a Celery status")

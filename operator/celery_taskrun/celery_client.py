@@ -58,6 +58,11 @@ class BrokerUnavailable(Exception):
     """The broker (or the backend, for revoke marks) did not answer in time: try again."""
 
 
+class MarkRefused(Exception):
+    """The REVOKED mark could not be stored: Celery reads the record it would replace
+    first, and a record some worker wrote may not decode."""
+
+
 class CeleryClient:
     def __init__(
         self, app: Celery, sender: Celery, *, timeout: float = 10.0, threads: int = 16
@@ -116,8 +121,16 @@ class CeleryClient:
         so a worker that comes online later does not run it either.
         """
         await self._call(self.app.control.revoke, task_id, terminate=terminate)
-        await self._call(self.app.backend.mark_as_revoked, task_id, reason)
-        await self._call(self._keep_mark, task_id, keep_for)
+        await self._call(self._mark, task_id, reason, keep_for)
+
+    def _mark(self, task_id: str, reason: str, keep_for: float) -> None:
+        try:
+            self.app.backend.mark_as_revoked(task_id, reason)
+        except self.unavailable:
+            raise
+        except Exception as exc:  # whatever decoding a hostile record raises
+            raise MarkRefused(f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        self._keep_mark(task_id, keep_for)
 
     def _keep_mark(self, task_id: str, seconds: float) -> None:
         """The mark expires with result_expires (a day by default), but no sooner than a

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from . import faults, metrics, records
 from .backend import BackendUnavailable, ResultBackend
 from .backoff import backoff_for
-from .celery_client import BrokerUnavailable, CeleryClient
+from .celery_client import BrokerUnavailable, CeleryClient, MarkRefused
 from .config import OperatorConfig
 from .dispatch import Send, not_sent, prepare
 from .kube import Gone, Kube, KubeError
@@ -494,7 +494,8 @@ class Tracker:
                 self.celery.revoke(task_id, terminate=terminate, reason=reason, keep_for=keep_for),
                 self.config.revokeTimeout,
             )
-        except (BrokerUnavailable, TimeoutError) as exc:  # the status still says what happened
+        except (BrokerUnavailable, MarkRefused, TimeoutError) as exc:
+            # The status still says what happened; the event says what did not.
             log.warning("could not revoke %s: %s", task_id, exc)
             await self.writer.event(
                 run, "Warning", "RevokeFailed", f"could not revoke task {task_id}: {exc}"
@@ -513,10 +514,11 @@ class Tracker:
             f"the operator failed {run.errors} times in a row handling this run "
             f"({type(exc).__name__}: {exc}); see its log"
         )
+        task_id = run.status.taskId if run.sent else None
         try:
-            if run.sent and run.status.taskId:
-                await self._revoke(run, run.status.taskId, terminate=True, reason="internal error")
             await self._commit(run, self._ended(run, Reason.INTERNAL_ERROR, message))
+            if task_id:
+                await self._revoke(run, task_id, terminate=True, reason="internal error")
         except Exception:  # even ending it fails: stop following it rather than loop
             log.exception("giving up on %s/%s", run.namespace, run.name)
             self._forget(run.uid)

@@ -17,7 +17,7 @@ from typing import Any
 
 from celery_taskrun import records
 from celery_taskrun.backend import BackendUnavailable, OnRecord, OnResync
-from celery_taskrun.celery_client import BrokerUnavailable
+from celery_taskrun.celery_client import BrokerUnavailable, MarkRefused
 from celery_taskrun.config import OperatorConfig
 from celery_taskrun.kube import Gone, Invalid, TooLarge
 from celery_taskrun.model import FINALIZER, INTENT_ANNOTATION
@@ -124,6 +124,7 @@ class FakeCelery:
     sent: list[Submission] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     down: bool = False
+    mark_refused: bool = False  # the record to replace does not decode
 
     async def send(self, submission: Submission) -> None:
         if self.down:
@@ -132,6 +133,8 @@ class FakeCelery:
 
     async def revoke(self, task_id: str, *, terminate: bool, reason: str, keep_for: float) -> None:
         self.revoked.append(task_id)
+        if self.mark_refused:
+            raise MarkRefused("AttributeError: 'float' object has no attribute 'get'")
 
     async def holding(self, task_ids: list[str], hostnames: set[str]) -> dict[str, set[str]]:
         return {}

@@ -88,6 +88,20 @@ async def test_a_status_refused_for_its_size_is_written_smaller(harness: Harness
     assert status["resultTruncated"] is True and len(status["result"]) < 2000
 
 
+async def test_a_revoke_mark_refused_by_a_hostile_record_still_ends_the_run(
+    harness: Harness,
+) -> None:
+    """Found by the fuzz suite: Celery decodes the record it replaces with REVOKED, and a
+    RETRY record whose result is a number does not decode."""
+    harness.celery.mark_refused = True
+    run = await harness.apply({"task": "t.a", "timeout": 0.5})
+    name = run["metadata"]["name"]
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    await harness.backend.publish(harness.task_id(run), TaskRecord("RETRY", -3e221))
+    await until(lambda: phase(harness, run) == "TimedOut", within=5, what="TimedOut")
+    assert (name, "Warning", "RevokeFailed") in harness.kube.events
+
+
 async def test_a_status_that_can_never_be_written_is_let_go(harness: Harness) -> None:
     bad = harness.create({"task": "t.a"})
     harness.kube.refuse.add(bad["metadata"]["name"])
