@@ -7,6 +7,8 @@ Celery upgrade that changes them fails here.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -125,6 +127,94 @@ def test_a_message_held_by_a_worker_that_stops_runs_on_the_next_one(
         ("end", second.hostname),
     ]
     claims.close()
+
+
+def unacked_score(broker: redis.Redis, task_id: str) -> tuple[bytes, float] | None:
+    """(delivery tag, time it was delivered) of the message of ``task_id`` kombu holds unacked."""
+    for tag, value in broker.hgetall("unacked").items():
+        if task_id.encode() in value:
+            score = broker.zscore("unacked_index", tag)
+            if score is not None:
+                return tag, score
+    return None
+
+
+@pytest.mark.parametrize(
+    ("hand_on", "lease"),
+    # Handed on: the worker holding the copy stops while the dead holder's claim is still
+    # live (a longer lease leaves it the time to), and a third worker runs the copy.
+    [(False, 3), (True, 6)],
+    ids=["taken-over", "handed-on"],
+)
+def test_a_copy_redelivered_while_another_worker_holds_the_message_is_not_lost(
+    env_for: Callable[..., dict[str, str]],
+    launch_worker: Callable[..., Any],
+    redis_server: Any,
+    wait: Callable[..., Any],
+    hand_on: bool,
+    lease: int,
+) -> None:
+    # A countdown longer than the broker's visibility timeout: Redis gives a copy of the
+    # message to another worker while the first still holds it, and takes the first out
+    # of its unacked set. If the copy were acknowledged as a duplicate and the holder then
+    # died, nothing would be left to bring the run back.
+    visibility, countdown = 2, 6
+    queue = f"restored-{uuid.uuid4().hex[:8]}"
+    # The timeout applies to the whole broker database: every message this Redis holds
+    # unacked longer is redelivered while these workers sweep.
+    env = env_for(
+        TASKRUN_VISIBILITY_TIMEOUT=str(visibility), TASKRUN_CLAIM_LEASE_SECONDS=str(lease)
+    )
+    holder = launch_worker(env, queue, concurrency=1)
+    taker = launch_worker(env, f"{queue}-idle", concurrency=1)
+    claims, broker = redis_server.client(1), redis_server.client(0)
+    key = claim_key(task_id := str(uuid.uuid4()), 0)
+
+    def claimed_by(worker: Any) -> bool:
+        value = claims.get(key)
+        return value is not None and value.decode().startswith(f"{worker.hostname}/")
+
+    eta = time.time() + countdown
+    holder.send("calculate_sum", [4, 5], task_id=task_id, queue=queue, countdown=countdown)
+    wait(lambda: claimed_by(holder), what="the holder's claim")
+    tag, delivered = wait(lambda: unacked_score(broker, task_id), what="the message unacked")
+    # The holder takes nothing more from the queue (a worker at capacity would not
+    # either), so that the copy goes to the other worker.
+    control = holder.client.control
+    for change, worker in ((control.cancel_consumer, holder), (control.add_consumer, taker)):
+        assert change(queue, destination=[worker.hostname], reply=True, timeout=5)
+    wait(
+        lambda: broker.zscore("unacked_index", tag) != delivered and broker.llen(queue) == 0,
+        timeout=visibility + 10,
+        what="the copy to reach the other worker",
+    )
+    assert claimed_by(holder)
+    assert time.time() < eta - 0.5, "too slow to kill the holder before the countdown ends"
+    os.killpg(holder.process.pid, signal.SIGKILL)
+    killed = time.time()
+    holder.process.wait(5)
+
+    runner = taker
+    if hand_on:
+        assert taker.stop() == 0
+        assert claimed_by(holder), "the copy was taken over, not handed on"
+        runner = launch_worker(env, queue, concurrency=1)
+    meta = runner.wait_state(task_id, "SUCCESS", "FAILURE", timeout=countdown + 3 * lease)
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 9)
+    starts = [e for e in runner.ledger(task_id) if e["event"] == "start"]
+    assert [e["hostname"] for e in starts] == [runner.hostname]
+    # Not before its countdown, nor before the holder was gone; and at the latest once
+    # the holder's lease has lapsed and the runner has looked again (a third of the
+    # lease later), with a second to spare.
+    assert max(eta, killed) <= starts[0]["time"] < max(eta, killed + lease * 4 / 3) + 1
+    # Every other copy was dropped once the run had started: none is left in the broker.
+    wait(
+        lambda: not unacked_holds(broker, task_id) and broker.llen(queue) == 0,
+        what="every copy to be dropped",
+    )
+    assert executions(env["CELERY_BROKER_URL"], task_id) == 1
+    claims.close()
+    broker.close()
 
 
 def test_a_celery_retry_of_the_same_id_is_not_a_duplicate(worker: Any) -> None:

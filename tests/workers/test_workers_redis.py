@@ -1,17 +1,24 @@
-"""The ledger and the guard's claims against a real Redis (no worker needed)."""
+"""The ledger and the guard's claims against a real Redis (no worker needed).
+
+The guard's holding is driven here by hand, on a stand-in for Celery's consumer; the
+end-to-end tests run it in real workers.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import redis
+from celery import states
+from kombu.message import Message
 
 from taskrun_workers import ledger
 from taskrun_workers.app import create_app
-from taskrun_workers.guard import Claims, claims_for
+from taskrun_workers.guard import Claims, TaskRunGuard, claim_key, claims_for
 
 
 @pytest.fixture
@@ -115,3 +122,90 @@ def test_claims_live_in_the_backend_redis_else_the_broker_redis(redis_server: An
     assert on_backend.client.connection_pool.connection_kwargs["db"] == 1
     assert on_broker.client.connection_pool.connection_kwargs["db"] == 0
     assert nowhere is None
+
+
+@dataclass
+class Timer:
+    """The consumer's timer, turned by hand."""
+
+    calls: list[Callable[[], None]] = field(default_factory=list)
+
+    def call_repeatedly(self, seconds: float, fn: Callable[[], None]) -> Any:
+        self.calls.append(fn)
+        return self
+
+    def cancel(self) -> None:
+        self.calls.clear()
+
+    def turn(self) -> None:
+        for fn in list(self.calls):
+            fn()
+
+
+@dataclass
+class Consumer:
+    """What the guard uses of Celery's consumer: its strategies, timer and names."""
+
+    app: Any
+    hostname: str = "fake@host"
+    connection_errors: tuple[type[BaseException], ...] = ()
+    timer: Timer = field(default_factory=Timer)
+    strategies: dict[str, Any] = field(default_factory=dict)
+    handled: list[Message] = field(default_factory=list)  # what reached Celery's strategy
+    acked: list[Message] = field(default_factory=list)
+
+    def deliver(self, task_id: str, tag: str) -> Message:
+        message = Message(body=b"{}", delivery_tag=tag, headers={"id": task_id, "task": "t"})
+        self.strategies["t"](message, None, lambda *_: self.acked.append(message), None, None)
+        return message
+
+
+@pytest.fixture
+def guarded(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Consumer]:
+    """A guard started on a stand-in consumer, against the test Redis (results in db 1)."""
+    monkeypatch.delenv("TASKRUN_LEDGER_URL", raising=False)
+    monkeypatch.setenv("TASKRUN_CLAIM_LEASE_SECONDS", "30")
+    app = create_app(
+        {"CELERY_BROKER_URL": redis_server.url(0), "CELERY_RESULT_BACKEND": redis_server.url(1)}
+    )
+    consumer = Consumer(app)
+    consumer.strategies["t"] = lambda message, *_: consumer.handled.append(message)
+    guard = TaskRunGuard(consumer)
+    guard.start(consumer)
+    yield consumer
+    guard.stop(consumer)
+
+
+def test_a_delivery_whose_claim_another_holds_is_held_until_the_claim_is_free(
+    guarded: Consumer, redis_server: Any
+) -> None:
+    claims = redis_server.client(1)
+    other = Claims(claims, "another-worker", 30)
+    task_id = str(uuid.uuid4())
+    assert other.take(claim_key(task_id, 0))
+
+    guarded.deliver(task_id, "tag-1")
+    newer = guarded.deliver(task_id, "tag-1")  # the broker's next copy of that message
+    guarded.timer.turn()
+    assert (guarded.handled, guarded.acked) == ([], [])
+
+    other.release([claim_key(task_id, 0)])  # the holder stopped and gave it back
+    guarded.timer.turn()
+    assert guarded.handled == [newer]
+    assert guarded.acked == []  # Celery's to ack when it starts the task
+    assert claims.get(claim_key(task_id, 0)) not in (None, b"another-worker")  # the guard's
+    claims.close()
+
+
+def test_a_held_delivery_is_dropped_once_its_run_has_started(
+    guarded: Consumer, redis_server: Any
+) -> None:
+    claims = redis_server.client(1)
+    task_id = str(uuid.uuid4())
+    assert Claims(claims, "another-worker", 30).take(claim_key(task_id, 0))
+    held = guarded.deliver(task_id, "tag-2")
+
+    guarded.app.backend.store_result(task_id, None, states.STARTED)
+    guarded.timer.turn()
+    assert (guarded.handled, guarded.acked) == ([], [held])
+    claims.close()

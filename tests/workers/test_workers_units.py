@@ -12,10 +12,12 @@ from taskrun_workers import tasks
 from taskrun_workers.app import DEFAULT_RESULT_EXPIRES, settings_from_env
 from taskrun_workers.guard import (
     DEFAULT_LEASE_SECONDS,
+    Claim,
     Verdict,
     claim_key,
     lease_seconds,
     message_identity,
+    settle,
     verdict,
 )
 from taskrun_workers.helpers import on_soft_timeout, progress_meta
@@ -54,10 +56,46 @@ from taskrun_workers.ledger import ledger_url
         ({"TASKRUN_RESULT_EXPIRES": "0"}, {"result_expires": None}),
         # Empty variables count as unset.
         (
-            {"CELERY_BROKER_URL": "", "TASKRUN_RESULT_EXPIRES": ""},
+            {
+                "CELERY_BROKER_URL": "",
+                "TASKRUN_RESULT_EXPIRES": "",
+                "TASKRUN_VISIBILITY_TIMEOUT": "",
+            },
             {
                 "broker_url": "redis://localhost:6379/0",
                 "result_expires": DEFAULT_RESULT_EXPIRES,
+                "broker_transport_options": {},
+            },
+        ),
+        # The sweep for messages past their visibility timeout: a tenth of it, 1-100 s.
+        (
+            {"TASKRUN_VISIBILITY_TIMEOUT": "7200"},
+            {
+                "broker_transport_options": {
+                    "visibility_timeout": 7200,
+                    "unacked_restore_interval": 100,
+                    "unacked_restore_throttle": 1,
+                }
+            },
+        ),
+        (
+            {"TASKRUN_VISIBILITY_TIMEOUT": "300"},
+            {
+                "broker_transport_options": {
+                    "visibility_timeout": 300,
+                    "unacked_restore_interval": 30,
+                    "unacked_restore_throttle": 1,
+                }
+            },
+        ),
+        (
+            {"TASKRUN_VISIBILITY_TIMEOUT": "2"},
+            {
+                "broker_transport_options": {
+                    "visibility_timeout": 2,
+                    "unacked_restore_interval": 1,
+                    "unacked_restore_throttle": 1,
+                }
             },
         ),
     ],
@@ -84,6 +122,9 @@ def test_settings_fixed_whatever_the_env() -> None:
         ({"CELERY_RESULT_BACKEND": "RPC://guest@rabbit//"}, "rpc:// is not supported"),
         ({"TASKRUN_RESULT_EXPIRES": "1d"}, "whole number of seconds, got '1d'"),
         ({"TASKRUN_RESULT_EXPIRES": "-5"}, "must not be negative"),
+        ({"TASKRUN_VISIBILITY_TIMEOUT": "1h"}, "whole number of seconds, got '1h'"),
+        ({"TASKRUN_VISIBILITY_TIMEOUT": "-1"}, "must not be negative"),
+        ({"TASKRUN_VISIBILITY_TIMEOUT": "0"}, "at least 1 second"),
     ],
 )
 def test_settings_refused(env: dict[str, str], message: str) -> None:
@@ -124,6 +165,44 @@ def test_settings_refused(env: dict[str, str], message: str) -> None:
 )
 def test_verdict(meta: dict[str, Any], retries: int, expected: Verdict) -> None:
     assert verdict(meta, retries) is expected
+
+
+LEASE = 30
+
+
+@pytest.mark.parametrize(
+    ("record", "claim", "unseen_for", "expected"),
+    [
+        # The record settles it, whatever the claim.
+        (Verdict.DUPLICATE, Claim.UNKNOWN, None, Verdict.DUPLICATE),
+        (Verdict.REVOKED, Claim.UNKNOWN, None, Verdict.REVOKED),
+        # A held copy whose run has started or ended meanwhile, or was cancelled.
+        (Verdict.DUPLICATE, Claim.UNKNOWN, 1.0, Verdict.DUPLICATE),
+        (Verdict.REVOKED, Claim.UNKNOWN, 1.0, Verdict.REVOKED),
+        # The claim decides between two deliveries that both find no record.
+        (Verdict.RUN, Claim.TAKEN, None, Verdict.RUN),
+        (Verdict.RUN, Claim.HELD, None, Verdict.WAIT),
+        # Held: while the claim is another's it waits; once free it runs.
+        (Verdict.RUN, Claim.HELD, 10.0, Verdict.WAIT),
+        (Verdict.RUN, Claim.TAKEN, 10.0, Verdict.RUN),
+        # The backend unreadable: the claim still decides.
+        (None, Claim.TAKEN, None, Verdict.RUN),
+        (None, Claim.HELD, None, Verdict.WAIT),
+        (None, Claim.HELD, 10.0, Verdict.WAIT),
+        # Blind (or no claim store) on arrival: fail open.
+        (None, Claim.UNKNOWN, None, Verdict.RUN),
+        (Verdict.RUN, Claim.UNKNOWN, None, Verdict.RUN),
+        # Blind while held: wait until the holder's lease would have lapsed.
+        (Verdict.RUN, Claim.UNKNOWN, LEASE - 0.1, Verdict.WAIT),
+        (None, Claim.UNKNOWN, 0.0, Verdict.WAIT),
+        (Verdict.RUN, Claim.UNKNOWN, LEASE, Verdict.RUN),
+        (None, Claim.UNKNOWN, LEASE + 5, Verdict.RUN),
+    ],
+)
+def test_settle(
+    record: Verdict | None, claim: Claim, unseen_for: float | None, expected: Verdict
+) -> None:
+    assert settle(record, claim, unseen_for, LEASE) is expected
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,12 @@ Configuration comes from the environment:
     is never that process.
 ``TASKRUN_RESULT_EXPIRES``
     Seconds a result is kept in the backend, default one day; ``0`` keeps results forever.
+``TASKRUN_VISIBILITY_TIMEOUT``
+    Seconds a Redis broker leaves a message unacknowledged before it gives it to another
+    worker (kombu's ``visibility_timeout``; unset keeps kombu's hour). Keep it above the
+    longest countdown or ETA: a message held longer is delivered again (the guard keeps
+    such a copy from running twice, or being lost). Setting it also sweeps for such
+    messages every tenth of it (between 1 and 100 s) rather than kombu's 100 s.
 ``TASKRUN_WORKER_IMPORTS``
     Comma-separated modules with users' own tasks. They are imported by the worker
     (``app.conf.imports``); their tasks must be registered on this app (``from
@@ -58,7 +64,38 @@ from taskrun_workers import guard
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RESULT_EXPIRES = 24 * 60 * 60
+# kombu's own sweep for messages past their visibility timeout runs every 100 s (10 s x
+# every 10th time); a shorter timeout gets a sweep every tenth of it, within these bounds.
+MIN_RESTORE_INTERVAL = 1
+MAX_RESTORE_INTERVAL = 100
 TASKS_MODULE = "taskrun_workers.tasks"
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """The whole, non-negative number of seconds in ``env[name]`` (empty: ``default``)."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number of seconds, got {raw!r}") from None
+    if seconds < 0:
+        raise ValueError(f"{name} must not be negative, got {seconds}")
+    return seconds
+
+
+def transport_options(visibility_timeout: int | None) -> dict[str, int]:
+    """``broker_transport_options`` for a visibility timeout (None: kombu's defaults)."""
+    if visibility_timeout is None:
+        return {}
+    interval = visibility_timeout // 10
+    return {
+        "visibility_timeout": visibility_timeout,
+        "unacked_restore_interval": max(MIN_RESTORE_INTERVAL, min(interval, MAX_RESTORE_INTERVAL)),
+        # kombu scans only every Nth sweep; 1 makes the interval above the sweep period.
+        "unacked_restore_throttle": 1,
+    }
 
 
 def settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -70,15 +107,10 @@ def settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
             "process that sent the task, and the operator reading them never is that "
             "process; use a Redis or SQLAlchemy (db+...) backend"
         )
-    raw_expires = env.get("TASKRUN_RESULT_EXPIRES") or str(DEFAULT_RESULT_EXPIRES)
-    try:
-        expires = int(raw_expires)
-    except ValueError:
-        raise ValueError(
-            f"TASKRUN_RESULT_EXPIRES must be a whole number of seconds, got {raw_expires!r}"
-        ) from None
-    if expires < 0:
-        raise ValueError(f"TASKRUN_RESULT_EXPIRES must not be negative, got {expires}")
+    expires = _seconds(env, "TASKRUN_RESULT_EXPIRES", DEFAULT_RESULT_EXPIRES)
+    visibility_timeout = _seconds(env, "TASKRUN_VISIBILITY_TIMEOUT", None)
+    if visibility_timeout == 0:
+        raise ValueError("TASKRUN_VISIBILITY_TIMEOUT must be at least 1 second, got 0")
     extra_imports = [
         name.strip() for name in env.get("TASKRUN_WORKER_IMPORTS", "").split(",") if name.strip()
     ]
@@ -97,6 +129,7 @@ def settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         "result_expires": expires or None,
         "imports": [TASKS_MODULE, *extra_imports],
         "broker_connection_retry_on_startup": True,
+        "broker_transport_options": transport_options(visibility_timeout),
     }
 
 
