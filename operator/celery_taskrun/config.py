@@ -218,6 +218,15 @@ class OperatorConfig(BaseModel):
         "Failed / WorkerLost; 0 turns the check off.",
     )
     writeConcurrency: int = Field(16, ge=1, description="Status patches in flight at once.")
+    statusHoldSeconds: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="A status in flight (Pending, Queued, Running, progress) is written this "
+        "long after it arises unless newer news of the run makes it obsolete first: a fast "
+        "task's intermediate phases cost no writes, a queued or long run still shows them. An "
+        "end is written at once. 0 writes every change.",
+    )
     metricsHost: str = Field(
         "127.0.0.1", description="Address the Prometheus metrics listener binds."
     )

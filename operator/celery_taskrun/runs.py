@@ -3,6 +3,7 @@ should have, and where its handling stands."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,6 +46,7 @@ class Run:
     # (task id, when it was first heard running): news that later news superseded.
     seen_running: tuple[str, datetime] | None = None
     errors: int = 0  # steps in a row that failed unexpectedly
+    waiter: asyncio.Future[None] | None = None  # set while a write is held (see tracker)
 
     @property
     def generation(self) -> int | None:

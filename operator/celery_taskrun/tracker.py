@@ -369,6 +369,8 @@ class Tracker:
                 run.seen_running = (task_id, self.now())
             run.observed = news
         run.wanted = True
+        if run.waiter is not None and not run.waiter.done():
+            run.waiter.set_result(None)  # a held write may be obsolete now
         if not run.busy:
             run.busy = True
             self._spawn(self._drive(run))
@@ -531,6 +533,9 @@ class Tracker:
             run.polls += 1  # most polls: nothing new, nothing to write
             self._plan(run)
             return
+        if await self._superseded(run, status):
+            run.status, run.synced = status, False  # the next step writes what it becomes
+            return
         before = run.status
         written = await self.writer.write(run, status)
         if written in (Written.GONE, Written.REFUSED):
@@ -545,6 +550,21 @@ class Tracker:
             return
         run.polls = 0 if moved(before, run.status) else run.polls + 1
         self._plan(run)
+
+    async def _superseded(self, run: Run, status: TaskRunStatus) -> bool:
+        """Hold a status in flight for `statusHoldSeconds` before writing it: news of the
+        run within that time makes it obsolete (a fast task's Queued and Running need
+        no writes of their own); an end is written at once."""
+        hold = self.config.statusHoldSeconds
+        if hold <= 0 or (status.phase is not None and status.phase.terminal):
+            return False
+        if not run.wanted:
+            run.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait({run.waiter}, timeout=hold)
+            finally:
+                run.waiter = None
+        return run.wanted
 
     async def _finish(self, run: Run, *, fresh: bool = False) -> None:
         """A terminal run: drop the finalizer (it only guards in-flight work), then TTL.

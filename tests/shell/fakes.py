@@ -195,6 +195,7 @@ def harness_config(**overrides: Any) -> OperatorConfig:
     settings: dict[str, Any] = {
         "poll": {"initialInterval": 0.05, "factor": 1.5, "maxInterval": 0.2},
         "workerLostAfter": 0,
+        "statusHoldSeconds": 0,
         **overrides,
     }
     return OperatorConfig.model_validate(settings)

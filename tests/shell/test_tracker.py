@@ -102,6 +102,19 @@ async def test_a_revoke_mark_refused_by_a_hostile_record_still_ends_the_run(
     assert (name, "Warning", "RevokeFailed") in harness.kube.events
 
 
+async def test_a_fast_tasks_intermediate_phases_cost_no_writes(make_harness: Any) -> None:
+    harness = await make_harness(statusHoldSeconds=1.0)
+    fast, slow = await harness.apply({"task": "t.a"}), await harness.apply({"task": "t.a"})
+    await until(lambda: len(harness.celery.sent) == 2, what="both sent")
+    await harness.backend.publish(harness.task_id(fast), TaskRecord("STARTED", {}))
+    await harness.backend.publish(harness.task_id(fast), SUCCESS)
+    await until(lambda: phase(harness, fast) == "Succeeded", within=0.5, what="written at once")
+    # Queued and Running were never written: one status write, the end.
+    assert harness.kube.writes == 1
+    # A run that waits still shows it, once the hold is over.
+    await until(lambda: phase(harness, slow) == "Queued", within=3, what="Queued")
+
+
 async def test_a_status_that_can_never_be_written_is_let_go(harness: Harness) -> None:
     bad = harness.create({"task": "t.a"})
     harness.kube.refuse.add(bad["metadata"]["name"])
