@@ -157,6 +157,49 @@ def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
 
+# -- who else used the machine -------------------------------------------------------
+
+
+def machine_busy_ticks(proc_stat: str) -> int:
+    """Clock ticks all CPUs spent busy (not idle nor waiting on I/O), from /proc/stat."""
+    for line in proc_stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(f) for f in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            return sum(ticks) - ticks[3] - ticks[4]
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def process_ticks(proc_pid_stat: str) -> tuple[int, int]:
+    """(process group, utime + stime in ticks) from /proc/PID/stat."""
+    fields = proc_pid_stat.rsplit(")", 1)[1].split()
+    return int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def cores(ticks: int, seconds: float, ticks_per_second: int) -> float:
+    return round(ticks / ticks_per_second / seconds, 2) if seconds > 0 else 0.0
+
+
+def contention(results: Mapping[str, Any]) -> str:
+    """One line: the cores the stack used and those others used, in each phase."""
+    parts = [
+        f"{phase} {used['stack']:g} + {used['outside']:g}"
+        for phase in ("bare", "paced", "burst", "scale")
+        if (used := (results.get(phase) or {}).get("cores"))
+    ]
+    if not parts:
+        return ""
+    lines = ["cores used by the stack + by other processes on the machine: " + ", ".join(parts)]
+    for phase in ("bare", "paced", "burst"):
+        per_run = ((results.get(phase) or {}).get("cores") or {}).get("ms_per_run")
+        if per_run:
+            lines.append(
+                f"CPU per run, {phase}: {sum(per_run.values()):.1f} ms: "
+                + ", ".join(f"{name} {ms:g}" for name, ms in per_run.items())
+            )
+    return "\n".join(lines)
+
+
 # -- Prometheus text -------------------------------------------------------------------
 
 

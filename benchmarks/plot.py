@@ -89,7 +89,8 @@ def draw(results: Mapping[str, Any], path: Path) -> None:
     rate_axis.legend(fontsize=8)
     rate_axis.grid(True, alpha=0.3)
     figure.suptitle(
-        f"celery-taskrun benchmark suite, {meta.get('date', '')} {meta.get('commit', '')}"
+        f"celery-taskrun benchmark suite, {meta.get('date', '')}, operator at"
+        f" {meta.get('operator_commit', '?')}"
         f" ({meta.get('cpus', '?')} cores, the whole stack on them)",
         fontsize=10,
     )

@@ -137,12 +137,20 @@ def load(r: redis.Redis, window: float, pid: int | None = None) -> dict[str, Any
     cpu_before, began = cpu_seconds(pid) if pid else 0.0, time.monotonic()
     time.sleep(window)
     elapsed = time.monotonic() - began
+    total, calls_after = commands(r) - before, command_calls(r)
+    # The measurement's own INFO calls are not load.
+    by_command = {
+        name: n - calls.get(name, 0)
+        for name, n in calls_after.items()
+        if n > calls.get(name, 0) and name != "info"
+    }
     out: dict[str, Any] = {
-        "redis_commands_per_s": round((commands(r) - before) / elapsed, 1),
+        "redis_commands_per_s": round(
+            (total - (calls_after.get("info", 0) - calls.get("info", 0))) / elapsed, 1
+        ),
         "redis_commands_per_s_by_command": {
-            name: round((n - calls.get(name, 0)) / elapsed, 1)
-            for name, n in sorted(command_calls(r).items(), key=lambda item: -item[1])
-            if n > calls.get(name, 0)
+            name: round(n / elapsed, 1)
+            for name, n in sorted(by_command.items(), key=lambda item: -item[1])
         },
     }
     if pid:

@@ -66,9 +66,13 @@ from figures import (
     TARGET_RSS_MB,
     TARGET_WRITES_PER_RUN,
     by_label,
+    contention,
+    cores,
     epoch,
     lag_summary,
+    machine_busy_ticks,
     offsets,
+    process_ticks,
     profile_breakdown,
     rate,
     render_table,
@@ -101,6 +105,7 @@ NAMESPACES = {phase: f"bench-{phase}" for phase in PHASES}
 # Writes that land after a run is seen terminal (a finalizer removed, an Event) count too:
 # a namespace is done once the operator has not written to it for this long.
 QUIET_SECONDS = 1.5
+SUITE = "benchmark (client, watcher, py-spy)"
 META_KEY = "celery-task-meta-{}"
 
 Say = Callable[[str], None]
@@ -213,6 +218,40 @@ class Bench:
             if now != count:
                 count, since = now, time.monotonic()
 
+    def cpu_mark(self) -> CpuMark:
+        """The machine's busy ticks, and those of each of the stack's processes and ours."""
+        names = {proc.pid: name for name, proc in self.stack.processes().items()}
+        names[os.getpgrp()] = SUITE
+        ticks: Counter[str] = Counter()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                group, used = process_ticks(stat.read_text())
+            except (OSError, IndexError, ValueError):  # gone since listed
+                continue
+            if group in names:
+                ticks[names[group]] += used
+        return CpuMark(time.monotonic(), machine_busy_ticks(Path("/proc/stat").read_text()), ticks)
+
+    def cores_since(self, mark: CpuMark, runs: int = 0) -> dict[str, Any]:
+        """Cores used since `mark` by the stack (and the suite) and by everything else;
+        with `runs`, each process's CPU milliseconds per run."""
+        now, tick = self.cpu_mark(), os.sysconf("SC_CLK_TCK")
+        seconds = now.at - mark.at
+        # A process that ended meanwhile took its ticks along: none count negative.
+        used = {name: max(0, n - mark.ticks[name]) for name, n in now.ticks.items()}
+        out: dict[str, Any] = {
+            "stack": cores(sum(used.values()), seconds, tick),
+            "outside": cores(
+                max(0, now.machine - mark.machine - sum(used.values())), seconds, tick
+            ),
+        }
+        if runs:
+            out["ms_per_run"] = {
+                name: round(1000 * n / tick / runs, 2)
+                for name, n in sorted(used.items(), key=lambda item: -item[1])
+            }
+        return out
+
     def namespace(self, name: str) -> str:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         return name
@@ -242,18 +281,26 @@ class Bench:
         return found
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    at: float
+    machine: int
+    ticks: Counter[str]
+
+
 # -- phases ----------------------------------------------------------------------------
 
 
 def bare(bench: Bench, runs: int) -> dict[str, Any]:
     namespace = bench.namespace(NAMESPACES["bare"])
-    began = time.monotonic()
+    mark = bench.cpu_mark()
     for i in range(runs):
         bench.create(namespace, trivial_run(i))
-    seconds = time.monotonic() - began
+    seconds = time.monotonic() - mark.at
+    used = bench.cores_since(mark, runs)
     # The operator never watches this namespace; the objects go, so that it stays lean.
     bench.api.delete_collection_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-    return {"runs": runs, "seconds": round(seconds, 2), "rate": rate(runs, seconds)}
+    return {"runs": runs, "seconds": round(seconds, 2), "rate": rate(runs, seconds), "cores": used}
 
 
 @contextmanager
@@ -292,6 +339,7 @@ def drive(
     try:
         watcher.expect("ready", 60)
         metric_before, cpu_before = bench.metric_writes(), cpu_seconds(bench.operator.pid)
+        mark = bench.cpu_mark()
         with ExitStack() as sampling:
             if profile:
                 sampling.enter_context(py_spy(bench.operator.pid, profile))
@@ -305,6 +353,7 @@ def drive(
             watcher.expect("done", max(120.0, runs / 5))
             bench.quiesce(namespace)
         cpu = cpu_seconds(bench.operator.pid) - cpu_before
+        used = bench.cores_since(mark, runs)
         metric_after = bench.metric_writes()
         report = watcher.stop()
     finally:
@@ -332,6 +381,7 @@ def drive(
         "created_s": offsets(created, start),
         "finished_s": offsets(finished, start),
         "operator_cpu_ms_per_run": round(1000 * cpu / runs, 2),
+        "cores": used,
         "profiled": profile is not None,
         "writes": {
             "audit": writes_per_run(bench.audited(), namespace, runs),
@@ -363,8 +413,10 @@ def scale(bench: Bench, runs: int, window: float) -> dict[str, Any]:
     queued = created + wait_all(
         bench.api, "Queued", runs, max(300.0, runs / 5), namespace=namespace, interval=2.0
     )
+    mark = bench.cpu_mark()
     quiet = load(bench.backend, window, bench.operator.pid)
     return {
+        "cores": bench.cores_since(mark),
         "runs": runs,
         "all_queued_s": round(queued, 1),
         "submitted_per_s": rate(runs, queued),
@@ -467,17 +519,21 @@ def run(options: Options, say: Say) -> dict[str, Any]:
     return results
 
 
-def describe(options: Options) -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30, check=False
     ).stdout.strip()
+
+
+def describe(options: Options) -> dict[str, Any]:
+    # The operator measured: the last commit of operator/, and whether it has changes.
+    operator = git("log", "-1", "--format=%h", "--", "operator")
+    if git("status", "--porcelain", "--", "operator"):
+        operator += "-dirty"
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": commit,
+        "commit": git("describe", "--always", "--dirty"),
+        "operator_commit": operator,
         "cpus": os.cpu_count(),
         # The machine is shared: what else ran shows in the load before the suite.
         "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -575,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
 
     draw(results, args.png)
     print(render_table(rows))
+    print(contention(results))
     print("\n".join(profile_lines(results)))
     print(f"figures: {args.json}\nchart:   {args.png}")
     return 0

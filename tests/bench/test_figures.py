@@ -12,10 +12,14 @@ from figures import (
     WriteKind,
     bin_width,
     by_label,
+    contention,
+    cores,
     epoch,
     frame_group,
     lag_summary,
+    machine_busy_ticks,
     offsets,
+    process_ticks,
     profile_breakdown,
     prometheus_samples,
     quantile,
@@ -275,3 +279,36 @@ def test_render_table_is_markdown() -> None:
     assert set(lines[1]) <= {"|", "-"}
     assert lines[2].endswith("| yes |") and lines[3].endswith("|     |")
     assert len({len(line) for line in lines}) == 1
+
+
+PROC_STAT = """\
+cpu  100 5 50 1000 20 3 2 1 0 0
+cpu0 50 2 25 500 10 1 1 0 0 0
+intr 12345
+"""
+
+
+def test_machine_busy_ticks_leave_out_idle_and_iowait() -> None:
+    assert machine_busy_ticks(PROC_STAT) == 100 + 5 + 50 + 3 + 2 + 1
+    with pytest.raises(ValueError):
+        machine_busy_ticks("intr 1\n")
+
+
+def test_process_ticks_with_a_name_holding_parentheses() -> None:
+    stat = "4242 (python (x) y) S 1 4200 4200 0 -1 4194560 1 0 0 0 70 30 0 0 20 0 3 0 99 0 0"
+    assert process_ticks(stat) == (4200, 100)
+
+
+def test_cores_and_contention() -> None:
+    assert cores(300, seconds=1.5, ticks_per_second=100) == 2.0
+    assert cores(1, seconds=0, ticks_per_second=100) == 0.0
+    results = {
+        "paced": {"cores": {"stack": 1.2, "outside": 0.5}},
+        "burst": {"cores": {"stack": 2, "outside": 0, "ms_per_run": {"api": 6.5, "op": 3}}},
+        "scale": {},
+    }
+    assert contention(results).splitlines() == [
+        "cores used by the stack + by other processes on the machine: paced 1.2 + 0.5, burst 2 + 0",
+        "CPU per run, burst: 9.5 ms: api 6.5, op 3",
+    ]
+    assert contention({}) == ""
