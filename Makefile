@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` (the local stack with the operator and the
-# example TaskRuns) and `make test` (lint, types, and every test against the real stack).
+# example TaskRuns) and `make test` (lint, types, and every test against the real stack);
+# `make bench` runs the benchmark suite (README, "Benchmarks").
 .PHONY: setup setup-tests demo down lint test bench
 
 # The demo needs the control plane only; the tests also need helm, promtool and CRDs.
@@ -23,3 +24,6 @@ lint:
 
 test: setup-tests lint
 	python3 -m pytest -q -p no:cacheprovider
+
+bench: setup
+	python3 benchmarks/suite.py $(BENCH_ARGS)

@@ -22,12 +22,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+from figures import epoch, quantile
 from kubernetes import client, config, watch
 
 from taskrun_dev.stack import Stack
@@ -36,15 +36,9 @@ GROUP, VERSION, PLURAL = "celery.taskrun.dev", "v1alpha1", "taskruns"
 TASK = "taskrun_workers.tasks.sleep"
 
 
-def epoch(value: str | datetime) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 def summary(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    p95 = quantile(ordered, 0.95)
     return {
         "n": len(ordered),
         "median_ms": round(statistics.median(ordered) * 1000, 1),
@@ -113,18 +107,26 @@ def operator_mode(
     return summary(list(seen.values()))
 
 
+async def seed_poll(app: Celery, task_id: str) -> tuple[float, float]:
+    """The seed's poll_result_with_backoff (0.5 s, x1.5, capped at 5 s), as it is written:
+    `result.ready()` on the loop.  Returns when it saw the end and the backend's
+    `date_done`, in epoch seconds."""
+    result = AsyncResult(task_id, app=app)
+    interval = 0.5
+    while True:
+        if result.ready():
+            return time.time(), epoch(result.date_done)
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, 5.0)
+
+
 def seed_baseline(stack: Stack, runs: int, gap: float) -> dict[str, Any]:
     """The seed's poll_result_with_backoff, one coroutine per task, as a client would."""
     app = Celery(broker=stack.broker_url, backend=stack.result_backend)
 
     async def poll(task_id: str) -> float:
-        result = AsyncResult(task_id, app=app)
-        interval = 0.5
-        while True:
-            if await asyncio.to_thread(result.ready):
-                return time.time() - epoch(result.date_done)
-            await asyncio.sleep(interval)
-            interval = min(interval * 1.5, 5.0)
+        seen, done = await seed_poll(app, task_id)
+        return seen - done
 
     async def main() -> list[float]:
         pollers = []

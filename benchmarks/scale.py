@@ -31,6 +31,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.result import AsyncResult
+from figures import prometheus_samples
 from kubernetes import client, config
 from latency import GROUP, PLURAL, VERSION
 
@@ -38,6 +39,7 @@ from taskrun_dev.stack import Stack
 
 NAMESPACE = "scale"
 QUEUE = "held"
+TASK = "taskrun_workers.tasks.calculate_sum"
 
 
 def rss_mib(pid: int) -> float:
@@ -56,21 +58,22 @@ def commands(r: redis.Redis) -> int:
     return int(r.info("stats")["total_commands_processed"])
 
 
-def metric_sum(url: str, name: str) -> float:
+def metric(url: str, name: str) -> dict[str, float]:
+    """The operator's samples of metric `name`, by label set."""
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
+    return prometheus_samples(text, name)
 
 
-def phases(api: client.CustomObjectsApi) -> dict[str, int]:
+def metric_sum(url: str, name: str) -> float:
+    return sum(metric(url, name).values())
+
+
+def phases(api: client.CustomObjectsApi, namespace: str = NAMESPACE) -> dict[str, int]:
     counts: dict[str, int] = {}
     token = None
     while True:
         page = api.list_namespaced_custom_object(
-            GROUP, VERSION, NAMESPACE, PLURAL, limit=2000, _continue=token
+            GROUP, VERSION, namespace, PLURAL, limit=2000, _continue=token
         )
         for item in page["items"]:
             phase = (item.get("status") or {}).get("phase", "-")
@@ -80,20 +83,76 @@ def phases(api: client.CustomObjectsApi) -> dict[str, int]:
             return counts
 
 
-def wait_all(api: client.CustomObjectsApi, phase: str, n: int, timeout: float) -> float:
+def wait_all(
+    api: client.CustomObjectsApi,
+    phase: str,
+    n: int,
+    timeout: float,
+    namespace: str = NAMESPACE,
+    interval: float = 1.0,
+) -> float:
     began = time.monotonic()
-    while phases(api).get(phase, 0) < n:
+    while phases(api, namespace).get(phase, 0) < n:
         if time.monotonic() - began > timeout:
-            raise SystemExit(f"not all {n} runs reached {phase}: {phases(api)}")
-        time.sleep(1)
+            raise SystemExit(f"not all {n} runs reached {phase}: {phases(api, namespace)}")
+        time.sleep(interval)
     return time.monotonic() - began
 
 
-def load(r: redis.Redis, window: float, pid: int | None = None) -> dict[str, float]:
-    before, cpu_before, began = commands(r), cpu_seconds(pid) if pid else 0.0, time.monotonic()
+def trivial_run(i: int, queue: str | None = None) -> dict[str, Any]:
+    """TaskRun `r<i>` of a trivial task (a sum), on `queue` or the default one."""
+    spec: dict[str, Any] = {"task": TASK, "args": [[i, 1]]}
+    if queue:
+        spec["queue"] = queue
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TaskRun",
+        "metadata": {"name": f"r{i}"},
+        "spec": spec,
+    }
+
+
+def create_held(api: client.CustomObjectsApi, namespace: str, runs: int) -> float:
+    """Create `runs` TaskRuns on a queue no worker consumes (8 clients); the seconds taken."""
+
+    def create(i: int) -> None:
+        api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, trivial_run(i, QUEUE)
+        )
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(runs)))
+    return time.monotonic() - began
+
+
+def command_calls(r: redis.Redis) -> dict[str, int]:
+    """Calls per Redis command so far (commands a Lua script runs count as their own)."""
+    stats = r.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def load(r: redis.Redis, window: float, pid: int | None = None) -> dict[str, Any]:
+    before, calls = commands(r), command_calls(r)
+    cpu_before, began = cpu_seconds(pid) if pid else 0.0, time.monotonic()
     time.sleep(window)
     elapsed = time.monotonic() - began
-    out = {"redis_commands_per_s": round((commands(r) - before) / elapsed, 1)}
+    total, calls_after = commands(r) - before, command_calls(r)
+    # The measurement's own INFO calls are not load.
+    by_command = {
+        name: n - calls.get(name, 0)
+        for name, n in calls_after.items()
+        if n > calls.get(name, 0) and name != "info"
+    }
+    out: dict[str, Any] = {
+        "redis_commands_per_s": round(
+            (total - (calls_after.get("info", 0) - calls.get("info", 0))) / elapsed, 1
+        ),
+        "redis_commands_per_s_by_command": {
+            name: round(n / elapsed, 1)
+            for name, n in sorted(by_command.items(), key=lambda item: -item[1])
+        },
+    }
     if pid:
         out["operator_cpu_percent"] = round(100 * (cpu_seconds(pid) - cpu_before) / elapsed, 1)
         out["operator_rss_mib"] = rss_mib(pid)
@@ -106,24 +165,7 @@ def operator_side(stack: Stack, runs: int, window: float) -> dict[str, Any]:
     operator = stack.start_operator(extra_args=["--namespace", NAMESPACE])
     backend = redis.Redis.from_url(stack.result_backend)
     idle_rss = rss_mib(operator.pid)
-
-    def create(i: int) -> None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "TaskRun",
-            "metadata": {"name": f"r{i}"},
-            "spec": {
-                "task": "taskrun_workers.tasks.calculate_sum",
-                "args": [[i, 1]],
-                "queue": QUEUE,
-            },
-        }
-        api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
-
-    began = time.monotonic()
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, range(runs)))
-    created = time.monotonic() - began
+    created = create_held(api, NAMESPACE, runs)
     queued = wait_all(api, "Queued", runs, timeout=max(120, runs / 5)) + created
     quiet = load(backend, window, operator.pid)
     url = f"{operator.url}"

@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also start the gateway (HTTP API and live page); its URL goes into env.sh",
     )
     up.add_argument(
+        "--audit-log",
+        action="store_true",
+        help="the API server logs every write (Metadata level, JSON lines) to "
+        "DIR/audit/audit.log; its path goes into env.sh as TASKRUN_AUDIT_LOG",
+    )
+    up.add_argument(
         "--examples",
         action="store_true",
         help="apply deploy/examples/*.yaml, wait for them, print the TaskRuns",
@@ -101,7 +107,7 @@ def _status_table(stack: Stack) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    stack = Stack(args.dir or default_dir())
+    stack = Stack(args.dir or default_dir(), audit=getattr(args, "audit_log", False))
     try:
         if args.command == "up":
             if stack.running():

@@ -6,6 +6,7 @@ State lives in one directory (default ./.taskrun-dev or $TASKRUN_DEV_DIR):
   logs/NAME.log        each process's output (the previous run's in NAME.log.prev)
   pki/                 CA, API server and admin certificates, service-account key
   etcd/, redis/        data directories
+  audit/               the API server's audit log of writes (with `up --audit-log`)
   admin.kubeconfig     cluster admin (O=system:masters)
   operator.kubeconfig  the operator's ServiceAccount token: RBAC as deployed
   gateway.kubeconfig   the gateway's ServiceAccount token (with `up --gateway`)
@@ -106,8 +107,11 @@ class Stack:
         *,
         say: Say | None = None,
         deploy_dir: Path | None = None,
+        audit: bool = False,
     ) -> None:
         self.dir = Path(dir).expanduser().resolve() if dir else default_dir().resolve()
+        # kube-apiserver writes an audit log of every write (see `audit_log`).
+        self.audit = audit
         self.say: Say = say or _stderr_say
         root = repo_root()
         # TASKRUN_DEV_DEPLOY_DIR points at other manifests (crd.yaml, rbac.yaml, examples/).
@@ -150,6 +154,11 @@ class Stack:
     @property
     def gateway_kubeconfig(self) -> Path:
         return self.dir / "gateway.kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (with `audit=True`): one JSON line per write."""
+        return self.dir / "audit" / "audit.log"
 
     @property
     def pki(self) -> Pki:
@@ -377,7 +386,13 @@ class Stack:
         """Start kube-apiserver (HTTPS, RBAC) on its remembered port; wait for /readyz."""
         pki = ensure_pki(self.pki.dir)
         port = self._port(APISERVER, self._alive_port(APISERVER))
-        argv = cp.apiserver_argv(self.binaries, pki, self.etcd_url, port)
+        extra: list[str] = []
+        if self.audit:
+            policy = self.audit_log.with_name("policy.yaml")
+            policy.parent.mkdir(parents=True, exist_ok=True)
+            policy.write_text(yaml.safe_dump(cp.AUDIT_POLICY, sort_keys=False))
+            extra = cp.audit_argv(policy, self.audit_log)
+        argv = cp.apiserver_argv(self.binaries, pki, self.etcd_url, port, extra)
         url = f"https://{cp.HOST}:{port}"
         proc, started = self._ensure(
             APISERVER,
@@ -694,7 +709,7 @@ class Stack:
             self._started.clear()
             self.env_file.unlink(missing_ok=True)
             if purge:
-                for sub in ("etcd", "redis", "pki", "pids", "logs"):
+                for sub in ("etcd", "redis", "pki", "pids", "logs", "audit"):
                     shutil.rmtree(self.dir / sub, ignore_errors=True)
                 for file in (
                     self.state_file,
@@ -727,6 +742,8 @@ class Stack:
         gateway = self.process(GATEWAY)
         if gateway is not None and gateway.alive and gateway.url:
             env["TASKRUN_GATEWAY_URL"] = gateway.url
+        if self.audit:
+            env["TASKRUN_AUDIT_LOG"] = str(self.audit_log)
         env["PATH"] = f"{self.binaries.dir}{os.pathsep}{os.environ.get('PATH', '')}"
         return env
 

@@ -43,3 +43,50 @@ def test_scale_benchmark_smoke() -> None:
     figures = run_benchmark("scale.py", "--runs", "10", "--window", "2")
     assert figures["operator"]["runs"] == figures["seed-polling"]["runs"] == 10
     assert figures["operator"]["api_writes_per_run_total"] > 0
+
+
+def test_suite_smoke(tmp_path: Path) -> None:
+    """The suite end to end at a small scale: every phase measures, counts agree."""
+    figures_path, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    runs = 20
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "suite.py"),
+            f"--runs={runs}",
+            "--rate=20",
+            "--paced-seconds=1",
+            f"--in-flight={runs}",
+            "--window=1",
+            "--profile",
+            f"--profile-out={tmp_path / 'operator.pyspy.txt'}",
+            f"--json={figures_path}",
+            f"--png={chart}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(figures_path.read_text())
+    assert figures["bare"]["runs"] == runs and figures["bare"]["rate"] > 0
+    for phase in ("paced", "burst"):
+        assert figures[phase]["phases"] == ["Succeeded"]
+        assert figures[phase]["lag"]["n"] == figures["seed"][phase]["lag"]["n"] == runs
+        # Every change the watcher saw is a write the API server logged (the audit also
+        # logs writes that changed nothing, or were refused).
+        writes = figures["writes"][phase]
+        assert writes["audit"]["writes"] > 0
+        assert writes["audit"]["per_run"] >= writes["watch"]["per_run"] > 0
+    assert figures["burst"]["operator_cpu_ms_per_run"] > 0
+    assert figures["profile"]["samples"] > 0
+    assert sum(figures["profile"]["groups"].values()) == pytest.approx(1, abs=0.01)
+    assert figures["scale"]["runs"] == figures["seed"]["scale"]["runs"] == runs
+    assert figures["scale"]["operator_rss_mib"] > 0
+    assert {row["figure"] for row in figures["table"]} >= {
+        "API writes per trivial run (audit log)",
+        "status lag, paced 20 runs/s",
+        "operator CPU per run (burst) under py-spy",
+    }
+    assert "| API writes per trivial run (audit log)" in result.stdout
+    assert chart.read_bytes().startswith(b"\x89PNG")
