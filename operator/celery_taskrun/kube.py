@@ -10,8 +10,9 @@ failures come out as a few typed errors: `Gone` (the object no longer exists),
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -19,10 +20,10 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from .model import FINALIZER, GROUP, INTENT_ANNOTATION, KIND, PLURAL, VERSION
+from .model import GROUP, KIND, PLURAL, VERSION
 
-JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
+RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
 
 
 T = TypeVar("T")
@@ -96,8 +97,25 @@ class Kube:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
+    async def _write(self, call: Awaitable[Any], seconds: float | None = None) -> str | None:
+        """A write whose answer is not decoded (decoding the whole object back, or an Event
+        into models, was most of the client's cost); the resourceVersion written."""
+        response = await self._guard(call, seconds)
+        try:
+            # Read (not decoded): a connection whose answer was read goes back to the pool.
+            body = await self._guard(response.read(), seconds)
+        finally:
+            response.release()
+        if not 200 <= response.status <= 299:
+            refused = ApiException(status=response.status, reason=response.reason)
+            refused.body = body[:4096].decode(errors="replace")
+            raise classify(refused)
+        # The API server writes map keys in order: metadata's resourceVersion is the first.
+        version = RESOURCE_VERSION.search(body)
+        return version.group(1).decode() if version else None
+
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        await self._guard(
+        await self._write(
             self.objects.patch_namespaced_custom_object_status(
                 GROUP,
                 VERSION,
@@ -107,71 +125,49 @@ class Kube:
                 {"status": patch},
                 _content_type=MERGE_PATCH,
                 _request_timeout=self.timeout,
+                _preload_content=False,
             )
         )
 
-    async def record_intent(self, body: dict[str, Any], task_id: str) -> None:
-        """Add our finalizer and the id about to be sent, in one write, before sending."""
-        meta = body["metadata"]
-        finalizers: list[str] = meta.get("finalizers") or []
-        ops: list[dict[str, Any]] = []
-        if not finalizers:
-            ops.append({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]})
-        elif FINALIZER not in finalizers:
-            ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER})
-        if meta.get("annotations"):
-            path = f"/metadata/annotations/{escape(INTENT_ANNOTATION)}"
-            ops.append({"op": "add", "path": path, "value": task_id})
-        else:
-            ops.append(
-                {
-                    "op": "add",
-                    "path": "/metadata/annotations",
-                    "value": {INTENT_ANNOTATION: task_id},
-                }
-            )
-        await self._guard(
-            self.objects.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                meta["namespace"],
-                PLURAL,
-                meta["name"],
-                ops,
-                _content_type=JSON_PATCH,
-                _request_timeout=self.timeout,
-            )
-        )
-
-    async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str]) -> None:
-        """Remove our finalizer; `finalizers` is the list as last seen, maybe stale."""
+    async def update_metadata(
+        self,
+        meta: dict[str, Any],
+        finalizers: Callable[[list[str]], list[str]],
+        annotations: dict[str, str] | None = None,
+    ) -> str | None:
+        """Set the finalizers to `finalizers(current)` and add `annotations`, in one merge
+        patch made on the resourceVersion `meta` has: on a conflict (our view was stale)
+        the object is read and the patch made once more.  Returns the resourceVersion
+        written."""
         for attempt in range(2):
-            if FINALIZER not in finalizers:
-                return
-            index = finalizers.index(FINALIZER)
-            ops = [
-                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
-                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-            ]
+            current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
+            wanted = finalizers(current)
+            changes: dict[str, Any] = {"finalizers": wanted or None}
+            if meta.get("resourceVersion"):
+                changes["resourceVersion"] = meta["resourceVersion"]
+            if annotations:
+                changes["annotations"] = annotations
+            elif wanted == current:
+                return None  # nothing to change
             try:
-                await self._guard(
+                return await self._write(
                     self.objects.patch_namespaced_custom_object(
                         GROUP,
                         VERSION,
-                        namespace,
+                        meta["namespace"],
                         PLURAL,
-                        name,
-                        ops,
-                        _content_type=JSON_PATCH,
+                        meta["name"],
+                        {"metadata": changes},
+                        _content_type=MERGE_PATCH,
                         _request_timeout=self.timeout,
+                        _preload_content=False,
                     )
                 )
-                return
-            except Invalid:
+            except Conflict:
                 if attempt:
                     raise
-            # The list moved under us (the test op failed): read it and try once more.
-            finalizers = (await self.get(namespace, name))["metadata"].get("finalizers") or []
+            meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
+        return None
 
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         body: dict[str, Any] = await self._guard(
@@ -230,24 +226,27 @@ class Kube:
             "spec": spec,
         }
         if version is None:
-            call = self.leases.create_namespaced_lease(namespace, body, _request_timeout=seconds)
+            call = self.leases.create_namespaced_lease(
+                namespace, body, _request_timeout=seconds, _preload_content=False
+            )
         else:
             body["metadata"]["resourceVersion"] = version
             call = self.leases.replace_namespaced_lease(
-                name, namespace, body, _request_timeout=seconds
+                name, namespace, body, _request_timeout=seconds, _preload_content=False
             )
-        await self._guard(call, seconds)
+        await self._write(call, seconds)
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:
-        await self._guard(
+        await self._write(
             self.objects.delete_namespaced_custom_object(
                 GROUP,
                 VERSION,
                 namespace,
                 PLURAL,
                 name,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                body={"preconditions": {"uid": uid}},
                 _request_timeout=self.timeout,
+                _preload_content=False,
             )
         )
 
@@ -255,31 +254,31 @@ class Kube:
         self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str
     ) -> None:
         """A core/v1 Event on the TaskRun, as `kubectl describe` and dashboards show."""
-        stamp = datetime.now(UTC)
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                # An event's name is a DNS subdomain (253 characters), like the TaskRun's.
-                name=f"{name[:240]}.{uuid.uuid4().hex[:12]}",
-                namespace=namespace,
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind=KIND, name=name, namespace=namespace, uid=uid
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=kind,
-            source=client.V1EventSource(component="celery-taskrun"),
-            reporting_component="celery-taskrun",
-            reporting_instance="celery-taskrun-operator",
-            first_timestamp=stamp,
-            last_timestamp=stamp,
-            count=1,
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            # An event's name is a DNS subdomain (253 characters), like the TaskRun's.
+            "metadata": {"name": f"{name[:240]}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {"component": "celery-taskrun"},
+            "reportingComponent": "celery-taskrun",
+            "reportingInstance": "celery-taskrun-operator",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._write(
+            self.core.create_namespaced_event(
+                namespace, body, _request_timeout=self.timeout, _preload_content=False
+            )
         )
-        await self._guard(
-            self.core.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
-        )
-
-
-def escape(key: str) -> str:
-    """JSON Pointer escaping for a map key (RFC 6901)."""
-    return key.replace("~", "~0").replace("/", "~1")

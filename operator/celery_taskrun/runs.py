@@ -4,6 +4,7 @@ should have, and where its handling stands."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,9 +15,48 @@ from .backoff import Backoff
 from .model import FINALIZER, INTENT_ANNOTATION, Phase, TaskRunSpec, TaskRunStatus
 from .transitions import Observed, parse_time
 
+# What the API server holds of a status: a fingerprint of each top-level field, enough
+# to tell which changed (a few bytes a field, not a copy of the whole status).
+Fingerprints = dict[str, int]
+# The metadata fields the operator reads; the rest (managedFields above all) is dropped.
+META_KEYS = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "finalizers",
+)
+
 
 def dump(status: TaskRunStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", exclude_none=True)
+
+
+def fingerprints(fields: dict[str, Any]) -> Fingerprints:
+    return {
+        key: hash(json.dumps(value, sort_keys=True, separators=(",", ":")))
+        for key, value in fields.items()
+    }
+
+
+def with_finalizer(finalizers: list[str]) -> list[str]:
+    return finalizers if FINALIZER in finalizers else [*finalizers, FINALIZER]
+
+
+def without_finalizer(finalizers: list[str]) -> list[str]:
+    return [f for f in finalizers if f != FINALIZER]
+
+
+def slim(meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata the operator keeps of a TaskRun."""
+    kept = {key: meta[key] for key in META_KEYS if key in meta}
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict) and INTENT_ANNOTATION in annotations:
+        kept["annotations"] = {INTENT_ANNOTATION: annotations[INTENT_ANNOTATION]}
+    return kept
 
 
 def validation_message(problem: ValidationError) -> str:
@@ -34,7 +74,7 @@ class Run:
     meta: dict[str, Any]
     spec: TaskRunSpec
     status: TaskRunStatus  # what the status should be
-    written: dict[str, Any]  # what the API server holds, as far as we know
+    written: Fingerprints  # what the API server holds, as far as we know
     backoff: Backoff
     problem: str | None = None  # why the spec is invalid, if it is
     polls: int = 0  # looks in a row that saw nothing new: the backoff's step
@@ -47,6 +87,7 @@ class Run:
     seen_running: tuple[str, datetime] | None = None
     errors: int = 0  # steps in a row that failed unexpectedly
     waiter: asyncio.Future[None] | None = None  # set while a write is held (see tracker)
+    written_phase: tuple[Phase | None, str | None] = (None, None)
 
     @property
     def generation(self) -> int | None:
@@ -79,6 +120,3 @@ class Run:
     @property
     def guarded(self) -> bool:
         return FINALIZER in self.finalizers
-
-    def body(self) -> dict[str, Any]:
-        return {"metadata": self.meta}

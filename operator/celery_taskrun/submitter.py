@@ -17,9 +17,9 @@ from . import faults, metrics, records
 from .backend import BackendUnavailable, ResultBackend
 from .celery_client import BrokerUnavailable, CeleryClient, SendRefused
 from .kube import Gone, Kube, KubeError
-from .model import FINALIZER, INTENT_ANNOTATION
+from .model import INTENT_ANNOTATION
 from .records import TaskRecord
-from .runs import Run
+from .runs import Run, with_finalizer
 from .submission import Submission
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,17 @@ class Submitter:
         return Sent.SENT
 
     async def _record_intent(self, run: Run, task_id: str) -> None:
-        await self.kube.record_intent(run.body(), task_id)
+        """Our finalizer and the id about to be sent, in one write, before sending."""
+        version = await self.kube.update_metadata(
+            run.meta, with_finalizer, {INTENT_ANNOTATION: task_id}
+        )
         metrics.API_WRITES.labels("metadata").inc()
-        annotations = dict(run.meta.get("annotations") or {})
-        annotations[INTENT_ANNOTATION] = task_id
-        finalizers = run.finalizers if run.guarded else [*run.finalizers, FINALIZER]
-        run.meta = {**run.meta, "annotations": annotations, "finalizers": finalizers}
+        run.meta = {
+            **run.meta,
+            "annotations": {INTENT_ANNOTATION: task_id},
+            "finalizers": with_finalizer(run.finalizers),
+            "resourceVersion": version or run.meta.get("resourceVersion"),
+        }
 
     async def _has_record(self, task_id: str) -> bool:
         reading = (await self.backend.read([task_id]))[task_id]

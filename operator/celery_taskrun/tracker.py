@@ -35,10 +35,10 @@ from .celery_client import BrokerUnavailable, CeleryClient, MarkRefused
 from .config import OperatorConfig
 from .dispatch import Send, not_sent, prepare
 from .kube import Gone, Kube, KubeError
-from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
+from .model import Phase, Reason, TaskRunSpec, TaskRunStatus
 from .records import Reading
 from .redact import secrets_of
-from .runs import Run, dump, validation_message
+from .runs import Run, dump, fingerprints, slim, validation_message, without_finalizer
 from .schedule import Schedule
 from .submission import derived, message_expiry, submission_of, trusted
 from .submitter import NotSent, Sent, Submitter
@@ -212,7 +212,7 @@ class Tracker:
         if known is None:
             await self._adopt(body)
             return
-        known.meta = meta
+        known.meta = slim(meta)
         if meta.get("deletionTimestamp"):
             await self._delete(known)
             return
@@ -244,10 +244,11 @@ class Tracker:
             uid=meta["uid"],
             namespace=meta["namespace"],
             name=meta["name"],
-            meta=meta,
+            meta=slim(meta),
             spec=spec,
             status=status,
-            written=dump(status),
+            written=fingerprints(dump(status)),
+            written_phase=(status.phase, status.reason),
             backoff=backoff_for(spec.poll, self.config.poll),
             problem=problem,
         )
@@ -256,7 +257,7 @@ class Tracker:
                 await self._delete(run)
             return
         if run.finished:
-            await self._finish(run, fresh=True)
+            await self._finish(run)
             return
         self._register(run)
         self._at(run, 0)  # with the others due now: one backend read for all
@@ -309,7 +310,10 @@ class Tracker:
 
     def _plan(self, run: Run) -> None:
         """The one place that decides when a run is looked at next."""
-        self._at(run, next_delay(run.status, run.backoff, run.polls, self.now(), run.created))
+        delay = next_delay(
+            run.status, run.backoff, run.polls, self.now(), run.created, self.monotonic()
+        )
+        self._at(run, delay)
 
     async def _loop(self) -> None:
         while True:
@@ -566,19 +570,16 @@ class Tracker:
                 run.waiter = None
         return run.wanted
 
-    async def _finish(self, run: Run, *, fresh: bool = False) -> None:
+    async def _finish(self, run: Run) -> None:
         """A terminal run: drop the finalizer (it only guards in-flight work), then TTL.
-
-        `fresh`: run.meta comes straight from the watch. Otherwise our memory of the
-        finalizers may be stale, and having sent a task (the intent) means we added it.
-        """
+        (Our view of the finalizers may be stale: the write is made on its
+        resourceVersion, and made again on what the API server says if that moved.)"""
         self._forget(run.uid)
         try:
-            if run.guarded or (run.intent and not fresh):
-                listed = run.finalizers if run.guarded else [FINALIZER]
-                await self.kube.remove_finalizer(run.namespace, run.name, listed)
+            if run.guarded:
+                await self.kube.update_metadata(run.meta, without_finalizer)
                 metrics.API_WRITES.labels("metadata").inc()
-                run.meta = {**run.meta, "finalizers": [f for f in run.finalizers if f != FINALIZER]}
+                run.meta = {**run.meta, "finalizers": without_finalizer(run.finalizers)}
         except Gone:
             return
         except KubeError as exc:
@@ -618,4 +619,4 @@ class Tracker:
         if in_flight and not run.finished:
             await self._revoke(run, in_flight, terminate=True, reason="TaskRun deleted")
         with contextlib.suppress(Gone):
-            await self.kube.remove_finalizer(run.namespace, run.name, run.finalizers)
+            await self.kube.update_metadata(run.meta, without_finalizer)

@@ -10,6 +10,7 @@ way into status.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -149,12 +150,26 @@ def next_check(status: TaskRunStatus, created: datetime | None = None) -> dateti
     return min(present) if present else None
 
 
+# Polls a second or more apart fall on a grid of this many seconds (of the schedule's
+# clock), so runs that are polled anyway are read together: one backend read a second
+# for thousands of runs, not one for each.
+POLL_GRID = 1.0
+
+
 def next_delay(
-    status: TaskRunStatus, backoff: Backoff, polls: int, now: datetime, created: datetime | None
+    status: TaskRunStatus,
+    backoff: Backoff,
+    polls: int,
+    now: datetime,
+    created: datetime | None,
+    tick: float,
 ) -> float:
-    """Seconds until this run is looked at again: its poll backoff, or sooner when the
-    clock alone will change its status (a deadline, an expiry)."""
+    """Seconds until this run is looked at again: its poll backoff (long ones aligned to
+    the grid; `tick` is the schedule's clock now), or sooner, exactly, when the clock
+    alone will change its status (a deadline, an expiry)."""
     delay = backoff.interval(polls)
+    if delay >= POLL_GRID:
+        delay = math.ceil((tick + delay) / POLL_GRID) * POLL_GRID - tick
     check = next_check(status, created)
     if check is not None:
         delay = min(delay, max((check - now).total_seconds(), 0.0))

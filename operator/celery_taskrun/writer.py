@@ -19,7 +19,7 @@ from . import metrics
 from .kube import Gone, Invalid, Kube, KubeError, TooLarge
 from .model import Phase, Reason, TaskRunStatus
 from .redact import redact, scrubbed
-from .runs import Run, dump
+from .runs import Fingerprints, Run, dump, fingerprints
 from .transitions import parse_time, shrunk
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,15 @@ class Written(enum.Enum):
     REFUSED = "refused"  # refused even at its smallest: trying again cannot help
 
 
-def merge_patch(written: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from `written` to `desired`, top-level keys only."""
-    patch: dict[str, Any] = {k: v for k, v in desired.items() if written.get(k) != v}
+def merge_patch(
+    written: Fingerprints, desired: dict[str, Any]
+) -> tuple[dict[str, Any], Fingerprints]:
+    """A JSON merge patch from what was written to `desired` (top-level keys only), and
+    the fingerprints of `desired`."""
+    prints = fingerprints(desired)
+    patch: dict[str, Any] = {k: v for k, v in desired.items() if written.get(k) != prints[k]}
     patch.update({k: None for k in written if k not in desired})
-    return patch
+    return patch, prints
 
 
 class StatusWriter:
@@ -61,10 +65,10 @@ class StatusWriter:
         """Make the API server hold `status` (or a smaller version of it), secrets
         redacted."""
         status = scrubbed(status, self.secrets)
-        old_phase, old_reason = run.written.get("phase"), run.written.get("reason")
+        old_phase, old_reason = run.written_phase
         for level in range(SHRINK_LEVELS + 1):
             desired = dump(status)
-            patch = merge_patch(run.written, desired)
+            patch, prints = merge_patch(run.written, desired)
             if not patch:
                 run.status, run.synced = status, True
                 return Written.UNCHANGED
@@ -86,7 +90,8 @@ class StatusWriter:
                 run.synced = False
                 return Written.FAILED
             metrics.API_WRITES.labels("status").inc()
-            run.status, run.written, run.synced = status, desired, True
+            run.status, run.written, run.synced = status, prints, True
+            run.written_phase = (status.phase, status.reason)
             if (status.phase, status.reason) != (old_phase, old_reason):
                 await self._announce(run, status)
             return Written.WRITTEN

@@ -422,7 +422,8 @@ def test_expired_result_is_reported_lost_never_a_hang(
     worker = runs.stack.start_worker(f"w-{queue}", {"TASKRUN_RESULT_EXPIRES": "2"}, queues=[queue])
     started.append(worker)
     config = tmp / "operator.yaml"
-    config.write_text("wakeups: false\n")
+    # Every status written as it arises: the polls' timing is what this test is about.
+    config.write_text("wakeups: false\nstatusHoldSeconds: 0\n")
     operator = own_operator(runs.stack, runs.namespace, "op-expiry", config_path=config)
     try:
         runs.apply(

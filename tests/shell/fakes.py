@@ -20,7 +20,6 @@ from celery_taskrun.backend import BackendUnavailable, OnRecord, OnResync
 from celery_taskrun.celery_client import BrokerUnavailable, MarkRefused
 from celery_taskrun.config import OperatorConfig
 from celery_taskrun.kube import Gone, Invalid, TooLarge
-from celery_taskrun.model import FINALIZER, INTENT_ANNOTATION
 from celery_taskrun.records import Reading
 from celery_taskrun.submission import Submission
 from celery_taskrun.tracker import Tracker
@@ -53,15 +52,16 @@ class FakeKube:
                 status[key] = copy.deepcopy(value)
         self.writes += 1
 
-    async def record_intent(self, body: Body, task_id: str) -> None:
-        meta = self._get(body["metadata"]["name"])["metadata"]
-        meta.setdefault("annotations", {})[INTENT_ANNOTATION] = task_id
-        if FINALIZER not in meta.setdefault("finalizers", []):
-            meta["finalizers"].append(FINALIZER)
-
-    async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str]) -> None:
-        meta = self._get(name)["metadata"]
-        meta["finalizers"] = [f for f in meta.get("finalizers", []) if f != FINALIZER]
+    async def update_metadata(
+        self,
+        meta: Body,
+        finalizers: Callable[[list[str]], list[str]],
+        annotations: dict[str, str] | None = None,
+    ) -> str | None:
+        stored = self._get(meta["name"])["metadata"]
+        stored["finalizers"] = finalizers(list(stored.get("finalizers") or []))
+        stored.setdefault("annotations", {}).update(annotations or {})
+        return None
 
     async def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]:
         for body in list(self.objects.values()):

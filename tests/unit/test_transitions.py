@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from celery_taskrun import records
+from celery_taskrun.backoff import Backoff
 from celery_taskrun.dispatch import resubmitted
 from celery_taskrun.model import (
     AttemptRecord,
@@ -23,6 +24,7 @@ from celery_taskrun.transitions import (
     advance,
     human_duration,
     next_check,
+    next_delay,
     shrunk,
     timestamp,
     vanished,
@@ -537,3 +539,22 @@ def test_a_start_heard_but_superseded_still_dates_the_run() -> None:
     done = TaskRecord("SUCCESS", 1, date_done=timestamp(NOW - timedelta(seconds=0.5)))
     outcome = advance(TaskRunSpec(task="t"), queued(), done, NOW, generation=3, seen_running=heard)
     assert outcome.status.startedAt == timestamp(heard)
+
+
+@pytest.mark.parametrize(
+    ("polls", "tick", "delay"),
+    [
+        (0, 100.3, 0.5),  # short polls are exact
+        (10, 100.3, 5.7),  # long ones are rounded up to a whole second: 105.3 -> 106
+        (10, 100.0, 5.0),
+    ],
+)
+def test_long_polls_fall_on_the_grid(polls: int, tick: float, delay: float) -> None:
+    status = queued()
+    assert next_delay(status, Backoff(), polls, NOW, None, tick) == pytest.approx(delay)
+
+
+def test_a_deadline_is_never_rounded() -> None:
+    limits = EffectiveLimits(timeout=EffectiveLimit(seconds=7.25, source="spec"))
+    status = queued(limits=limits)  # submitted at SENT; NOW is SENT + 5 s
+    assert next_delay(status, Backoff(), 10, NOW, None, 100.3) == pytest.approx(2.25)
