@@ -114,8 +114,9 @@ class Kube:
         version = RESOURCE_VERSION.search(body)
         return version.group(1).decode() if version else None
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        await self._write(
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> str | None:
+        """Merge `patch` into the status; the resourceVersion written."""
+        return await self._write(
             self.objects.patch_namespaced_custom_object_status(
                 GROUP,
                 VERSION,

@@ -74,7 +74,7 @@ class StatusWriter:
                 return Written.UNCHANGED
             try:
                 async with self.slots:
-                    await self.kube.patch_status(run.namespace, run.name, patch)
+                    version = await self.kube.patch_status(run.namespace, run.name, patch)
             except Gone:
                 return Written.GONE
             except (TooLarge, Invalid) as exc:
@@ -92,6 +92,8 @@ class StatusWriter:
             metrics.API_WRITES.labels("status").inc()
             run.status, run.written, run.synced = status, prints, True
             run.written_phase = (status.phase, status.reason)
+            if version:  # the next metadata write is made on it (see Kube.update_metadata)
+                run.meta = {**run.meta, "resourceVersion": version}
             if (status.phase, status.reason) != (old_phase, old_reason):
                 await self._announce(run, status)
             return Written.WRITTEN

@@ -36,7 +36,7 @@ class FakeKube:
     max_status_bytes: int | None = None  # refuse larger status patches (etcd's limit)
     writes: int = 0
 
-    async def patch_status(self, namespace: str, name: str, patch: Body) -> None:
+    async def patch_status(self, namespace: str, name: str, patch: Body) -> str | None:
         if name in self.hang:
             await asyncio.Event().wait()
         obj = self._get(name)
@@ -51,6 +51,7 @@ class FakeKube:
             else:
                 status[key] = copy.deepcopy(value)
         self.writes += 1
+        return None
 
     async def update_metadata(
         self,
