@@ -29,7 +29,7 @@ from .records import Reading, Stored, Unreadable
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "celery-task-meta-"
+KEY_PREFIX = records.KEY_PREFIX
 READ_CHUNK = 500
 # A record read in part: this much of its start (state, result preview) and its end
 # (date_done, worker, retries follow the result in Celery's JSON).

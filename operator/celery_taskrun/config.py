@@ -9,6 +9,7 @@ environment, the same variables a Celery worker reads.  The seed's
 from __future__ import annotations
 
 import fnmatch
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -97,6 +98,28 @@ class OperatorConfig(BaseModel):
         description="Task names (globs) any TaskRun may run, a global shorthand over "
         "`policies`; empty allows any. Others end Failed / TaskNotAllowed.",
     )
+    ttlSecondsAfterFinished: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SECONDS,
+        description="Delete finished TaskRuns this long after they end, unless their spec "
+        "says otherwise, or Argo CD or Flux manages them (they would apply the run again).",
+    )
+    successfulRunsHistoryLimit: int | None = Field(
+        1000,
+        ge=0,
+        description="Keep the newest this many succeeded TaskRuns of each namespace (or task, "
+        "historyLimitsPer) and delete older ones; never one Argo CD or Flux manages. Unset: "
+        "no limit.",
+    )
+    failedRunsHistoryLimit: int | None = Field(
+        1000,
+        ge=0,
+        description="As successfulRunsHistoryLimit, for runs that ended otherwise.",
+    )
+    historyLimitsPer: Literal["namespace", "task"] = Field(
+        "namespace", description="What the history limits count in: a namespace, or a task name."
+    )
     policies: list[Policy] = Field(
         [],
         description="Who may run what, per namespace: a TaskRun is allowed when a policy "
@@ -155,11 +178,12 @@ class OperatorConfig(BaseModel):
     )
     # etcd caps an object near 1.5 MB.
     maxResultBytes: int = Field(
-        256 * 1024,
+        16 * 1024,
         ge=1024,
         le=MIB,
         description="Results larger than this (serialized) are cut to a preview, with "
-        "status.resultTruncated true.",
+        "status.resultTruncated true and status.resultKey naming the full result in the "
+        "backend. 16 KiB keeps 10,000 finished runs near 300 MB of etcd's 2 GiB quota.",
     )
     maxArgsBytes: int = Field(
         256 * 1024,

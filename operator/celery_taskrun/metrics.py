@@ -64,5 +64,18 @@ API_WRITE_ERRORS = Counter(
 )
 
 
+# Queue names come from tenants' specs: the first MAX_QUEUE_LABELS seen get series of
+# their own, the rest share "other", so a spec cannot blow up the metrics.
+MAX_QUEUE_LABELS = 50
+_queues: set[str] = set()
+
+
+def queue_label(queue: str) -> str:
+    if queue in _queues or len(_queues) < MAX_QUEUE_LABELS:
+        _queues.add(queue)
+        return queue
+    return "other"
+
+
 def serve(host: str, port: int) -> None:
     start_http_server(port, addr=host)

@@ -213,6 +213,9 @@ class TaskRunStatus(_Model):
     result: Any = None
     resultTruncated: bool | None = None
     resultBytes: int | None = Field(None, description="Size of the full JSON result.")
+    resultKey: str | None = Field(
+        None, description="Where the full result is, when status holds a preview: its backend key."
+    )
     error: ErrorInfo | None = None
     limits: EffectiveLimits | None = None
     attempts: list[AttemptRecord] | None = Field(None, description="Earlier attempts, newest last.")

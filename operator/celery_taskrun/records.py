@@ -25,6 +25,8 @@ from typing import Any
 
 from . import bounded
 
+# Celery's key of a task's record (Redis and other key-value backends).
+KEY_PREFIX = "celery-task-meta-"
 PENDING = "PENDING"
 STARTED = "STARTED"
 RETRY = "RETRY"

@@ -77,6 +77,7 @@ class Run:
     written: Fingerprints  # what the API server holds, as far as we know
     backoff: Backoff
     problem: str | None = None  # why the spec is invalid, if it is
+    gitops: str | None = None  # who applies it again from a repository (never auto-deleted)
     polls: int = 0  # looks in a row that saw nothing new: the backoff's step
     synced: bool = True  # `written` is `status`: no write is owed
     # The step machinery: at most one step runs, and at most one waits (the latest news).

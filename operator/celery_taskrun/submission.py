@@ -60,6 +60,30 @@ class Refusal:
     message: str
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+# kombu's Redis transport: 0 is first, 9 last, in buckets of these steps (0-2, 3-5, ...).
+REDIS_PRIORITIES = (0, 9)
+
+
+def priority_refusal(priority: int | None, broker_url: str) -> str | None:
+    """Why the broker cannot honour `priority` as given, if it cannot.
+
+    spec.priority is passed as the broker means it: on Redis 0 is the highest and 9 the
+    lowest (kombu files 0-2, 3-5, 6-8 and 9 each in a list of its own and takes them in
+    that order; anything above 9 would quietly become the lowest); on RabbitMQ 0-255
+    with the highest first (for a queue declared with x-max-priority)."""
+    scheme = broker_url.split("://", 1)[0].split("+")[0].lower()
+    if priority is None or scheme not in REDIS_SCHEMES:
+        return None
+    low, high = REDIS_PRIORITIES
+    if low <= priority <= high:
+        return None
+    return (
+        f"spec.priority {priority} cannot be honoured by a Redis broker: its priorities are "
+        f"{low} (first) to {high} (last)"
+    )
+
+
 def message_expiry(sent: datetime, spec: TaskRunSpec, config: OperatorConfig) -> datetime:
     """The latest a message sent at `sent` may still be taken by a worker."""
     return sent + timedelta(seconds=(spec.countdown or 0) + config.messageExpires)
@@ -128,6 +152,9 @@ def plan(
     refused = policy.refusal(config, namespace, spec.task, spec.queue)
     if refused is not None:
         return Refusal(Reason.TASK_NOT_ALLOWED, refused)
+    unheard = priority_refusal(spec.priority, config.brokerUrl)
+    if unheard is not None:
+        return Refusal(Reason.INVALID_SPEC, unheard)
     size = len(json.dumps([spec.args, spec.kwargs], separators=(",", ":")))
     if size > config.maxArgsBytes:
         return Refusal(

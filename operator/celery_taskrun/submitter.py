@@ -66,9 +66,14 @@ class Submitter:
             return NotSent(str(exc), permanent=True)
         except (KubeError, BrokerUnavailable, BackendUnavailable) as exc:
             metrics.SUBMISSIONS.labels("failed").inc()
+            if isinstance(exc, KubeError):
+                metrics.API_WRITE_ERRORS.labels("metadata").inc()
+            elif isinstance(exc, BrokerUnavailable):
+                metrics.BACKEND_UP.labels("broker").set(0)
             log.warning("could not submit %s/%s: %s", run.namespace, run.name, exc)
             return NotSent(f"{type(exc).__name__}: {exc}", permanent=False)
         metrics.SUBMISSIONS.labels("sent").inc()
+        metrics.BACKEND_UP.labels("broker").set(1)
         return Sent.SENT
 
     async def _record_intent(self, run: Run, task_id: str) -> None:

@@ -38,6 +38,7 @@ from .kube import Gone, Kube, KubeError
 from .model import Phase, Reason, TaskRunSpec, TaskRunStatus
 from .records import Reading
 from .redact import secrets_of
+from .retention import Finished, beyond, gitops_owner, history_key, ttl_for
 from .runs import Run, dump, fingerprints, slim, validation_message, without_finalizer
 from .schedule import Schedule
 from .submission import derived, message_expiry, submission_of, trusted
@@ -48,6 +49,8 @@ from .transitions import (
     Observed,
     Outcome,
     advance,
+    deadline,
+    first_submitted,
     next_delay,
     parse_time,
     vanished,
@@ -60,6 +63,7 @@ from .writer import StatusWriter, Written
 log = logging.getLogger(__name__)
 
 RETRY_WRITE_SECONDS = 2.0
+GAUGE_SECONDS = 5.0
 RETRY_DELETE_SECONDS = 30.0
 # The loop turns at least this often, so `health` can tell a stalled loop.
 HEARTBEAT_SECONDS = 1.0
@@ -119,6 +123,9 @@ class Tracker:
         self.by_task: dict[str, str] = {}
         self.schedule = Schedule(monotonic)
         self.expiring: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name)
+        # Finished runs the history limits count: by history, and each run's history.
+        self.history: dict[tuple[str, bool], list[Finished]] = {}
+        self.counted: dict[str, tuple[str, bool]] = {}
         self.writer = StatusWriter(
             kube,
             concurrency=config.writeConcurrency,
@@ -151,6 +158,7 @@ class Tracker:
         if self.config.workerLostAfter:
             self._spawn(supervised("watchdog", self.watchdog.watch))
         self._spawn(supervised("adoption", self._adopt_all))
+        self._spawn(supervised("gauges", self._gauges))
 
     async def step_down(self) -> None:
         """Stop acting at once (another operator may take over): every step, read and
@@ -163,8 +171,14 @@ class Tracker:
         self.runs.clear()
         self.by_task.clear()
         self.expiring.clear()
+        self.history.clear()
+        self.counted.clear()
         self.schedule = Schedule(self.monotonic)
         metrics.IN_FLIGHT.set(0)
+        # A standby exports no picture of runs it does not follow.
+        metrics.QUEUE_RUNS.clear()
+        metrics.PAST_DEADLINE.set(0)
+        metrics.BACKEND_UP.clear()
 
     async def stop(self) -> None:
         await self.step_down()
@@ -184,6 +198,25 @@ class Tracker:
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+    async def _gauges(self) -> None:
+        """Runs in flight by queue and phase, and those past their deadline, every few
+        seconds (a pass over the registry: cheap next to following the runs)."""
+        while True:
+            now = self.now()
+            counts: dict[tuple[str, str], int] = {}
+            late = 0
+            for run in self.runs.values():
+                phase = (run.status.phase or Phase.PENDING).value
+                key = (metrics.queue_label(run.spec.queue or self.config.defaultQueue), phase)
+                counts[key] = counts.get(key, 0) + 1
+                ends = deadline(run.status, run.created)
+                late += ends is not None and now > ends
+            metrics.QUEUE_RUNS.clear()
+            for (queue, phase), count in counts.items():
+                metrics.QUEUE_RUNS.labels(queue, phase).set(count)
+            metrics.PAST_DEADLINE.set(late)
+            await asyncio.sleep(GAUGE_SECONDS)
 
     async def _adopt_all(self) -> None:
         """Every TaskRun this operator handles, as the API server has it now."""
@@ -251,6 +284,7 @@ class Tracker:
             written_phase=(status.phase, status.reason),
             backoff=backoff_for(spec.poll, self.config.poll),
             problem=problem,
+            gitops=gitops_owner(meta.get("labels") or {}, meta.get("annotations") or {}),
         )
         if meta.get("deletionTimestamp"):
             if run.guarded:
@@ -344,10 +378,12 @@ class Tracker:
             found = await self.backend.read(ids)
         except BackendUnavailable as exc:
             metrics.BACKEND_ERRORS.inc()
+            metrics.BACKEND_UP.labels("result_backend").set(0)
             error = BackendError(str(exc))
             for run, task_id in zip(due, ids, strict=True):
                 self._deliver(run, (task_id, error))
             return
+        metrics.BACKEND_UP.labels("result_backend").set(1)
         for run, task_id in zip(due, ids, strict=True):
             self._deliver(run, (task_id, found.get(task_id, records.NO_RECORD)))
 
@@ -549,11 +585,24 @@ class Tracker:
             run.status = status  # still owed: the next step writes it
             self._at(run, RETRY_WRITE_SECONDS)
             return
+        self._observe(run, before)
         if run.finished:
             await self._finish(run)
             return
         run.polls = 0 if moved(before, run.status) else run.polls + 1
         self._plan(run)
+
+    def _observe(self, run: Run, before: TaskRunStatus) -> None:
+        """Queue wait once a run is first written started, run duration once it ended."""
+        status = run.status
+        sent, started = parse_time(status.submittedAt), parse_time(status.startedAt)
+        if started and sent and not before.startedAt:
+            queue = metrics.queue_label(run.spec.queue or self.config.defaultQueue)
+            metrics.QUEUE_WAIT.labels(queue).observe(max((started - sent).total_seconds(), 0))
+        first, done = first_submitted(status), parse_time(status.completedAt)
+        if run.finished and first and done and status.phase is not None:
+            seconds = max((done - first).total_seconds(), 0)
+            metrics.RUN_DURATION.labels(status.phase.value).observe(seconds)
 
     async def _superseded(self, run: Run, status: TaskRunStatus) -> bool:
         """Hold a status in flight for `statusHoldSeconds` before writing it: news of the
@@ -583,25 +632,56 @@ class Tracker:
         except Gone:
             return
         except KubeError as exc:
+            metrics.API_WRITE_ERRORS.labels("metadata").inc()
             log.warning("finalizer of %s/%s not removed: %s", run.namespace, run.name, exc)
-        ttl = run.spec.ttlSecondsAfterFinished
+        done = parse_time(run.status.completedAt) or self.now()
+        ttl = ttl_for(
+            run.spec.ttlSecondsAfterFinished, self.config.ttlSecondsAfterFinished, run.gitops
+        )
         if ttl is not None and run.uid not in self.expiring:
-            done = parse_time(run.status.completedAt) or self.now()
             self.expiring[run.uid] = (run.namespace, run.name)
             delay = ttl - (self.now() - done).total_seconds()
             if self.schedule.at(TTL_PREFIX + run.uid, delay):
                 self.wake.set()
+        if run.gitops is None:
+            self._keep_history(run, done)
+
+    def _keep_history(self, run: Run, done: datetime) -> None:
+        """Count a finished run in its history; delete what the limits leave out."""
+        phase = run.status.phase or Phase.FAILED
+        key = history_key(self.config.historyLimitsPer, run.namespace, run.spec.task, phase)
+        limit = (
+            self.config.successfulRunsHistoryLimit
+            if phase is Phase.SUCCEEDED
+            else self.config.failedRunsHistoryLimit
+        )
+        if limit is None or run.uid in self.counted:
+            return
+        history = self.history.setdefault(key, [])
+        history.append(Finished(done, run.namespace, run.name, run.uid))
+        self.counted[run.uid] = key
+        for old in beyond(history, limit):
+            self._uncount(old.uid)
+            self.expiring[old.uid] = (old.namespace, old.name)
+            self._spawn(self._expire(old.uid))
+
+    def _uncount(self, uid: str) -> None:
+        key = self.counted.pop(uid, None)
+        if key is not None:
+            self.history[key] = [f for f in self.history[key] if f.uid != uid]
 
     async def _expire(self, uid: str) -> None:
         where = self.expiring.get(uid)
         if where is None:
             return
         try:
-            await self.kube.delete(*where, uid)
+            async with self.writer.slots:  # a takeover may find thousands past their limit
+                await self.kube.delete(*where, uid)
             metrics.API_WRITES.labels("delete").inc()
         except Gone:
             pass
         except KubeError as exc:
+            metrics.API_WRITE_ERRORS.labels("delete").inc()
             log.warning("TTL deletion of %s/%s failed: %s", *where, exc)
             self.schedule.at(TTL_PREFIX + uid, RETRY_DELETE_SECONDS)
             return
@@ -610,6 +690,7 @@ class Tracker:
     def _unexpire(self, uid: str) -> None:
         self.expiring.pop(uid, None)
         self.schedule.drop(TTL_PREFIX + uid)
+        self._uncount(uid)
 
     async def _delete(self, run: Run) -> None:
         """The TaskRun is being deleted: revoke its task if in flight (or being sent: the

@@ -299,6 +299,9 @@ def finished(
                 result=result,
                 resultTruncated=truncated,
                 resultBytes=size,
+                resultKey=records.KEY_PREFIX + status.taskId
+                if truncated and status.taskId
+                else None,
                 **common,
             )
         )

@@ -121,4 +121,5 @@ class StatusWriter:
             await self.kube.event(run.namespace, run.name, run.uid, kind, reason, message)
             metrics.API_WRITES.labels("event").inc()
         except KubeError as exc:  # an event is worth a try, never a failure
+            metrics.API_WRITE_ERRORS.labels("event").inc()
             log.info("event for %s/%s not posted: %s", run.namespace, run.name, exc)

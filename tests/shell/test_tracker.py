@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from celery_taskrun import records
 from celery_taskrun import tracker as tracker_module
@@ -79,7 +80,7 @@ async def test_a_flood_of_publishes_costs_one_pending_step(harness: Harness) -> 
 
 
 async def test_a_status_refused_for_its_size_is_written_smaller(harness: Harness) -> None:
-    harness.kube.max_status_bytes = 20_000
+    harness.kube.max_status_bytes = 4_000
     run = await harness.apply({"task": "t.a"})
     await until(lambda: phase(harness, run) == "Queued", what="Queued")
     await harness.backend.publish(harness.task_id(run), TaskRecord("SUCCESS", "x" * 200_000))
@@ -222,3 +223,53 @@ async def test_steady_polls_write_nothing(harness: Harness, record: TaskRecord) 
     reads = harness.backend.reads
     await until(lambda: harness.backend.reads >= reads + 3, what="more polls")
     assert harness.kube.writes == writes
+
+
+async def test_what_the_dashboard_reads_is_measured(harness: Harness) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    durations = sample("taskrun_run_duration_seconds_count", phase="Succeeded")
+    waits = sample("taskrun_queue_wait_seconds_count", queue="celery")
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    await until(
+        lambda: sample("taskrun_queue_runs", queue="celery", phase="Queued") >= 1,
+        within=7,
+        what="the queued run counted",
+    )
+    await harness.backend.publish(harness.task_id(run), TaskRecord("STARTED", {}))
+    await until(lambda: phase(harness, run) == "Running", what="Running")
+    await harness.backend.publish(harness.task_id(run), SUCCESS)
+    await until(lambda: phase(harness, run) == "Succeeded", what="Succeeded")
+    assert sample("taskrun_queue_wait_seconds_count", queue="celery") == waits + 1
+    assert sample("taskrun_run_duration_seconds_count", phase="Succeeded") == durations + 1
+    assert sample("taskrun_backend_up", backend="result_backend") == 1
+
+
+async def test_history_limits_keep_the_newest_and_never_a_gitops_run(make_harness: Any) -> None:
+    harness = await make_harness(successfulRunsHistoryLimit=2, failedRunsHistoryLimit=1)
+    runs = [await harness.apply({"task": "t.a"}) for _ in range(4)]
+    managed = harness.create({"task": "t.a"})
+    managed["metadata"]["labels"] = {"kustomize.toolkit.fluxcd.io/name": "apps"}
+    await harness.tracker.observe("ADDED", managed)
+    for run in [*runs, managed]:
+        await until(lambda run=run: phase(harness, run) == "Queued", what="Queued")
+        await harness.backend.publish(harness.task_id(run), SUCCESS)
+        await until(lambda run=run: phase(harness, run) == "Succeeded", what="Succeeded")
+    await until(lambda: len(harness.kube.objects) == 3, what="the oldest two deleted")
+    newest = [run["metadata"]["name"] for run in (*runs[2:], managed)]
+    assert set(harness.kube.objects) == set(newest)
+
+
+async def test_a_default_ttl_spares_what_gitops_applies(make_harness: Any) -> None:
+    harness = await make_harness(ttlSecondsAfterFinished=0)
+    plain = await harness.apply({"task": "t.a"})
+    argo = harness.create({"task": "t.a"})
+    argo["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id": "app:x"}
+    await harness.tracker.observe("ADDED", argo)
+    for run in (plain, argo):
+        await until(lambda run=run: phase(harness, run) == "Queued", what="Queued")
+        await harness.backend.publish(harness.task_id(run), SUCCESS)
+    await until(lambda: plain["metadata"]["name"] not in harness.kube.objects, what="TTL")
+    assert phase(harness, argo) == "Succeeded"

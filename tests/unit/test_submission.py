@@ -216,3 +216,27 @@ def test_only_this_runs_task_ids_are_trusted(
     assert (trusted(status, "u1") is status) is kept
     if not kept:
         assert trusted(status, "u1") == TaskRunStatus()
+
+
+@pytest.mark.parametrize(
+    ("broker", "priority", "refused"),
+    [
+        ("redis://r:6379/0", 0, False),
+        ("redis://r:6379/0", 9, False),
+        ("rediss://r:6380/0", 10, True),  # kombu would file it last, unasked
+        ("redis://r:6379/0", 255, True),
+        ("amqp://guest@rabbit//", 255, False),  # RabbitMQ: 0-255, highest first
+        ("redis://r:6379/0", None, False),
+    ],
+)
+def test_priority_as_the_broker_means_it(broker: str, priority: int | None, refused: bool) -> None:
+    spec = {"task": "t"} if priority is None else {"task": "t", "priority": priority}
+    config = OperatorConfig(brokerUrl=broker)
+    decided = plan(
+        TaskRunSpec.model_validate(spec), config, uid="u", namespace="n", submission=1, now=NOW
+    )
+    assert isinstance(decided, Refusal) is refused
+    if refused:
+        assert isinstance(decided, Refusal) and "0 (first) to 9 (last)" in decided.message
+    elif priority is not None:
+        assert isinstance(decided, Submission) and decided.options["priority"] == priority

@@ -1,0 +1,52 @@
+"""What to keep of finished runs: TTLs, history limits, never a GitOps-managed run."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from celery_taskrun.model import Phase
+from celery_taskrun.retention import Finished, beyond, gitops_owner, history_key, ttl_for
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("labels", "annotations", "owner"),
+    [
+        ({}, {}, None),
+        ({"app.kubernetes.io/instance": "shop"}, {}, "Argo CD (or Helm)"),
+        ({"kustomize.toolkit.fluxcd.io/name": "apps"}, {}, "Flux"),
+        ({"helm.toolkit.fluxcd.io/name": "shop"}, {}, "Flux"),
+        ({}, {"argocd.argoproj.io/tracking-id": "shop:celery.taskrun.dev/TaskRun:ns/x"}, "Argo CD"),
+        ({"team": "a"}, {"note": "x"}, None),
+    ],
+)
+def test_gitops_owner(
+    labels: dict[str, str], annotations: dict[str, str], owner: str | None
+) -> None:
+    assert gitops_owner(labels, annotations) == owner
+
+
+@pytest.mark.parametrize(
+    ("own", "default", "owner", "ttl"),
+    [
+        (None, None, None, None),
+        (None, 3600, None, 3600),
+        (60, 3600, None, 60),
+        (None, 3600, "Flux", None),  # deleting it would make Flux apply it, and run it, again
+        (60, 3600, "Argo CD", 60),  # asked for explicitly
+    ],
+)
+def test_ttl_for(own: int | None, default: int | None, owner: str | None, ttl: int | None) -> None:
+    assert ttl_for(own, default, owner) == ttl
+
+
+def test_the_oldest_beyond_the_limit_go() -> None:
+    runs = [Finished(T0 + timedelta(seconds=i), "ns", f"r{i}", f"u{i}") for i in (3, 1, 4, 2)]
+    assert [f.name for f in beyond(runs, 2)] == ["r1", "r2"]
+    assert beyond(runs, 4) == []
+
+
+def test_history_counts_per_namespace_or_task_and_outcome() -> None:
+    assert history_key("namespace", "ns", "t.a", Phase.SUCCEEDED) == ("ns", True)
+    assert history_key("task", "ns", "t.a", Phase.TIMED_OUT) == ("t.a", False)
