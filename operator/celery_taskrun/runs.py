@@ -88,6 +88,7 @@ class Run:
     seen_running: tuple[str, datetime] | None = None
     errors: int = 0  # steps in a row that failed unexpectedly
     waiter: asyncio.Future[None] | None = None  # set while a write is held (see tracker)
+    unwritten_since: float | None = None  # when the status first changed unwritten
     written_phase: tuple[Phase | None, str | None] = (None, None)
 
     @property

@@ -578,6 +578,8 @@ class Tracker:
             return
         before = run.status
         written = await self.writer.write(run, status)
+        if written is not Written.FAILED:
+            run.unwritten_since = None
         if written in (Written.GONE, Written.REFUSED):
             self._forget(run.uid)  # gone, or no status of it can ever be written
             return
@@ -608,13 +610,20 @@ class Tracker:
         """Hold a status in flight for `statusHoldSeconds` before writing it: news of the
         run within that time makes it obsolete (a fast task's Queued and Running need
         no writes of their own); an end is written at once."""
-        hold = self.config.statusHoldSeconds
-        if hold <= 0 or (status.phase is not None and status.phase.terminal):
+        if status.phase is not None and status.phase.terminal:
+            return False
+        # Held from the first change not written yet: news in a tight loop (progress)
+        # never keeps a status from being written for longer than the hold.
+        now = self.monotonic()
+        if run.unwritten_since is None:
+            run.unwritten_since = now
+        left = self.config.statusHoldSeconds - (now - run.unwritten_since)
+        if left <= 0:
             return False
         if not run.wanted:
             run.waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait({run.waiter}, timeout=hold)
+                await asyncio.wait({run.waiter}, timeout=left)
             finally:
                 run.waiter = None
         return run.wanted

@@ -177,9 +177,12 @@ def test_operator_and_worker_run_read_only_as_uid_10001(
         scratch,
         logs / f"{queue}-worker.log",
     )
+    # A Lease of its own: the stack's operator holds the default one, and operators
+    # sharing a Lease never both act.
+    lease = {"TASKRUN_LEASE_NAME": f"celery-taskrun-{queue}"}
     operator = Sandboxed(
         ["celery-taskrun-operator", *args, f"--namespace={iso_namespace}"],
-        {**base_env, **operator_env, "KUBECONFIG": str(kubeconfig)},
+        {**base_env, **operator_env, **lease, "KUBECONFIG": str(kubeconfig)},
         scratch,
         logs / f"{queue}-operator.log",
     )

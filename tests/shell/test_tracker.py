@@ -7,6 +7,7 @@ hit on demand (a hung API call, a refused write, a bug in one step).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -273,3 +274,19 @@ async def test_a_default_ttl_spares_what_gitops_applies(make_harness: Any) -> No
         await harness.backend.publish(harness.task_id(run), SUCCESS)
     await until(lambda: plain["metadata"]["name"] not in harness.kube.objects, what="TTL")
     assert phase(harness, argo) == "Succeeded"
+
+
+async def test_news_in_a_tight_loop_never_holds_a_status_back_longer_than_the_hold(
+    make_harness: Any,
+) -> None:
+    harness = await make_harness(statusHoldSeconds=0.3)
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: harness.celery.sent, what="sent")
+    task_id, started = harness.task_id(run), time.monotonic()
+    step = 0
+    while phase(harness, run) != "Running":  # progress every 10 ms, for ever
+        step += 1
+        await harness.backend.publish(task_id, TaskRecord("PROGRESS", {"current": step}))
+        await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 2, "Running never written"
+    assert harness.kube.status(run["metadata"]["name"])["progress"]["current"] > 1
