@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from packaging_helpers import DEPLOY, cluster_wide_operator, image_env, load_all, one
 
 from taskrun_dev.processes import free_port
@@ -137,7 +138,11 @@ def test_operator_and_worker_run_read_only_as_uid_10001(
     scratch = pod_dir / "tmp"
     # The ConfigMap's file and a token kubeconfig for the operator's ServiceAccount.
     config = pod_dir / "config.yaml"
-    config.write_text(one(operator_docs, "ConfigMap")["data"]["config.yaml"])
+    queue = f"pod-{iso_namespace.rsplit('-', 1)[-1]}"
+    settings = yaml.safe_load(one(operator_docs, "ConfigMap")["data"]["config.yaml"])
+    # deploy/'s policy allows the default queue only; this run has a queue of its own.
+    settings["policies"][0]["queues"].append(queue)
+    config.write_text(yaml.safe_dump(settings))
     kubeconfig = pod_dir / "operator.kubeconfig"
     shutil.copy(stack.write_operator_kubeconfig(), kubeconfig)
     for path in (config, kubeconfig):
@@ -166,7 +171,6 @@ def test_operator_and_worker_run_read_only_as_uid_10001(
     assert operator_env["TASKRUN_METRICS_PORT"] == "9808"
     operator_env.update(TASKRUN_METRICS_HOST="127.0.0.1", TASKRUN_METRICS_PORT=str(metrics_port))
 
-    queue = f"pod-{iso_namespace.rsplit('-', 1)[-1]}"
     worker_command = container(worker_docs, "-worker")["command"]
     worker_env = {e["name"]: e["value"] for e in container(worker_docs, "-worker")["env"]}
 
