@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,19 @@ SHARED_NAMESPACES = "t-*"
 @pytest.fixture(scope="session")
 def operator(stack: Stack) -> Iterator[ManagedProcess]:
     proc = stack.start_operator(extra_args=["--namespace", SHARED_NAMESPACES])
+    # Ready once it has handled a TaskRun: leading, and watching the namespaces it
+    # follows (Kopf may miss a namespace created while it is still starting).
+    probe = f"t-operator-ready-{uuid.uuid4().hex[:6]}"
+    stack.kubectl("create", "namespace", probe, check=True)
+    ready = TaskRuns(stack, probe)
+    ready.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(ready.manifest("ready", {"task": "x.y", "cancel": True})),
+        check=True,
+    )
+    ready.finished("ready", timeout=60)
     yield proc
     proc.stop()
 
