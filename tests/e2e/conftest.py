@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +25,30 @@ SHARED_NAMESPACES = "t-*"
 
 @pytest.fixture(scope="session")
 def operator(stack: Stack) -> Iterator[ManagedProcess]:
-    proc = stack.start_operator(extra_args=["--namespace", SHARED_NAMESPACES])
-    # Ready once it has handled a TaskRun: leading, and watching the namespaces it
-    # follows (Kopf may miss a namespace created while it is still starting).
+    args = [
+        "--namespace",
+        SHARED_NAMESPACES,
+        *os.environ.get("TASKRUN_E2E_OPERATOR_ARGS", "").split(),
+    ]
+    proc = stack.start_operator(extra_args=args)
+    if not _handles_a_taskrun(stack, timeout=30):
+        # Kopf (1.45) has been seen, rarely and only under the full suite's load, to
+        # start watching a namespace glob and never serve a namespace created just
+        # after; a restart recovers.  Say so, so that it is not hidden.
+        sys.stderr.write(
+            f"e2e: the shared operator handled nothing in 30s; restarting it\n"
+            f"{proc.log_path.read_text()[-4000:]}\n"
+        )
+        proc.stop()
+        proc = stack.start_operator(extra_args=args)
+        assert _handles_a_taskrun(stack, timeout=60), proc.log_path.read_text()[-4000:]
+    yield proc
+    proc.stop()
+
+
+def _handles_a_taskrun(stack: Stack, timeout: float) -> bool:
+    """Ready once it has handled a TaskRun: leading, and watching the namespaces it
+    follows."""
     probe = f"t-operator-ready-{uuid.uuid4().hex[:6]}"
     stack.kubectl("create", "namespace", probe, check=True)
     ready = TaskRuns(stack, probe)
@@ -36,9 +59,11 @@ def operator(stack: Stack) -> Iterator[ManagedProcess]:
         input=json.dumps(ready.manifest("ready", {"task": "x.y", "cancel": True})),
         check=True,
     )
-    ready.finished("ready", timeout=60)
-    yield proc
-    proc.stop()
+    try:
+        ready.finished("ready", timeout=timeout)
+    except AssertionError:
+        return False
+    return True
 
 
 @pytest.fixture
