@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from .model import GROUP, KIND, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
 
 
@@ -130,45 +131,63 @@ class Kube:
             )
         )
 
-    async def update_metadata(
-        self,
-        meta: dict[str, Any],
-        finalizers: Callable[[list[str]], list[str]],
-        annotations: dict[str, str] | None = None,
+    async def add_finalizer(
+        self, meta: dict[str, Any], finalizer: str, annotations: dict[str, str]
     ) -> str | None:
-        """Set the finalizers to `finalizers(current)` and add `annotations`, in one merge
-        patch made on the resourceVersion `meta` has: on a conflict (our view was stale)
-        the object is read and the patch made once more.  Returns the resourceVersion
-        written."""
+        """Add `finalizer` and `annotations` in one merge patch made on the resourceVersion
+        `meta` has (a merge patch replaces the whole list: the version keeps a finalizer
+        someone else added meanwhile); on a conflict the object is read and the patch made
+        once more.  Returns the resourceVersion written."""
         for attempt in range(2):
             current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
-            wanted = finalizers(current)
-            changes: dict[str, Any] = {"finalizers": wanted or None}
+            changes: dict[str, Any] = {
+                "finalizers": current if finalizer in current else [*current, finalizer],
+                "annotations": annotations,
+            }
             if meta.get("resourceVersion"):
                 changes["resourceVersion"] = meta["resourceVersion"]
-            if annotations:
-                changes["annotations"] = annotations
-            elif wanted == current:
-                return None  # nothing to change
             try:
-                return await self._write(
-                    self.objects.patch_namespaced_custom_object(
-                        GROUP,
-                        VERSION,
-                        meta["namespace"],
-                        PLURAL,
-                        meta["name"],
-                        {"metadata": changes},
-                        _content_type=MERGE_PATCH,
-                        _request_timeout=self.timeout,
-                        _preload_content=False,
-                    )
-                )
+                return await self._patch(meta, {"metadata": changes}, MERGE_PATCH)
             except Conflict:
                 if attempt:
                     raise
             meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
         return None
+
+    async def remove_finalizer(self, meta: dict[str, Any], finalizer: str) -> str | None:
+        """Remove `finalizer` with a JSON patch that first tests it is where `meta` says:
+        no resourceVersion is needed, so a view of the object that later writes made
+        stale costs nothing unless the list itself moved; then (422) the object is read
+        and the patch made once more.  Returns the resourceVersion written, None when
+        there was nothing to remove."""
+        for attempt in range(2):
+            current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
+            if finalizer not in current:
+                return None
+            path = f"/metadata/finalizers/{current.index(finalizer)}"
+            ops = [{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}]
+            try:
+                return await self._patch(meta, ops, JSON_PATCH)
+            except Invalid:
+                if attempt:
+                    raise
+            meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
+        return None
+
+    async def _patch(self, meta: dict[str, Any], body: Any, content_type: str) -> str | None:
+        return await self._write(
+            self.objects.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                body,
+                _content_type=content_type,
+                _request_timeout=self.timeout,
+                _preload_content=False,
+            )
+        )
 
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         body: dict[str, Any] = await self._guard(

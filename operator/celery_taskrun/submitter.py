@@ -17,7 +17,7 @@ from . import faults, metrics, records
 from .backend import BackendUnavailable, ResultBackend
 from .celery_client import BrokerUnavailable, CeleryClient, SendRefused
 from .kube import Gone, Kube, KubeError
-from .model import INTENT_ANNOTATION
+from .model import FINALIZER, INTENT_ANNOTATION
 from .records import TaskRecord
 from .runs import Run, with_finalizer
 from .submission import Submission
@@ -78,9 +78,7 @@ class Submitter:
 
     async def _record_intent(self, run: Run, task_id: str) -> None:
         """Our finalizer and the id about to be sent, in one write, before sending."""
-        version = await self.kube.update_metadata(
-            run.meta, with_finalizer, {INTENT_ANNOTATION: task_id}
-        )
+        version = await self.kube.add_finalizer(run.meta, FINALIZER, {INTENT_ANNOTATION: task_id})
         metrics.API_WRITES.labels("metadata").inc()
         run.meta = {
             **run.meta,

@@ -35,7 +35,7 @@ from .celery_client import BrokerUnavailable, CeleryClient, MarkRefused
 from .config import OperatorConfig
 from .dispatch import Send, not_sent, prepare
 from .kube import Gone, Kube, KubeError
-from .model import Phase, Reason, TaskRunSpec, TaskRunStatus
+from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
 from .records import Reading
 from .redact import secrets_of
 from .retention import Finished, beyond, gitops_owner, history_key, ttl_for
@@ -635,7 +635,7 @@ class Tracker:
         self._forget(run.uid)
         try:
             if run.guarded:
-                await self.kube.update_metadata(run.meta, without_finalizer)
+                await self.kube.remove_finalizer(run.meta, FINALIZER)
                 metrics.API_WRITES.labels("metadata").inc()
                 run.meta = {**run.meta, "finalizers": without_finalizer(run.finalizers)}
         except Gone:
@@ -709,4 +709,4 @@ class Tracker:
         if in_flight and not run.finished:
             await self._revoke(run, in_flight, terminate=True, reason="TaskRun deleted")
         with contextlib.suppress(Gone):
-            await self.kube.update_metadata(run.meta, without_finalizer)
+            await self.kube.remove_finalizer(run.meta, FINALIZER)

@@ -92,7 +92,7 @@ class StatusWriter:
             metrics.API_WRITES.labels("status").inc()
             run.status, run.written, run.synced = status, prints, True
             run.written_phase = (status.phase, status.reason)
-            if version:  # the next metadata write is made on it (see Kube.update_metadata)
+            if version:  # the next metadata write is made on it (see Kube.add_finalizer)
                 run.meta = {**run.meta, "resourceVersion": version}
             if (status.phase, status.reason) != (old_phase, old_reason):
                 await self._announce(run, status)

@@ -53,15 +53,18 @@ class FakeKube:
         self.writes += 1
         return None
 
-    async def update_metadata(
-        self,
-        meta: Body,
-        finalizers: Callable[[list[str]], list[str]],
-        annotations: dict[str, str] | None = None,
+    async def add_finalizer(
+        self, meta: Body, finalizer: str, annotations: dict[str, str]
     ) -> str | None:
         stored = self._get(meta["name"])["metadata"]
-        stored["finalizers"] = finalizers(list(stored.get("finalizers") or []))
-        stored.setdefault("annotations", {}).update(annotations or {})
+        found = list(stored.get("finalizers") or [])
+        stored["finalizers"] = found if finalizer in found else [*found, finalizer]
+        stored.setdefault("annotations", {}).update(annotations)
+        return None
+
+    async def remove_finalizer(self, meta: Body, finalizer: str) -> str | None:
+        stored = self._get(meta["name"])["metadata"]
+        stored["finalizers"] = [f for f in stored.get("finalizers") or [] if f != finalizer]
         return None
 
     async def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]:
