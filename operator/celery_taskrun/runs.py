@@ -46,10 +46,6 @@ def with_finalizer(finalizers: list[str]) -> list[str]:
     return finalizers if FINALIZER in finalizers else [*finalizers, FINALIZER]
 
 
-def without_finalizer(finalizers: list[str]) -> list[str]:
-    return [f for f in finalizers if f != FINALIZER]
-
-
 def slim(meta: dict[str, Any]) -> dict[str, Any]:
     """The metadata the operator keeps of a TaskRun."""
     kept = {key: meta[key] for key in META_KEYS if key in meta}

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -39,7 +40,7 @@ from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
 from .records import Reading
 from .redact import secrets_of
 from .retention import Finished, beyond, gitops_owner, history_key, ttl_for
-from .runs import Run, dump, fingerprints, slim, validation_message, without_finalizer
+from .runs import Run, dump, fingerprints, slim, validation_message
 from .schedule import Schedule
 from .submission import derived, message_expiry, submission_of, trusted
 from .submitter import NotSent, Sent, Submitter
@@ -68,6 +69,8 @@ RETRY_DELETE_SECONDS = 30.0
 # The loop turns at least this often, so `health` can tell a stalled loop.
 HEARTBEAT_SECONDS = 1.0
 MAX_STEP_ERRORS = 5
+# How many released runs are remembered: their echoes arrive within seconds.
+RELEASED_MEMORY = 10_000
 TTL_PREFIX = "ttl/"
 
 
@@ -126,6 +129,8 @@ class Tracker:
         # Finished runs the history limits count: by history, and each run's history.
         self.history: dict[tuple[str, bool], list[Finished]] = {}
         self.counted: dict[str, tuple[str, bool]] = {}
+        # Finished runs whose finalizer is off, latest last (bounded): see `observe`.
+        self.released: OrderedDict[str, None] = OrderedDict()
         self.writer = StatusWriter(
             kube,
             concurrency=config.writeConcurrency,
@@ -173,6 +178,7 @@ class Tracker:
         self.expiring.clear()
         self.history.clear()
         self.counted.clear()
+        self.released.clear()
         self.schedule = Schedule(self.monotonic)
         metrics.IN_FLIGHT.set(0)
         # A standby exports no picture of runs it does not follow.
@@ -240,7 +246,10 @@ class Tracker:
         if event_type == "DELETED":
             self._forget(uid)
             self._unexpire(uid)
+            self.released.pop(uid, None)
             return
+        if uid in self.released:
+            return  # finished and released: later events are our own writes echoed
         known = self.runs.get(uid)
         if known is None:
             await self._adopt(body)
@@ -630,17 +639,17 @@ class Tracker:
 
     async def _finish(self, run: Run) -> None:
         """A terminal run: drop the finalizer (it only guards in-flight work), then TTL.
-        (Our view of the finalizers may be stale: the write is made on its
-        resourceVersion, and made again on what the API server says if that moved.)"""
+        Once released, the run's later watch events (ours, arriving after the fact, with
+        the finalizer still on) are not news: see `observe`."""
         self._forget(run.uid)
+        self._release(run.uid)  # at once: an echo arriving during the write is none of it
         try:
-            if run.guarded:
-                await self.kube.remove_finalizer(run.meta, FINALIZER)
+            if run.guarded and await self.kube.remove_finalizer(run.meta, FINALIZER):
                 metrics.API_WRITES.labels("metadata").inc()
-                run.meta = {**run.meta, "finalizers": without_finalizer(run.finalizers)}
         except Gone:
             return
         except KubeError as exc:
+            self.released.pop(run.uid, None)  # the next event of it tries again
             metrics.API_WRITE_ERRORS.labels("metadata").inc()
             log.warning("finalizer of %s/%s not removed: %s", run.namespace, run.name, exc)
         done = parse_time(run.status.completedAt) or self.now()
@@ -695,6 +704,11 @@ class Tracker:
             self.schedule.at(TTL_PREFIX + uid, RETRY_DELETE_SECONDS)
             return
         self._unexpire(uid)
+
+    def _release(self, uid: str) -> None:
+        self.released[uid] = None
+        if len(self.released) > RELEASED_MEMORY:
+            self.released.popitem(last=False)
 
     def _unexpire(self, uid: str) -> None:
         self.expiring.pop(uid, None)

@@ -35,6 +35,7 @@ class FakeKube:
     refuse: set[str] = field(default_factory=set)  # names whose status writes are invalid
     max_status_bytes: int | None = None  # refuse larger status patches (etcd's limit)
     writes: int = 0
+    metadata_writes: int = 0
 
     async def patch_status(self, namespace: str, name: str, patch: Body) -> str | None:
         if name in self.hang:
@@ -59,13 +60,18 @@ class FakeKube:
         stored = self._get(meta["name"])["metadata"]
         found = list(stored.get("finalizers") or [])
         stored["finalizers"] = found if finalizer in found else [*found, finalizer]
+        self.metadata_writes += 1
         stored.setdefault("annotations", {}).update(annotations)
         return None
 
     async def remove_finalizer(self, meta: Body, finalizer: str) -> str | None:
         stored = self._get(meta["name"])["metadata"]
-        stored["finalizers"] = [f for f in stored.get("finalizers") or [] if f != finalizer]
-        return None
+        found = list(stored.get("finalizers") or [])
+        if finalizer not in found:
+            return None
+        stored["finalizers"] = [f for f in found if f != finalizer]
+        self.metadata_writes += 1
+        return "1"
 
     async def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]:
         for body in list(self.objects.values()):

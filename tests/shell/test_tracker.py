@@ -8,6 +8,7 @@ hit on demand (a hung API call, a refused write, a bug in one step).
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -173,6 +174,19 @@ async def test_one_ttl_deletion_per_run_whatever_the_watch_repeats(harness: Harn
         await harness.tracker.observe("MODIFIED", finished)
     assert len(harness.tracker.expiring) == 1
     assert len(harness.tracker.schedule) == 1
+
+
+async def test_echoes_of_a_finished_run_cost_no_write(harness: Harness) -> None:
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    queued = await harness.kube.get("ns", run["metadata"]["name"])  # the finalizer on
+    await harness.backend.publish(harness.task_id(run), SUCCESS)
+    await until(lambda: phase(harness, run) == "Succeeded", what="Succeeded")
+    await until(lambda: harness.kube.metadata_writes == 2, what="the finalizer removed")
+    for _ in range(3):  # the watch's events of our own writes, arriving after the end
+        await harness.tracker.observe("MODIFIED", copy.deepcopy(queued))
+    assert harness.kube.metadata_writes == 2  # the intent, then the release: no more
+    assert not harness.tracker.runs
 
 
 async def test_liveness_fails_when_the_loop_stops_turning(harness: Harness) -> None:
