@@ -49,8 +49,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         backend,
         namespaces=memo["namespaces"],
     )
-    # Only the holder of the Lease acts; the tracker stands by until then.
-    elector = Elector(kube, config, on_lead=tracker.lead, on_lose=tracker.step_down)
+    # Only the holder of the Lease acts; the tracker stands by until then.  The election
+    # has connections of its own: a queue of the tracker's writes must not hold up a
+    # renewal until the leader steps down.
+    lease_kube = Kube(await connect(), timeout=config.apiTimeout)
+    elector = Elector(lease_kube, config, on_lead=tracker.lead, on_lose=tracker.step_down)
     memo["tracker"], memo["elector"] = tracker, elector
     memo["campaign"] = asyncio.create_task(supervised("leader election", elector.campaign))
     log.info("celery-taskrun operator started (backend %s)", config.resultBackend.split("://")[0])
@@ -62,6 +65,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     if campaign is not None:
         campaign.cancel()  # hands the Lease over, if held
         await asyncio.gather(campaign, return_exceptions=True)
+    elector: Elector | None = memo.get("elector")
+    if elector is not None:
+        await elector.kube.close()
     tracker: Tracker | None = memo.get("tracker")
     if tracker is not None:
         await tracker.stop()

@@ -7,14 +7,9 @@ import asyncio
 import logging
 import sys
 
-import kopf
 from pydantic import ValidationError
 
-from . import (
-    config_file,
-    handlers,  # noqa: F401  (registers the Kopf handlers)
-    metrics,
-)
+from . import config_file, metrics
 from .redact import redact, secrets_of
 
 # The API server stores objects nested up to 10,000 levels deep; Python's JSON decoder
@@ -59,6 +54,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Kopf imports the synchronous `kubernetes` client whenever it is installed (to log
+    # in through it, and to know its models); the operator speaks through the
+    # asynchronous one, as in its image, where the other is not installed.  Kept out,
+    # a development install runs as the image does, without the client's 8 MiB.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    import kopf
+
+    from . import handlers  # noqa: F401  (registers the Kopf handlers)
+
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     if not args.verbose:

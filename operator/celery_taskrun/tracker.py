@@ -69,6 +69,7 @@ RETRY_DELETE_SECONDS = 30.0
 # The loop turns at least this often, so `health` can tell a stalled loop.
 HEARTBEAT_SECONDS = 1.0
 MAX_STEP_ERRORS = 5
+CANCEL_AGAIN_SECONDS = 0.5
 # How many released runs are remembered: their echoes arrive within seconds.
 RELEASED_MEMORY = 10_000
 TTL_PREFIX = "ttl/"
@@ -169,10 +170,12 @@ class Tracker:
         """Stop acting at once (another operator may take over): every step, read and
         loop is cancelled, and nothing is remembered (the next lead lists afresh)."""
         self.acting = False
-        tasks = list(self.background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        while self.background:  # tasks spawned meanwhile included
+            for task in self.background:
+                task.cancel()
+            # A task may outlive one cancellation (Python 3.11's `wait_for` can lose one
+            # that meets the end of the call it waits on): ask until all have stopped.
+            await asyncio.wait(set(self.background), timeout=CANCEL_AGAIN_SECONDS)
         self.runs.clear()
         self.by_task.clear()
         self.expiring.clear()

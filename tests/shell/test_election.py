@@ -3,6 +3,8 @@ other may take over; a standby writes nothing and adopts everything when it lead
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,3 +128,20 @@ async def test_stepping_down_stops_every_step(harness: Harness) -> None:
     writes = harness.kube.writes
     await harness.backend.publish(harness.task_id(run), TaskRecord("SUCCESS", 1))
     assert harness.kube.writes == writes
+
+
+async def test_stepping_down_outlasts_a_lost_cancellation(harness: Harness) -> None:
+    stopped = []
+
+    async def stubborn() -> None:  # as a task whose `wait_for` lost the cancellation
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(True)
+
+    harness.tracker._spawn(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(harness.tracker.step_down(), 5)
+    assert stopped and not harness.tracker.background
