@@ -72,6 +72,11 @@ class Policy(BaseModel):
     queues: list[str] = Field(["*"], min_length=1, description="Queues (globs) they may send to.")
 
 
+def globbed(patterns: list[str]) -> bool:
+    """Whether any namespace pattern is a glob rather than a name."""
+    return any(set(p) & set("*?[") for p in patterns)
+
+
 class OperatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -262,7 +267,10 @@ class OperatorConfig(BaseModel):
         "no metrics.",
     )
     namespaces: list[str] = Field(
-        [], description="Namespaces whose TaskRuns to handle (globs); empty: the whole cluster."
+        [],
+        description="Namespaces whose TaskRuns to handle; empty: the whole cluster.  Names "
+        "are watched one by one; any glob makes the watch cluster-wide (filtered), which "
+        "needs cluster-wide read of taskruns.",
     )
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from . import config_file, metrics
+from .config import globbed
 from .redact import redact, secrets_of
 
 # The API server stores objects nested up to 10,000 levels deep; Python's JSON decoder
@@ -77,13 +78,18 @@ def main(argv: list[str] | None = None) -> None:
         handler.setFormatter(RedactingFormatter(LOG_FORMAT, secrets))
     sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
     namespaces = args.namespace or config.namespaces
+    # Kopf serves a glob by following the namespaces and watching each that matches;
+    # a namespace created while it starts can fall between its first listing and its
+    # watch, and is never served.  A glob is served by one cluster-wide watch instead,
+    # the tracker keeping what matches.
+    clusterwide = not namespaces or globbed(namespaces)
     if config.metricsPort is not None:
         metrics.serve(config.metricsHost, config.metricsPort)
     asyncio.run(
         kopf.operator(
             standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
+            clusterwide=clusterwide,
+            namespaces=[] if clusterwide else namespaces,
             memo=kopf.Memo(config=config, namespaces=namespaces),
             liveness_endpoint=args.liveness,
         )

@@ -33,7 +33,7 @@ from . import faults, metrics, records
 from .backend import BackendUnavailable, ResultBackend
 from .backoff import backoff_for
 from .celery_client import BrokerUnavailable, CeleryClient, MarkRefused
-from .config import OperatorConfig
+from .config import OperatorConfig, globbed
 from .dispatch import Send, not_sent, prepare
 from .kube import Gone, Kube, KubeError
 from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
@@ -115,8 +115,7 @@ class Tracker:
         # The namespaces handled (globs; none: all), and which to list on taking over:
         # each by name, or the whole cluster when a glob needs filtering.
         self.namespaces = list(namespaces)
-        globbed = any(set(p) & set("*?[") for p in self.namespaces)
-        self.listed: list[str | None] = [] if globbed else list(self.namespaces)
+        self.listed: list[str | None] = [] if globbed(self.namespaces) else list(self.namespaces)
         self.kube = kube
         self.celery = celery
         self.backend = backend
@@ -245,6 +244,8 @@ class Tracker:
         if not self.acting:
             return
         meta = body["metadata"]
+        if not self.handles(meta.get("namespace", "")):
+            return  # a cluster-wide watch serving namespace globs (see main)
         uid = meta["uid"]
         if event_type == "DELETED":
             self._forget(uid)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,17 +30,7 @@ def operator(stack: Stack) -> Iterator[ManagedProcess]:
         *os.environ.get("TASKRUN_E2E_OPERATOR_ARGS", "").split(),
     ]
     proc = stack.start_operator(extra_args=args)
-    if not _handles_a_taskrun(stack, timeout=30):
-        # Kopf (1.45) has been seen, rarely and only under the full suite's load, to
-        # start watching a namespace glob and never serve a namespace created just
-        # after; a restart recovers.  Say so, so that it is not hidden.
-        sys.stderr.write(
-            f"e2e: the shared operator handled nothing in 30s; restarting it\n"
-            f"{proc.log_path.read_text()[-4000:]}\n"
-        )
-        proc.stop()
-        proc = stack.start_operator(extra_args=args)
-        assert _handles_a_taskrun(stack, timeout=60), proc.log_path.read_text()[-4000:]
+    assert _handles_a_taskrun(stack, timeout=60), proc.log_path.read_text()[-4000:]
     yield proc
     proc.stop()
 

@@ -141,10 +141,28 @@ def test_two_operators_never_both_act_and_the_standby_takes_over(cluster: Cluste
     assert takeover < FAST_LEASE["leaseDurationSeconds"] + 5
 
 
+def test_namespaces_created_as_the_operator_starts_are_served(cluster: Cluster) -> None:
+    """A glob (`--namespace ten-...-*`): every matching namespace is served, those
+    created while the operator starts included (Kopf's own globbing could miss them)."""
+    cluster.operator("glob")
+    spaces = [cluster.namespace(f"n{i}") for i in range(4)]  # at once, as it starts
+    for runs in spaces:
+        runs.apply("r", "x.y", cancel=True)
+    for runs in spaces:
+        assert runs.finished("r", timeout=30)["reason"] == "Cancelled"
+    outside = TaskRuns(cluster.stack, f"out-{cluster.prefix}")
+    cluster.stack.kubectl("create", "namespace", outside.namespace, check=True)
+    cluster.namespaces.append(outside.namespace)
+    outside.apply("r", "x.y", cancel=True)
+    spaces[0].apply("later", "x.y", cancel=True)  # once it is handled, so would `r` be
+    assert spaces[0].finished("later", timeout=30)["reason"] == "Cancelled"
+    assert "phase" not in outside.status("r")  # not matched: not ours
+
+
 # -- who may run what ---------------------------------------------------------------------
 
 
-def test_policies_decide_who_may_run_what(cluster: Cluster) -> None:
+def test_policies_decide_who_may_run_what(cluster: Cluster, worker: ManagedProcess) -> None:
     cluster.operator(
         "policy",
         {
