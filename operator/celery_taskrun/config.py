@@ -9,6 +9,7 @@ environment, the same variables a Celery worker reads.  The seed's
 from __future__ import annotations
 
 import fnmatch
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -70,6 +71,13 @@ class Policy(BaseModel):
         "when a pattern starting with `celery.` names them.",
     )
     queues: list[str] = Field(["*"], min_length=1, description="Queues (globs) they may send to.")
+
+
+class EventPolicy(StrEnum):
+    """Which status changes post a core/v1 Event on their TaskRun."""
+
+    OUTCOMES = "outcomes"  # each run's end, and every warning
+    TRANSITIONS = "transitions"  # every phase and reason written as well
 
 
 def globbed(patterns: list[str]) -> bool:
@@ -247,6 +255,13 @@ class OperatorConfig(BaseModel):
         "Failed / WorkerLost; 0 turns the check off.",
     )
     writeConcurrency: int = Field(16, ge=1, description="Status patches in flight at once.")
+    events: EventPolicy = Field(
+        EventPolicy.OUTCOMES,
+        description="Which status changes post an Event (`kubectl describe`, dashboards): "
+        "`outcomes`, each run's end and every warning (a backend unavailable, a failure, "
+        "a timeout, a revoke); `transitions`, every phase and reason written as well.  "
+        "Each Event is one more API write.",
+    )
     statusHoldSeconds: float = Field(
         0.5,
         ge=0,

@@ -15,7 +15,7 @@ import kopf
 
 from .backend import open_backend
 from .celery_client import CeleryClient, make_app
-from .config import OperatorConfig
+from .config import OperatorConfig, globbed
 from .elector import Elector
 from .kube import Kube, connect
 from .model import GROUP, PLURAL, VERSION
@@ -34,6 +34,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # the tracker's handling is idempotent and cheap, so a cancel need not wait 0.1 s.
     settings.batching.batch_window = 0.01
     settings.networking.request_timeout = 30
+    # Named namespaces are watched by name.  Kopf would otherwise list the namespaces,
+    # then watch them from a listing of their own, and never serve one created between
+    # the two (globs are served by one cluster-wide watch: see main).  Kopf's CRD
+    # scanning goes with it: the CRD must exist when the operator starts.
+    named: list[str] = memo["namespaces"]
+    settings.scanning.disabled = bool(named) and not globbed(named)
     app = make_app(config)
     backend = open_backend(
         config.resultBackend,

@@ -136,6 +136,7 @@ class Tracker:
             concurrency=config.writeConcurrency,
             now=now,
             secrets=secrets_of([config.brokerUrl, config.resultBackend]),
+            events=config.events,
         )
         self.submitter = Submitter(kube, celery, backend)
         self.watchdog = WorkerWatchdog(

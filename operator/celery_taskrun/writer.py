@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from . import metrics
+from .config import EventPolicy
 from .kube import Gone, Invalid, Kube, KubeError, TooLarge
 from .model import Phase, Reason, TaskRunStatus
 from .redact import redact, scrubbed
@@ -25,6 +26,13 @@ from .transitions import parse_time, shrunk
 log = logging.getLogger(__name__)
 
 WARNING_PHASES = frozenset({Phase.FAILED, Phase.TIMED_OUT, Phase.REVOKED})
+
+
+def posts_event(policy: EventPolicy, phase: Phase, warning: bool) -> bool:
+    """Whether a status change written is also announced by an Event."""
+    return phase.terminal or warning or policy is EventPolicy.TRANSITIONS
+
+
 SHRINK_LEVELS = 2
 
 
@@ -55,8 +63,10 @@ class StatusWriter:
         concurrency: int,
         now: Callable[[], datetime],
         secrets: Sequence[str] = (),
+        events: EventPolicy = EventPolicy.OUTCOMES,
     ) -> None:
         self.kube = kube
+        self.events = events
         self.now = now
         self.slots = asyncio.Semaphore(concurrency)
         self.secrets = list(secrets)  # never written: the passwords of the connections
@@ -108,6 +118,8 @@ class StatusWriter:
             if done is not None and phase is not Phase.REVOKED:
                 metrics.STATUS_LATENCY.observe(max((self.now() - done).total_seconds(), 0.0))
         warning = phase in WARNING_PHASES or status.reason == Reason.BACKEND_UNAVAILABLE
+        if not posts_event(self.events, phase, warning):
+            return
         await self.event(
             run,
             "Warning" if warning else "Normal",

@@ -304,3 +304,20 @@ async def test_news_in_a_tight_loop_never_holds_a_status_back_longer_than_the_ho
         await asyncio.sleep(0.01)
         assert time.monotonic() - started < 2, "Running never written"
     assert harness.kube.status(run["metadata"]["name"])["progress"]["current"] > 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "reasons"),
+    [("outcomes", ["Succeeded"]), ("transitions", ["Queued", "Succeeded"])],
+)
+async def test_events_announce_outcomes_or_every_transition(
+    make_harness: Any, policy: str, reasons: list[str]
+) -> None:
+    harness = await make_harness(events=policy)
+    run = await harness.apply({"task": "t.a"})
+    await until(lambda: phase(harness, run) == "Queued", what="Queued")
+    await harness.backend.publish(harness.task_id(run), SUCCESS)
+    await until(lambda: phase(harness, run) == "Succeeded", what="Succeeded")
+    name = run["metadata"]["name"]
+    await until(lambda: any(r == "Succeeded" for n, _, r in harness.kube.events if n == name))
+    assert [r for n, _, r in harness.kube.events if n == name] == reasons
