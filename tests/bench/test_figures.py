@@ -78,7 +78,9 @@ def test_writes_per_run_counts_the_operator_in_its_namespace() -> None:
     counted = writes_per_run(writes, "ns", runs=2)
     assert counted["writes"] == 5 and counted["failed"] == 1
     assert counted["failed_by_kind_and_code"] == {"status 409": 1}
-    assert counted["per_run"] == 2.5
+    assert counted["per_run"] == 2.5 and counted["own_per_run"] == 2.5
+    deleted = writes_per_run([write("delete", "taskruns"), write("patch", "taskruns")], "ns", 2)
+    assert (deleted["per_run"], deleted["own_per_run"]) == (1.0, 0.5)
     assert counted["by_kind"] == {
         "metadata": 0.5,
         "status": 1.0,
@@ -258,6 +260,20 @@ def test_table_judges_each_target() -> None:
     assert rows["operator RSS, 10,000 in flight"].met is False  # 290 MiB is 304 MB
     assert rows["Redis commands/s, 10,000 in flight, tracking only"].met is True
     assert rows["Redis commands/s, 10,000 in flight, tracking only"].seed == "4000/s"
+
+
+def test_deletions_by_the_history_limit_are_shown_not_judged() -> None:
+    paced = writes(4.17)
+    paced["audit"].update(
+        own_per_run=4.0, by_kind={"metadata": 2.0, "status": 1.0, "event": 1.0, "delete": 0.17}
+    )
+    rows = {row.figure: row for row in table_rows({"writes": {"paced": paced}})}
+    row = rows["API writes per trivial run (audit log)"]
+    assert row.met is True
+    assert (
+        row.ours
+        == "paced 4 (+0.17 deletions in paced: the history limit) (2 metadata, 1 status, 1 event)"
+    )
 
 
 def test_table_judges_nothing_below_the_targets_scale() -> None:
