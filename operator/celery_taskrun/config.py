@@ -76,8 +76,8 @@ class Policy(BaseModel):
 class EventPolicy(StrEnum):
     """Which status changes post a core/v1 Event on their TaskRun."""
 
-    OUTCOMES = "outcomes"  # each run's end, and every warning
-    TRANSITIONS = "transitions"  # every phase and reason written as well
+    TRANSITIONS = "transitions"  # every phase and reason written
+    OUTCOMES = "outcomes"  # only each run's end, and every warning
 
 
 def globbed(patterns: list[str]) -> bool:
@@ -256,11 +256,12 @@ class OperatorConfig(BaseModel):
     )
     writeConcurrency: int = Field(16, ge=1, description="Status patches in flight at once.")
     events: EventPolicy = Field(
-        EventPolicy.OUTCOMES,
+        EventPolicy.TRANSITIONS,
         description="Which status changes post an Event (`kubectl describe`, dashboards): "
-        "`outcomes`, each run's end and every warning (a backend unavailable, a failure, "
-        "a timeout, a revoke); `transitions`, every phase and reason written as well.  "
-        "Each Event is one more API write.",
+        "`transitions`, every phase and reason written (a fast task's coalesced phases "
+        "are never written, so a trivial run posts one); `outcomes`, only each run's end "
+        "and every warning (a backend unavailable, a failure, a timeout, a revoke).  Each "
+        "Event is one more API write.",
     )
     statusHoldSeconds: float = Field(
         0.5,

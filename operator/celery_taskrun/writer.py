@@ -63,7 +63,7 @@ class StatusWriter:
         concurrency: int,
         now: Callable[[], datetime],
         secrets: Sequence[str] = (),
-        events: EventPolicy = EventPolicy.OUTCOMES,
+        events: EventPolicy = EventPolicy.TRANSITIONS,
     ) -> None:
         self.kube = kube
         self.events = events
