@@ -21,7 +21,7 @@ import contextlib
 import re
 import signal
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from types import FrameType
 
 import pytest
@@ -113,20 +113,36 @@ def operator(stack: Stack) -> Iterator[ManagedProcess]:
     proc.stop()
 
 
-def _namespace_name(test_name: str) -> str:
+def _namespace_prefix(test_name: str) -> str:
     slug = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
-    return f"t-{slug}-{uuid.uuid4().hex[:6]}"
+    return f"t-{slug}"
+
+
+MakeNamespace = Callable[[str], str]
 
 
 @pytest.fixture
-def namespace(stack: Stack, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for this test.
+def make_namespace(stack: Stack) -> Iterator[MakeNamespace]:
+    """Fresh namespaces for this test: `make(prefix)` creates `<prefix>-<hex>`.
 
-    Teardown deletes its TaskRuns and the namespace without waiting: no
-    controller-manager runs here, so the namespace itself stays Terminating.
+    Teardown deletes their TaskRuns and the namespaces without waiting: no
+    controller-manager runs here, so a namespace itself stays Terminating.
     """
-    name = _namespace_name(request.node.name)
-    stack.kubectl("create", "namespace", name, check=True)
-    yield name
-    stack.kubectl("delete", "taskruns", "--all", "-n", name, "--wait=false")
-    stack.kubectl("delete", "namespace", name, "--wait=false")
+    made: list[str] = []
+
+    def make(prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        stack.kubectl("create", "namespace", name, check=True)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        stack.kubectl("delete", "taskruns", "--all", "-n", name, "--wait=false")
+        stack.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def namespace(make_namespace: MakeNamespace, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace for this test, named after it (`t-...`: the shared operator's)."""
+    return make_namespace(_namespace_prefix(request.node.name))

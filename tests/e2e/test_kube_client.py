@@ -5,7 +5,7 @@ operator's view of the object is merely stale."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -21,12 +21,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture
-def place(stack: Stack) -> Iterator[str]:
+def place(make_namespace: Callable[[str], str]) -> str:
     """A namespace no operator follows."""
-    name = f"kube-client-{uuid.uuid4().hex[:6]}"
-    stack.kubectl("create", "namespace", name, check=True)
-    yield name
-    stack.kubectl("delete", "namespace", name, "--wait=false")
+    return make_namespace("kube-client")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +110,8 @@ def pod_dir(image_venv: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def iso_namespace(stack: Stack) -> Iterator[str]:
-    name = f"iso-pod-{uuid.uuid4().hex[:6]}"
-    stack.kubectl("create", "namespace", name, check=True)
-    yield name
-    stack.kubectl("delete", "namespace", name, "--wait=false")
+def iso_namespace(make_namespace: Callable[[str], str]) -> str:
+    return make_namespace("iso-pod")
 
 
 def container(docs: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
