@@ -26,14 +26,12 @@ from .transitions import parse_time, shrunk
 log = logging.getLogger(__name__)
 
 WARNING_PHASES = frozenset({Phase.FAILED, Phase.TIMED_OUT, Phase.REVOKED})
+SHRINK_LEVELS = 2
 
 
 def posts_event(policy: EventPolicy, phase: Phase, warning: bool) -> bool:
     """Whether a status change written is also announced by an Event."""
     return phase.terminal or warning or policy is EventPolicy.TRANSITIONS
-
-
-SHRINK_LEVELS = 2
 
 
 class Written(enum.Enum):
@@ -62,8 +60,8 @@ class StatusWriter:
         *,
         concurrency: int,
         now: Callable[[], datetime],
+        events: EventPolicy,
         secrets: Sequence[str] = (),
-        events: EventPolicy = EventPolicy.TRANSITIONS,
     ) -> None:
         self.kube = kube
         self.events = events
