@@ -1,7 +1,11 @@
 # The two commands of the README: `make demo` (the local stack with the operator and the
 # example TaskRuns) and `make test` (lint, types, and every test against the real stack);
 # `make bench` runs the benchmark suite (README, "Benchmarks").
-.PHONY: setup setup-tests demo down lint test bench
+.PHONY: setup setup-tests demo down lint test bench lock
+
+# Everything runs from the project's own environment (.venv, made by setup from
+# requirements.lock), never the system interpreter.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 # The demo needs the control plane only; the tests also need helm, promtool and CRDs.
 setup:
@@ -23,7 +27,13 @@ lint:
 	lint-imports
 
 test: setup-tests lint
-	python3 -m pytest -q -p no:cacheprovider
+	python -m pytest -q -p no:cacheprovider
 
 bench: setup
-	python3 benchmarks/suite.py $(BENCH_ARGS)
+	python benchmarks/suite.py $(BENCH_ARGS)
+
+# Refresh requirements.lock from pyproject.toml (newest versions its ranges allow), then
+# `make setup` installs it.
+lock:
+	uv pip compile pyproject.toml devstack/lock/build.in --extra dev --generate-hashes \
+		--python-version 3.11 --python-platform linux -o requirements.lock

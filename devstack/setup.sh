@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server (Debian package),
-# the Python packages, and a real kube-apiserver + etcd + kubectl built with Go from the
+# the locked Python packages in .venv, and a real kube-apiserver + etcd + kubectl built with Go from the
 # module proxy (cached in ~/.cache/celery-taskrun; about 8 min the first time on 2 cores,
 # seconds after that).  That is all `make demo` needs.
 #
@@ -37,8 +37,25 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
-echo "setup: installing the project and its development tools" >&2
-python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# Every Python package at the version requirements.lock pins (with its hashes), in the
+# project's own environment (.venv), never the system interpreter's; `make lock`
+# refreshes the lock.  Installed again only when the lock changed.
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating the project's environment in $venv" >&2
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.lock.sha256"
+want="$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing the locked Python packages into $venv" >&2
+  pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+  "${pip[@]}" install --require-hashes --no-deps -r requirements.lock
+  "${pip[@]}" install --no-deps --no-build-isolation -e .
+  "${pip[@]}" check
+  echo "$want" >"$stamp"
+fi
+export PATH="$PWD/$venv/bin:$PATH"
 
 echo "setup: control-plane binaries" >&2
 taskrun-dev build >/dev/null

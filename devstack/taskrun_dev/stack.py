@@ -744,14 +744,21 @@ class Stack:
             env["TASKRUN_GATEWAY_URL"] = gateway.url
         if self.audit:
             env["TASKRUN_AUDIT_LOG"] = str(self.audit_log)
-        env["PATH"] = f"{self.binaries.dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        env["PATH"] = os.pathsep.join([*self.path_dirs, os.environ.get("PATH", "")])
         return env
+
+    @property
+    def path_dirs(self) -> list[str]:
+        """The control plane's binaries, then the project's environment (taskrun-dev,
+        kubectl-taskrun, celery: the environment this stack runs from)."""
+        return [str(self.binaries.dir), str(Path(sys.executable).parent)]
 
     def write_env_file(self) -> Path:
         lines = ["# Written by `taskrun-dev up`; source it: . " + shlex.quote(str(self.env_file))]
         for key, value in self.env.items():
             if key == "PATH":
-                lines.append(f'export PATH={shlex.quote(str(self.binaries.dir))}:"$PATH"')
+                dirs = ":".join(shlex.quote(d) for d in self.path_dirs)
+                lines.append(f'export PATH={dirs}:"$PATH"')
             else:
                 lines.append(f"export {key}={shlex.quote(value)}")
         self.env_file.write_text("\n".join(lines) + "\n")

@@ -140,7 +140,7 @@ class RedisResultBackend:
             except (RedisError, OSError) as exc:
                 log.warning("result backend subscription lost (%s); retrying in %.1fs", exc, delay)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import EncodeError
 from kombu.message import Message
 
 from taskrun_workers import tasks
@@ -20,7 +21,7 @@ from taskrun_workers.guard import (
     settle,
     verdict,
 )
-from taskrun_workers.helpers import on_soft_timeout, progress_meta
+from taskrun_workers.helpers import on_soft_timeout, progress_meta, report_progress
 from taskrun_workers.ledger import ledger_url
 
 # -- app settings ---------------------------------------------------------------------
@@ -295,6 +296,49 @@ def test_on_soft_timeout_cleans_up_and_reraises() -> None:
     cleaned: list[str] = []
     with pytest.raises(SoftTimeLimitExceeded), on_soft_timeout(lambda: cleaned.append("x")):
         raise SoftTimeLimitExceeded()
+    assert cleaned == ["x"]
+
+
+def _encode_error_around(soft: SoftTimeLimitExceeded) -> Exception:
+    """What kombu raises when the signal lands while it encodes: EncodeError(exc)."""
+    try:
+        try:
+            raise soft
+        except SoftTimeLimitExceeded as exc:
+            raise EncodeError(exc) from None
+    except EncodeError as wrapped:
+        return wrapped
+
+
+def test_on_soft_timeout_sees_the_signal_inside_a_librarys_own_error() -> None:
+    cleaned: list[str] = []
+    soft = SoftTimeLimitExceeded()
+    with (
+        pytest.raises(SoftTimeLimitExceeded) as raised,
+        on_soft_timeout(lambda: cleaned.append("x")),
+    ):
+        raise _encode_error_around(soft)
+    assert raised.value is soft
+    assert cleaned == ["x"]
+
+
+class _Request:
+    called_directly = False
+
+
+class _TaskWhoseStoreIsInterrupted:
+    """A bound task whose update_state meets the soft limit mid-encode."""
+
+    request = _Request()
+
+    def update_state(self, state: str, meta: dict[str, Any]) -> None:
+        raise _encode_error_around(SoftTimeLimitExceeded())
+
+
+def test_a_progress_report_interrupted_by_the_soft_limit_raises_the_soft_limit() -> None:
+    cleaned: list[str] = []
+    with pytest.raises(SoftTimeLimitExceeded), on_soft_timeout(lambda: cleaned.append("x")):
+        report_progress(_TaskWhoseStoreIsInterrupted(), 1, 2)
     assert cleaned == ["x"]
 
 

@@ -11,7 +11,8 @@ TaskRun's ``status.progress``::
 
 A soft time limit (``spec.softTimeLimit``) raises ``SoftTimeLimitExceeded`` inside the
 task; ``on_soft_timeout`` runs a cleanup then and lets the exception through, so the run
-still ends as FAILURE with reason ``SoftTimeLimitExceeded``::
+still ends as FAILURE with reason ``SoftTimeLimitExceeded``, wherever the signal lands
+(inside a progress report or a library that wraps it in an error of its own)::
 
     @app.task
     def convert(path):
@@ -59,8 +60,33 @@ def report_progress(task: Any, current: float, total: float, **extra: Any) -> di
     # A task called directly (as a plain function, e.g. in a user's unit test) has no
     # run, so no record to update.
     if not task.request.called_directly:
-        task.update_state(state=PROGRESS, meta=meta)
+        try:
+            task.update_state(state=PROGRESS, meta=meta)
+        except Exception as exc:
+            # The soft limit's signal can land while the meta is being encoded or
+            # stored: kombu then wraps it (EncodeError(SoftTimeLimitExceeded())).  It is
+            # the task's soft timeout all the same, and must reach the task as one.
+            soft = soft_timeout_in(exc)
+            if soft is None or soft is exc:
+                raise
+            raise soft from exc
     return meta
+
+
+def soft_timeout_in(exc: BaseException) -> SoftTimeLimitExceeded | None:
+    """The SoftTimeLimitExceeded that `exc` is, or wraps (as an argument, a cause or a
+    context: libraries that catch everything re-raise it as their own error)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending and len(seen) < 32:
+        found = pending.pop()
+        if not isinstance(found, BaseException) or id(found) in seen:
+            continue
+        if isinstance(found, SoftTimeLimitExceeded):
+            return found
+        seen.add(id(found))
+        pending += [*found.args, found.__cause__, found.__context__]
+    return None
 
 
 class on_soft_timeout(ContextDecorator):
@@ -78,8 +104,12 @@ class on_soft_timeout(ContextDecorator):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> Literal[False]:
-        if exc_type is not None and issubclass(exc_type, SoftTimeLimitExceeded):
-            self.cleanup()
-            if current_task:  # the proxy is falsy outside a task
-                ledger.record_for(current_task, "cleanup")
+        soft = soft_timeout_in(exc) if exc is not None else None
+        if soft is None:
+            return False
+        self.cleanup()
+        if current_task:  # the proxy is falsy outside a task
+            ledger.record_for(current_task, "cleanup")
+        if soft is not exc:  # wrapped by a library the signal landed in: the task
+            raise soft from exc  # fails with its soft timeout, as promised
         return False
