@@ -182,7 +182,7 @@ STDLIB = "/usr/lib/python3.11"
         (f"execute ({SITE}/redis/asyncio/client.py:1)", Group.REDIS),
         (f"send_task ({SITE}/celery/app/base.py:1)", Group.CELERY),
         (f"publish ({SITE}/kombu/messaging.py:1)", Group.CELERY),
-        ("step (/work/main/operator/celery_taskrun/tracker.py:1)", Group.OURS),
+        ("step (/work/main/operator/celery_taskrun/engine/tracker.py:1)", Group.OURS),
         (f"inc ({SITE}/prometheus_client/metrics.py:1)", Group.OTHER),
         # Transparent: they count for their caller.
         (f"_run_once ({STDLIB}/asyncio/base_events.py:1)", None),
@@ -208,8 +208,8 @@ def test_a_sample_counts_for_its_innermost_grouped_frame() -> None:
 def test_profile_breakdown() -> None:
     lines = [
         f"a ({STDLIB}/asyncio/events.py:1);b ({SITE}/kopf/x.py:2) 30",
-        f"a ({STDLIB}/asyncio/events.py:1);c (/src/celery_taskrun/tracker.py:3) 60",
-        f"a ({STDLIB}/asyncio/events.py:1);c (/src/celery_taskrun/tracker.py:3) 10",
+        f"a ({STDLIB}/asyncio/events.py:1);c (/src/celery_taskrun/engine/tracker.py:3) 60",
+        f"a ({STDLIB}/asyncio/events.py:1);c (/src/celery_taskrun/engine/tracker.py:3) 10",
         "not a sample line",
         "",
     ]
@@ -218,7 +218,7 @@ def test_profile_breakdown() -> None:
     assert breakdown.groups[Group.OURS.value] == pytest.approx(0.7)
     assert breakdown.groups[Group.KOPF.value] == pytest.approx(0.3)
     assert breakdown.groups[Group.JSON.value] == 0
-    assert breakdown.top == [("c (celery_taskrun/tracker.py)", pytest.approx(0.7))]
+    assert breakdown.top == [("c (celery_taskrun/engine/tracker.py)", pytest.approx(0.7))]
     assert profile_breakdown([]).samples == 0
 
 

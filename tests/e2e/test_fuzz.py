@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes.client.exceptions import ApiException
 
-from celery_taskrun.model import Phase, Reason
+from celery_taskrun.api.model import Phase, Reason
 from taskrun_dev.stack import Stack
 
 from support import GROUP, PLURAL, TASKS, VERSION, TaskRuns, wait_for

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client, config
 
-from celery_taskrun.kube import Kube
-from celery_taskrun.model import FINALIZER, GROUP, KIND, PLURAL, VERSION
+from celery_taskrun.api.model import FINALIZER, GROUP, KIND, PLURAL, VERSION
+from celery_taskrun.clients.kube import Kube
 from taskrun_dev.stack import Stack
 
 OTHER = "example.com/another-controller"

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from celery_taskrun import metrics
+from celery_taskrun.engine import metrics
 from taskrun_dev.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from celery_taskrun.model import Phase, Progress, Reason, TaskRunStatus
-from celery_taskrun.transitions import with_phase
+from celery_taskrun.api.model import Phase, Progress, Reason, TaskRunStatus
+from celery_taskrun.core.transitions import with_phase
 
 lua51 = pytest.importorskip("lupa.lua51", reason="lupa (PyPI) embeds Lua: pip install lupa")
 

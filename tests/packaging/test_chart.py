@@ -27,8 +27,8 @@ from packaging_helpers import (
     run_helm,
 )
 
-from celery_taskrun import config as operator_config
-from celery_taskrun import config_file
+from celery_taskrun.api import config as operator_config
+from celery_taskrun.engine import config_file
 
 # Values that turn on everything the defaults leave off, and change the rest.
 NON_DEFAULT: dict[str, Any] = {

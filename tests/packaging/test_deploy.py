@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 from packaging_helpers import DEPLOY, Manifest, by_kind, load_all, one
 
-from celery_taskrun import config_file
+from celery_taskrun.engine import config_file
+from celery_taskrun.engine.main import parse_args
 from celery_taskrun.gateway.main import parse_args as gateway_args
-from celery_taskrun.main import parse_args
 
 NAMESPACE = "celery-taskrun-system"
 

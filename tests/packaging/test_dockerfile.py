@@ -104,7 +104,7 @@ def test_context_leaves_out_the_rest() -> None:
         assert not sent_to_docker(relative), relative
     for relative in ["operator/celery_taskrun/__pycache__/main.cpython-311.pyc"]:
         assert not sent_to_docker(relative), relative
-    assert sent_to_docker("operator/celery_taskrun/main.py")
+    assert sent_to_docker("operator/celery_taskrun/engine/main.py")
     assert sent_to_docker("devstack/taskrun_dev/stack.py")
     assert not sent_to_docker("devstack/controlplane/kube/go.mod")
 
@@ -115,7 +115,10 @@ def test_wheel_has_the_commands_and_packages(wheel: Path) -> None:
         entry_points_file = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points = configparser.ConfigParser()
         entry_points.read_string(archive.read(entry_points_file).decode())
-    assert entry_points["console_scripts"]["celery-taskrun-operator"] == "celery_taskrun.main:main"
+    assert (
+        entry_points["console_scripts"]["celery-taskrun-operator"]
+        == "celery_taskrun.engine.main:main"
+    )
     assert entry_points["console_scripts"]["kubectl-taskrun"] == "celery_taskrun.cli.main:main"
     assert (
         entry_points["console_scripts"]["celery-taskrun-gateway"]
@@ -125,8 +128,8 @@ def test_wheel_has_the_commands_and_packages(wheel: Path) -> None:
         "celery_taskrun/gateway/static/index.html",
         "celery_taskrun/gateway/static/app.js",
         "celery_taskrun/gateway/static/app.css",
-        "celery_taskrun/main.py",
-        "celery_taskrun/handlers.py",
+        "celery_taskrun/engine/main.py",
+        "celery_taskrun/engine/handlers.py",
         "celery_taskrun/py.typed",
         "taskrun_workers/app.py",
         "taskrun_workers/tasks.py",
@@ -150,8 +153,8 @@ def test_a_clean_virtualenv_runs_both_commands(image_venv: Path, tmp_path: Path)
     imported = run(
         "python",
         "-c",
-        "import celery_taskrun.handlers, celery_taskrun.main, celery_taskrun.crd, "
-        "taskrun_workers.app, taskrun_workers.tasks",
+        "import celery_taskrun.engine.handlers, celery_taskrun.engine.main, "
+        "celery_taskrun.api.crd, taskrun_workers.app, taskrun_workers.tasks",
     )
     assert imported.returncode == 0, imported.stderr
     imported = run("python", "-c", "import celery_taskrun.gateway.app, celery_taskrun.cli.main")

@@ -1,7 +1,7 @@
 """The Grafana dashboard and the alerts of deploy/observability, against the operator.
 
 - Every PromQL expression (dashboard panels and variables, alerting rules) parses with
-  Prometheus's own parser and reads only metrics operator/celery_taskrun/metrics.py
+  Prometheus's own parser and reads only metrics operator/celery_taskrun/engine/metrics.py
   defines (`promql-names`, built beside promtool from the Go module proxy).
 - `promtool check rules` accepts the PrometheusRule's spec as a rules file, `promtool
   test rules` runs alerts_test.yaml against it, and `promtool check metrics` lints what

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest_asyncio
 
-from celery_taskrun.tracker import Tracker
+from celery_taskrun.engine.tracker import Tracker
 
 from fakes import FakeBackend, FakeCelery, FakeKube, Harness, harness_config
 

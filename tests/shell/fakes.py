@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from celery_taskrun import records
-from celery_taskrun.backend import BackendUnavailable, OnRecord, OnResync
-from celery_taskrun.celery_client import BrokerUnavailable, MarkRefused
-from celery_taskrun.config import OperatorConfig
-from celery_taskrun.kube import Gone, Invalid, TooLarge
-from celery_taskrun.records import Reading
-from celery_taskrun.submission import Submission
-from celery_taskrun.tracker import Tracker
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.clients.backend import BackendUnavailable, OnRecord, OnResync
+from celery_taskrun.clients.celery_client import BrokerUnavailable, MarkRefused
+from celery_taskrun.clients.kube import Gone, Invalid, TooLarge
+from celery_taskrun.core import records
+from celery_taskrun.core.records import Reading
+from celery_taskrun.core.submission import Submission
+from celery_taskrun.engine.tracker import Tracker
 
 Body = dict[str, Any]
 

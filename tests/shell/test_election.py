@@ -8,10 +8,10 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_taskrun.config import OperatorConfig
-from celery_taskrun.elector import Elector
-from celery_taskrun.kube import ApiUnavailable, Conflict
-from celery_taskrun.records import TaskRecord
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.clients.kube import ApiUnavailable, Conflict
+from celery_taskrun.core.records import TaskRecord
+from celery_taskrun.engine.elector import Elector
 
 from fakes import Harness, until
 

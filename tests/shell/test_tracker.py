@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from celery_taskrun import records
-from celery_taskrun import tracker as tracker_module
-from celery_taskrun.records import TaskRecord, Unreadable
+from celery_taskrun.core import records
+from celery_taskrun.core.records import TaskRecord, Unreadable
+from celery_taskrun.engine import tracker as tracker_module
 
 from fakes import Harness, until
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from celery_taskrun.backoff import Backoff, backoff_for
-from celery_taskrun.config import PollDefaults
-from celery_taskrun.model import PollSpec
+from celery_taskrun.api.config import PollDefaults
+from celery_taskrun.api.model import PollSpec
+from celery_taskrun.core.backoff import Backoff, backoff_for
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun import bounded
+from celery_taskrun.api import bounded
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from celery_taskrun import config, config_file
+from celery_taskrun.api import config
+from celery_taskrun.engine import config_file
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from celery_taskrun import config_reference
-from celery_taskrun.config import OperatorConfig
+from celery_taskrun.api import config_reference
+from celery_taskrun.api.config import OperatorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,14 +5,16 @@ from typing import Any
 
 import yaml
 
-from celery_taskrun import crd
+from celery_taskrun.api import crd
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_crd_matches_the_models() -> None:
     committed = (ROOT / "deploy" / "crd.yaml").read_text()
-    assert committed == crd.render(), "deploy/crd.yaml drifted: run python -m celery_taskrun.crd"
+    assert committed == crd.render(), (
+        "deploy/crd.yaml drifted: run python -m celery_taskrun.api.crd"
+    )
 
 
 def walk(node: Any, path: str = "") -> list[str]:

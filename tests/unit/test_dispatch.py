@@ -5,11 +5,17 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.config import OperatorConfig
-from celery_taskrun.dispatch import Send, not_sent, prepare
-from celery_taskrun.model import EffectiveLimit, EffectiveLimits, Phase, TaskRunSpec, TaskRunStatus
-from celery_taskrun.submission import Submission
-from celery_taskrun.transitions import next_check, timestamp
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.api.model import (
+    EffectiveLimit,
+    EffectiveLimits,
+    Phase,
+    TaskRunSpec,
+    TaskRunStatus,
+)
+from celery_taskrun.core.dispatch import Send, not_sent, prepare
+from celery_taskrun.core.submission import Submission
+from celery_taskrun.core.transitions import next_check, timestamp
 
 CREATED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 CONFIG = OperatorConfig(allowedTasks=["ok.*"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from celery_taskrun.config import EventPolicy
-from celery_taskrun.model import Phase
-from celery_taskrun.writer import posts_event
+from celery_taskrun.api.config import EventPolicy
+from celery_taskrun.api.model import Phase
+from celery_taskrun.engine.writer import posts_event
 
 OUT, ALL = EventPolicy.OUTCOMES, EventPolicy.TRANSITIONS
 

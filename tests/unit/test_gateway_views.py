@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 from kubernetes_asyncio import client
 from pydantic import ValidationError
 
+from celery_taskrun.api.model import Phase
+from celery_taskrun.clients.taskruns import KubeError
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.app import MAX_BODY_BYTES, create_app
 from celery_taskrun.gateway.auth import (
@@ -25,8 +27,6 @@ from celery_taskrun.gateway.auth import (
     caller_from_review,
     protocol_token,
 )
-from celery_taskrun.model import Phase
-from celery_taskrun.taskruns import KubeError
 from taskrun_dev.processes import free_port
 
 CREATED = "2026-01-01T00:00:00Z"

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from celery_taskrun.leases import Act, LeaseView, held, leading, next_act
+from celery_taskrun.core.leases import Act, LeaseView, held, leading, next_act
 
 THEIRS = LeaseView(holder="other", duration=15, transitions=3, version="7")
 

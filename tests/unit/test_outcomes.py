@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.outcomes import (
+from celery_taskrun.clients.taskruns import LineBuffer, LineTooLong, kubeconfig_paths, name_prefix
+from celery_taskrun.core.outcomes import (
     ExitCode,
     Step,
     WatchError,
@@ -16,7 +17,6 @@ from celery_taskrun.outcomes import (
     phase_of,
     status_of,
 )
-from celery_taskrun.taskruns import LineBuffer, LineTooLong, kubeconfig_paths, name_prefix
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.config import OperatorConfig
-from celery_taskrun.policy import refusal
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.core.policy import refusal
 
 TEAMS = OperatorConfig.model_validate(
     {

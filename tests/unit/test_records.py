@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun import records
-from celery_taskrun.records import COMPRESSED_MAGIC, Stored, TaskRecord, Unreadable
+from celery_taskrun.core import records
+from celery_taskrun.core.records import COMPRESSED_MAGIC, Stored, TaskRecord, Unreadable
 
 LIMIT = 64 * 1024
 META = {

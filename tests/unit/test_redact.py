@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from celery_taskrun.model import Phase, Reason, TaskRunStatus
-from celery_taskrun.redact import redact, scrubbed, secrets_of
-from celery_taskrun.transitions import with_phase
+from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
+from celery_taskrun.core.redact import redact, scrubbed, secrets_of
+from celery_taskrun.core.transitions import with_phase
 
 URLS = ["redis://:s3cr%40t@redis:6379/0", "db+postgresql://app:hunter2@db/results"]
 

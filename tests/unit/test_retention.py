@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from celery_taskrun.model import Phase
-from celery_taskrun.retention import Finished, beyond, gitops_owner, history_key, ttl_for
+from celery_taskrun.api.model import Phase
+from celery_taskrun.core.retention import Finished, beyond, gitops_owner, history_key, ttl_for
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """The schedule of looks, on a clock the test moves."""
 
-from celery_taskrun.schedule import Schedule
+from celery_taskrun.core.schedule import Schedule
 
 
 class Clock:

@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.config import OperatorConfig
-from celery_taskrun.model import Reason, TaskRunSpec, TaskRunStatus
-from celery_taskrun.submission import (
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.api.model import Reason, TaskRunSpec, TaskRunStatus
+from celery_taskrun.core.submission import (
     Refusal,
     Submission,
     plan,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.taskruns import KubeError, TaskRunClient, wait
+from celery_taskrun.clients.taskruns import KubeError, TaskRunClient, wait
 
 
 def run(version: str, phase: str | None = None) -> dict[str, Any]:

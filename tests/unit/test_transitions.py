@@ -6,10 +6,7 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun import records
-from celery_taskrun.backoff import Backoff
-from celery_taskrun.dispatch import resubmitted
-from celery_taskrun.model import (
+from celery_taskrun.api.model import (
     AttemptRecord,
     EffectiveLimit,
     EffectiveLimits,
@@ -17,8 +14,11 @@ from celery_taskrun.model import (
     TaskRunSpec,
     TaskRunStatus,
 )
-from celery_taskrun.records import TaskRecord, Unreadable
-from celery_taskrun.transitions import (
+from celery_taskrun.core import records
+from celery_taskrun.core.backoff import Backoff
+from celery_taskrun.core.dispatch import resubmitted
+from celery_taskrun.core.records import TaskRecord, Unreadable
+from celery_taskrun.core.transitions import (
     BackendError,
     Bounds,
     advance,

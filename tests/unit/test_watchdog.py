@@ -1,6 +1,6 @@
 """The watchdog asks about tasks, not hosts."""
 
-from celery_taskrun.watchdog import misses
+from celery_taskrun.engine.watchdog import misses
 
 
 def test_a_task_its_worker_does_not_report_is_missed() -> None:

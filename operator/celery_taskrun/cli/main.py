@@ -17,10 +17,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from ..outcomes import ExitCode, exit_code, finished, status_of
-from ..taskruns import KubeError, TaskRunClient, connect, wait
-from . import render
-from .parsing import UsageError, build_spec, parse_duration
+from celery_taskrun.cli import render
+from celery_taskrun.cli.parsing import UsageError, build_spec, parse_duration
+from celery_taskrun.clients.taskruns import KubeError, TaskRunClient, connect, wait
+from celery_taskrun.core.outcomes import ExitCode, exit_code, finished, status_of
 
 PROG = "kubectl-taskrun"
 COMMANDS = ("run", "wait", "result", "cancel", "get", "describe")

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..model import TaskRunSpec
+from celery_taskrun.api.model import TaskRunSpec
 
 
 class UsageError(ValueError):

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..model import Phase
-from ..outcomes import phase_of, status_of
+from celery_taskrun.api.model import Phase
+from celery_taskrun.core.outcomes import phase_of, status_of
 
 # A cell of the table; the rest is in `describe`.
 CELL = 60

@@ -30,10 +30,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..model import Phase
-from ..taskruns import KubeError, TaskRunClient, connect, wait
-from . import views
-from .auth import (
+from celery_taskrun.api.model import Phase
+from celery_taskrun.clients.taskruns import KubeError, TaskRunClient, connect, wait
+from celery_taskrun.gateway import views
+from celery_taskrun.gateway.auth import (
     Authorizer,
     Caller,
     Forbidden,

@@ -23,8 +23,8 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from ..model import GROUP, PLURAL
-from ..taskruns import REQUEST_TIMEOUT
+from celery_taskrun.api.model import GROUP, PLURAL
+from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import uvicorn
 from kubernetes_asyncio import client
 
-from ..taskruns import connect
-from .app import MAX_FOLLOWERS, create_app
+from celery_taskrun.clients.taskruns import connect
+from celery_taskrun.gateway.app import MAX_FOLLOWERS, create_app
 
 DEFAULT_PORT = 8080
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..model import Phase, TaskRunSpec
-from ..outcomes import finished, phase_of, status_of
-from ..taskruns import KubeError
+from celery_taskrun.api.model import Phase, TaskRunSpec
+from celery_taskrun.clients.taskruns import KubeError
+from celery_taskrun.core.outcomes import finished, phase_of, status_of
 
 API = "/api/v1"
 # Kubernetes' names: a namespace is a DNS-1123 label, a TaskRun's name a DNS-1123 subdomain.

@@ -13,9 +13,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
-from .celery_client import BrokerUnavailable, CeleryClient
-from .model import Phase
-from .runs import Run
+from celery_taskrun.api.model import Phase
+from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient
+from celery_taskrun.engine.runs import Run
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, unquote, urlsplit
 
-from .model import TaskRunStatus
+from celery_taskrun.api.model import TaskRunStatus
 
 MASK = "***"
 URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):(?P<password>[^@\s]+)@")

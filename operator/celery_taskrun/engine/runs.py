@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .backoff import Backoff
-from .model import FINALIZER, INTENT_ANNOTATION, Phase, TaskRunSpec, TaskRunStatus
-from .transitions import Observed, parse_time
+from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION, Phase, TaskRunSpec, TaskRunStatus
+from celery_taskrun.core.backoff import Backoff
+from celery_taskrun.core.transitions import Observed, parse_time
 
 # What the API server holds of a status: a fingerprint of each top-level field, enough
 # to tell which changed (a few bytes a field, not a copy of the whole status).

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
-from .model import Phase
+from celery_taskrun.api.model import Phase
 
 
 class ExitCode(IntEnum):

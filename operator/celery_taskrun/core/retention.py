@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from .model import Phase
+from celery_taskrun.api.model import Phase
 
 # Labels and annotations by which Argo CD and Flux mark what they apply.
 GITOPS_LABELS = {

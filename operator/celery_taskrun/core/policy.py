@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-from .config import OperatorConfig, Policy
+from celery_taskrun.api.config import OperatorConfig, Policy
 
 BUILTIN_PREFIX = "celery."
 

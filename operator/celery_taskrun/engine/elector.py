@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import metrics
-from .config import OperatorConfig
-from .kube import Conflict, Kube, KubeError
-from .leases import Act, LeaseView, held, leading, next_act
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.clients.kube import Conflict, Kube, KubeError
+from celery_taskrun.core.leases import Act, LeaseView, held, leading, next_act
+from celery_taskrun.engine import metrics
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 from kombu.exceptions import DecodeError
 from redis.exceptions import RedisError
 
-from . import records
-from .records import Reading, Stored, Unreadable
+from celery_taskrun.core import records
+from celery_taskrun.core.records import Reading, Stored, Unreadable
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from . import metrics
-from .config import EventPolicy
-from .kube import Gone, Invalid, Kube, KubeError, TooLarge
-from .model import Phase, Reason, TaskRunStatus
-from .redact import redact, scrubbed
-from .runs import Fingerprints, Run, dump, fingerprints
-from .transitions import parse_time, shrunk
+from celery_taskrun.api.config import EventPolicy
+from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
+from celery_taskrun.clients.kube import Gone, Invalid, Kube, KubeError, TooLarge
+from celery_taskrun.core.redact import redact, scrubbed
+from celery_taskrun.core.transitions import parse_time, shrunk
+from celery_taskrun.engine import metrics
+from celery_taskrun.engine.runs import Fingerprints, Run, dump, fingerprints
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import policy
-from .config import LimitDefaults, OperatorConfig
-from .model import (
+from celery_taskrun.api.config import LimitDefaults, OperatorConfig
+from celery_taskrun.api.model import (
     EffectiveLimit,
     EffectiveLimits,
     LimitSource,
@@ -22,6 +21,7 @@ from .model import (
     TaskRunSpec,
     TaskRunStatus,
 )
+from celery_taskrun.core import policy
 
 MIB = 1024 * 1024
 

@@ -9,9 +9,9 @@ import sys
 
 from pydantic import ValidationError
 
-from . import config_file, metrics
-from .config import globbed
-from .redact import redact, secrets_of
+from celery_taskrun.api.config import globbed
+from celery_taskrun.core.redact import redact, secrets_of
+from celery_taskrun.engine import config_file, metrics
 
 # The API server stores objects nested up to 10,000 levels deep; Python's JSON decoder
 # recurses once per level and stops at the recursion limit (1,000), and the watch
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the Kopf handlers)
+    from celery_taskrun.engine import handlers  # noqa: F401  (registers the Kopf handlers)
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)

@@ -23,8 +23,8 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from .model import GROUP, KIND, PLURAL, VERSION
-from .outcomes import Step, Verdict, WatchError, finished, interpret, status_of
+from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
+from celery_taskrun.core.outcomes import Step, Verdict, WatchError, finished, interpret, status_of
 
 MERGE_PATCH = "application/merge-patch+json"
 # One request (not a watch): connect, send, read the answer.

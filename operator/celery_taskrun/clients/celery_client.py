@@ -18,8 +18,8 @@ from celery.backends.redis import RedisBackend
 from kombu.exceptions import EncodeError, KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import OperatorConfig
-from .submission import Submission
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.core.submission import Submission
 
 # Fail fast when the broker is down: the tracker retries on its own schedule.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}

@@ -14,9 +14,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .model import MAX_SECONDS
+from celery_taskrun.api.model import MAX_SECONDS
 
 MIB = 1024 * 1024
+
+
+# Settings the environment overrides: a worker reads the same two Celery variables.
+ENVIRONMENT = {
+    "brokerUrl": "CELERY_BROKER_URL",
+    "resultBackend": "CELERY_RESULT_BACKEND",
+    "metricsHost": "TASKRUN_METRICS_HOST",
+    "metricsPort": "TASKRUN_METRICS_PORT",
+    "leaseName": "TASKRUN_LEASE_NAME",
+    "leaseNamespace": "POD_NAMESPACE",
+}
 
 
 class LimitDefaults(BaseModel):

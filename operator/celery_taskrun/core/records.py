@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import bounded
+from celery_taskrun.api import bounded
 
 # Celery's key of a task's record (Redis and other key-value backends).
 KEY_PREFIX = "celery-task-meta-"

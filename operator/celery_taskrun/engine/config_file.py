@@ -12,17 +12,7 @@ from typing import Any
 
 import yaml
 
-from .config import OperatorConfig
-
-# Settings the environment overrides: a worker reads the same two Celery variables.
-ENVIRONMENT = {
-    "brokerUrl": "CELERY_BROKER_URL",
-    "resultBackend": "CELERY_RESULT_BACKEND",
-    "metricsHost": "TASKRUN_METRICS_HOST",
-    "metricsPort": "TASKRUN_METRICS_PORT",
-    "leaseName": "TASKRUN_LEASE_NAME",
-    "leaseNamespace": "POD_NAMESPACE",
-}
+from celery_taskrun.api.config import ENVIRONMENT, OperatorConfig
 
 
 def load(path: str | None = None, environ: dict[str, str] | None = None) -> OperatorConfig:

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import bounded, records
-from .backoff import Backoff
-from .conditions import conditions_for
-from .model import (
+from celery_taskrun.api import bounded
+from celery_taskrun.api.model import (
     ErrorInfo,
     Phase,
     Progress,
@@ -26,8 +24,11 @@ from .model import (
     TaskRunSpec,
     TaskRunStatus,
 )
-from .records import Reading, TaskRecord, Unreadable
-from .submission import submission_of
+from celery_taskrun.core import records
+from celery_taskrun.core.backoff import Backoff
+from celery_taskrun.core.conditions import conditions_for
+from celery_taskrun.core.records import Reading, TaskRecord, Unreadable
+from celery_taskrun.core.submission import submission_of
 
 # Failures worth another attempt when spec.retries allows.  Never a cancel, an
 # expiry or the run's deadline (it bounds all attempts together), and never a lost

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .bounded import deeper_than
+from celery_taskrun.api.bounded import deeper_than
 
 GROUP = "celery.taskrun.dev"
 VERSION = "v1alpha1"

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import records
-from .config import OperatorConfig
-from .model import AttemptRecord, Phase, Reason, TaskRunSpec, TaskRunStatus
-from .submission import Refusal, Submission, plan
-from .transitions import deadline, first_submitted, timestamp, with_phase
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.api.model import AttemptRecord, Phase, Reason, TaskRunSpec, TaskRunStatus
+from celery_taskrun.core import records
+from celery_taskrun.core.submission import Refusal, Submission, plan
+from celery_taskrun.core.transitions import deadline, first_submitted, timestamp, with_phase
 
 MAX_HISTORY = 10
 

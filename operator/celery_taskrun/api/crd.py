@@ -1,6 +1,6 @@
 """Generate the TaskRun CustomResourceDefinition from the pydantic models.
 
-`python -m celery_taskrun.crd > deploy/crd.yaml` writes it; a test fails when the
+`python -m celery_taskrun.api.crd > deploy/crd.yaml` writes it; a test fails when the
 committed file drifts from the models.  Pydantic's JSON Schema is turned into a
 Kubernetes structural schema (no $ref, no anyOf-null, OpenAPI v3.0 exclusive
 bounds, preserve-unknown-fields for free-form JSON), and the cross-field rules
@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .model import (
+from celery_taskrun.api.model import (
     GROUP,
     KIND,
     MAX_ARGS_CHARS,
@@ -299,7 +299,8 @@ class _Dumper(yaml.SafeDumper):
 
 def render() -> str:
     header = (
-        "# Generated from operator/celery_taskrun/model.py by `python -m celery_taskrun.crd`.\n"
+        "# Generated from operator/celery_taskrun/api/model.py"
+        " by `python -m celery_taskrun.api.crd`.\n"
     )
     documents = [crd(), *admission_policy()]
     return header + yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, width=100)

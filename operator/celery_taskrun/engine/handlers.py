@@ -13,13 +13,13 @@ from typing import Any
 
 import kopf
 
-from .backend import open_backend
-from .celery_client import CeleryClient, make_app
-from .config import OperatorConfig, globbed
-from .elector import Elector
-from .kube import Kube, connect
-from .model import GROUP, PLURAL, VERSION
-from .tracker import Tracker, supervised
+from celery_taskrun.api.config import OperatorConfig, globbed
+from celery_taskrun.api.model import GROUP, PLURAL, VERSION
+from celery_taskrun.clients.backend import open_backend
+from celery_taskrun.clients.celery_client import CeleryClient, make_app
+from celery_taskrun.clients.kube import Kube, connect
+from celery_taskrun.engine.elector import Elector
+from celery_taskrun.engine.tracker import Tracker, supervised
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .model import Condition, Phase
+from celery_taskrun.api.model import Condition, Phase
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 ALL_FIELDS = set(Condition.model_fields)

@@ -29,22 +29,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import faults, metrics, records
-from .backend import BackendUnavailable, ResultBackend
-from .backoff import backoff_for
-from .celery_client import BrokerUnavailable, CeleryClient, MarkRefused
-from .config import OperatorConfig, globbed
-from .dispatch import Send, not_sent, prepare
-from .kube import Gone, Kube, KubeError
-from .model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
-from .records import Reading
-from .redact import secrets_of
-from .retention import Finished, beyond, gitops_owner, history_key, ttl_for
-from .runs import Run, dump, fingerprints, slim, validation_message
-from .schedule import Schedule
-from .submission import derived, message_expiry, submission_of, trusted
-from .submitter import NotSent, Sent, Submitter
-from .transitions import (
+from celery_taskrun.api.config import OperatorConfig, globbed
+from celery_taskrun.api.model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
+from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
+from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, MarkRefused
+from celery_taskrun.clients.kube import Gone, Kube, KubeError
+from celery_taskrun.core import records
+from celery_taskrun.core.backoff import backoff_for
+from celery_taskrun.core.dispatch import Send, not_sent, prepare
+from celery_taskrun.core.records import Reading
+from celery_taskrun.core.redact import secrets_of
+from celery_taskrun.core.retention import Finished, beyond, gitops_owner, history_key, ttl_for
+from celery_taskrun.core.schedule import Schedule
+from celery_taskrun.core.submission import derived, message_expiry, submission_of, trusted
+from celery_taskrun.core.transitions import (
     BackendError,
     Bounds,
     Observed,
@@ -58,8 +56,11 @@ from .transitions import (
     with_phase,
     worker_lost,
 )
-from .watchdog import WorkerWatchdog
-from .writer import StatusWriter, Written
+from celery_taskrun.engine import faults, metrics
+from celery_taskrun.engine.runs import Run, dump, fingerprints, slim, validation_message
+from celery_taskrun.engine.submitter import NotSent, Sent, Submitter
+from celery_taskrun.engine.watchdog import WorkerWatchdog
+from celery_taskrun.engine.writer import StatusWriter, Written
 
 log = logging.getLogger(__name__)
 

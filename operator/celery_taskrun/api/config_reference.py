@@ -1,6 +1,6 @@
 """The operator's configuration reference, generated from `OperatorConfig`.
 
-    python -m celery_taskrun.config_reference > docs/configuration.md
+    python -m celery_taskrun.api.config_reference > docs/configuration.md
 
 Every field of the model and of the models it holds (found through its type hints, so a
 new field or a new nested model shows up by itself): its type with its bounds, its
@@ -20,10 +20,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from celery_taskrun.config import OperatorConfig
-from celery_taskrun.config_file import ENVIRONMENT
+from celery_taskrun.api.config import ENVIRONMENT, OperatorConfig
 
-COMMAND = "python -m celery_taskrun.config_reference > docs/configuration.md"
+COMMAND = "python -m celery_taskrun.api.config_reference > docs/configuration.md"
 SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
 BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 
@@ -106,7 +105,7 @@ def render(root: type[BaseModel] = OperatorConfig) -> str:
     lines = [
         "# Operator configuration reference",
         "",
-        f"Generated from `{root.__name__}` (`operator/celery_taskrun/config.py`) by",
+        f"Generated from `{root.__name__}` (`operator/celery_taskrun/api/config.py`) by",
         f"`{COMMAND}`; a test fails while this file differs.",
         "",
         "The operator reads its configuration from a YAML file (`--config FILE` or",

@@ -13,14 +13,15 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from . import faults, metrics, records
-from .backend import BackendUnavailable, ResultBackend
-from .celery_client import BrokerUnavailable, CeleryClient, SendRefused
-from .kube import Gone, Kube, KubeError
-from .model import FINALIZER, INTENT_ANNOTATION
-from .records import TaskRecord
-from .runs import Run, with_finalizer
-from .submission import Submission
+from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION
+from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
+from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, SendRefused
+from celery_taskrun.clients.kube import Gone, Kube, KubeError
+from celery_taskrun.core import records
+from celery_taskrun.core.records import TaskRecord
+from celery_taskrun.core.submission import Submission
+from celery_taskrun.engine import faults, metrics
+from celery_taskrun.engine.runs import Run, with_finalizer
 
 log = logging.getLogger(__name__)
 

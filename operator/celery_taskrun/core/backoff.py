@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import PollDefaults
-from .model import PollSpec
+from celery_taskrun.api.config import PollDefaults
+from celery_taskrun.api.model import PollSpec
 
 
 @dataclass(frozen=True)
