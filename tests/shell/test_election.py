@@ -124,7 +124,7 @@ async def test_stepping_down_stops_every_step(harness: Harness) -> None:
     name = run["metadata"]["name"]
     await until(lambda: harness.kube.status(name).get("phase") == "Queued", what="Queued")
     await harness.tracker.step_down()
-    assert not harness.tracker.background and not harness.tracker.runs
+    assert not list(harness.tracker.tasks) and not harness.tracker.registry
     writes = harness.kube.writes
     await harness.backend.publish(harness.task_id(run), TaskRecord("SUCCESS", 1))
     assert harness.kube.writes == writes
@@ -141,7 +141,7 @@ async def test_stepping_down_outlasts_a_lost_cancellation(harness: Harness) -> N
         finally:
             stopped.append(True)
 
-    harness.tracker._spawn(stubborn())
+    harness.tracker.tasks.spawn(stubborn())
     await asyncio.sleep(0)
     await asyncio.wait_for(harness.tracker.step_down(), 5)
-    assert stopped and not harness.tracker.background
+    assert stopped and not list(harness.tracker.tasks)

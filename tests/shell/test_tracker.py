@@ -17,8 +17,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from celery_taskrun.core import records
+from celery_taskrun.core import step as step_module
 from celery_taskrun.core.records import TaskRecord, Unreadable
-from celery_taskrun.engine import tracker as tracker_module
+from celery_taskrun.engine import stepper as stepper_module
 
 from fakes import Harness, until
 
@@ -74,11 +75,11 @@ async def test_a_flood_of_publishes_costs_one_pending_step(harness: Harness) -> 
     await harness.backend.publish(task_id, TaskRecord("PROGRESS", {"current": 0, "total": 10}))
     for i in range(2000):
         await harness.backend.publish(task_id, TaskRecord("PROGRESS", {"current": i, "total": 10}))
-    steps = [t for t in harness.tracker.background if "_drive" in repr(t.get_coro())]
+    steps = [t for t in harness.tracker.tasks if "_drive" in repr(t.get_coro())]
     assert len(steps) == 1  # one step runs; the latest news waits in its place
-    tracked = harness.tracker.runs[run["metadata"]["uid"]]
-    assert tracked.wanted and tracked.observed is not None
-    assert tracked.observed[1] == TaskRecord("PROGRESS", {"current": 1999, "total": 10})
+    tracked = harness.tracker.registry.get(run["metadata"]["uid"])
+    assert tracked is not None and tracked.box.wanted and tracked.box.news is not None
+    assert tracked.box.news[1] == TaskRecord("PROGRESS", {"current": 1999, "total": 10})
 
 
 async def test_a_status_refused_for_its_size_is_written_smaller(harness: Harness) -> None:
@@ -122,7 +123,7 @@ async def test_a_status_that_can_never_be_written_is_let_go(harness: Harness) ->
     bad = harness.create({"task": "t.a"})
     harness.kube.refuse.add(bad["metadata"]["name"])
     await harness.tracker.observe("ADDED", bad)
-    await until(lambda: bad["metadata"]["uid"] not in harness.tracker.runs, what="let go")
+    await until(lambda: harness.tracker.registry.get(bad["metadata"]["uid"]) is None, what="let go")
     good = await harness.apply({"task": "t.a"})
     await until(lambda: phase(harness, good) == "Queued", what="the next run Queued")
 
@@ -130,15 +131,15 @@ async def test_a_status_that_can_never_be_written_is_let_go(harness: Harness) ->
 async def test_a_step_that_keeps_failing_ends_its_run(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = tracker_module.advance
+    real = step_module.advance
 
     def buggy(spec: Any, status: Any, *args: Any, **kwargs: Any) -> Any:
         if spec.task == "t.buggy":
             raise KeyError("a bug")
         return real(spec, status, *args, **kwargs)
 
-    monkeypatch.setattr(tracker_module, "advance", buggy)
-    monkeypatch.setattr(tracker_module, "MAX_STEP_ERRORS", 3)
+    monkeypatch.setattr(step_module, "advance", buggy)
+    monkeypatch.setattr(stepper_module, "MAX_STEP_ERRORS", 3)
     bad, good = await harness.apply({"task": "t.buggy"}), await harness.apply({"task": "t.a"})
     await until(lambda: phase(harness, good) == "Queued", what="Queued")
     await harness.backend.publish(harness.task_id(good), SUCCESS)
@@ -172,8 +173,8 @@ async def test_one_ttl_deletion_per_run_whatever_the_watch_repeats(harness: Harn
     finished = await harness.kube.get("ns", run["metadata"]["name"])
     for _ in range(50):
         await harness.tracker.observe("MODIFIED", finished)
-    assert len(harness.tracker.expiring) == 1
-    assert len(harness.tracker.schedule) == 1
+    assert len(harness.tracker.reaper.expiring) == 1
+    assert len(harness.tracker.poller.schedule) == 1
 
 
 async def test_echoes_of_a_finished_run_cost_no_write(harness: Harness) -> None:
@@ -186,12 +187,12 @@ async def test_echoes_of_a_finished_run_cost_no_write(harness: Harness) -> None:
     for _ in range(3):  # the watch's events of our own writes, arriving after the end
         await harness.tracker.observe("MODIFIED", copy.deepcopy(queued))
     assert harness.kube.metadata_writes == 2  # the intent, then the release: no more
-    assert not harness.tracker.runs
+    assert not harness.tracker.registry
 
 
 async def test_liveness_fails_when_the_loop_stops_turning(harness: Harness) -> None:
     assert harness.tracker.health() is None
-    harness.tracker.beat = time.monotonic() - 3600
+    harness.tracker.poller.beat = time.monotonic() - 3600
     assert "has not turned" in (harness.tracker.health() or "")
     await until(lambda: harness.tracker.health() is None, what="the loop beats again")
 
@@ -200,15 +201,15 @@ async def test_a_crashed_loop_is_restarted(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crashes = []
-    real = harness.tracker.schedule.due
+    real = harness.tracker.poller.schedule.due
 
-    def due_once_broken() -> list[str]:
+    def due_once_broken() -> list[Any]:
         if not crashes:
             crashes.append(1)
             raise RuntimeError("a bug in the loop")
         return real()
 
-    monkeypatch.setattr(harness.tracker.schedule, "due", due_once_broken)
+    monkeypatch.setattr(harness.tracker.poller.schedule, "due", due_once_broken)
     await until(lambda: crashes, what="the loop crashed")
     run = await harness.apply({"task": "t.a"})
     await until(lambda: phase(harness, run) == "Queued", within=5, what="Queued after restart")

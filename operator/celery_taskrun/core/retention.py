@@ -64,3 +64,13 @@ def beyond(history: list[Finished], limit: int) -> list[Finished]:
     if len(history) <= limit:
         return []
     return sorted(history)[: len(history) - limit]
+
+
+def ttl_delay(ttl: int, completed: datetime, now: datetime) -> float:
+    """Seconds until a run finished at `completed` has outlived its TTL (<= 0: now)."""
+    return ttl - (now - completed).total_seconds()
+
+
+def history_limit(succeeded: int | None, failed: int | None, phase: Phase) -> int | None:
+    """How many runs of a finished run's outcome its history keeps (None: all)."""
+    return succeeded if phase is Phase.SUCCEEDED else failed

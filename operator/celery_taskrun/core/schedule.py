@@ -7,20 +7,23 @@ the heap and skipped when it surfaces, which is cheaper than removing it).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
-class Schedule:
+class Schedule(Generic[K]):
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock  # seconds, monotonic
-        self._heap: list[tuple[float, int, str]] = []
-        self._tokens: dict[str, int] = {}
+        self._heap: list[tuple[float, int, K]] = []
+        self._tokens: dict[K, int] = {}
         self._counter = 0
 
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def at(self, key: str, delay: float) -> bool:
+    def at(self, key: K, delay: float) -> bool:
         """Look at `key` in `delay` seconds; True when that is now the earliest entry."""
         self._counter += 1
         self._tokens[key] = self._counter
@@ -29,13 +32,13 @@ class Schedule:
             self._compact()
         return self._heap[0][1] == self._counter
 
-    def drop(self, key: str) -> None:
+    def drop(self, key: K) -> None:
         self._tokens.pop(key, None)
 
-    def due(self) -> list[str]:
+    def due(self) -> list[K]:
         """Every key due by now, each once, earliest first; they leave the schedule."""
         now = self.clock()
-        found = []
+        found: list[K] = []
         while self._heap and self._heap[0][0] <= now:
             _, token, key = heapq.heappop(self._heap)
             if self._tokens.get(key) == token:

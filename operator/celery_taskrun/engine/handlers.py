@@ -19,7 +19,8 @@ from celery_taskrun.clients.backend import open_backend
 from celery_taskrun.clients.celery_client import CeleryClient, make_app
 from celery_taskrun.clients.kube import Kube, connect
 from celery_taskrun.engine.elector import Elector
-from celery_taskrun.engine.tracker import Tracker, supervised
+from celery_taskrun.engine.tasks import supervised
+from celery_taskrun.engine.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,8 +13,11 @@ from pydantic import ValidationError
 
 from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION, Phase, TaskRunSpec, TaskRunStatus
 from celery_taskrun.core.backoff import Backoff
+from celery_taskrun.core.step import View
 from celery_taskrun.core.transitions import Observed, parse_time
 
+# What was learnt of a run's task: (task id, what its record said).
+News = tuple[str, Observed]
 # What the API server holds of a status: a fingerprint of each top-level field, enough
 # to tell which changed (a few bytes a field, not a copy of the whole status).
 Fingerprints = dict[str, int]
@@ -63,6 +66,19 @@ def validation_message(problem: ValidationError) -> str:
 
 
 @dataclass(eq=False)
+class Box:
+    """Where a run's handling stands (see the mailbox): at most one step runs, and at
+    most one waits, with the latest news."""
+
+    busy: bool = False
+    wanted: bool = False
+    news: News | None = None
+    errors: int = 0  # steps in a row that failed unexpectedly
+    waiter: asyncio.Future[None] | None = None  # set while a write is held
+    unwritten_since: float | None = None  # when the status first changed unwritten
+
+
+@dataclass(eq=False)
 class Run:
     uid: str
     namespace: str
@@ -76,16 +92,23 @@ class Run:
     gitops: str | None = None  # who applies it again from a repository (never auto-deleted)
     polls: int = 0  # looks in a row that saw nothing new: the backoff's step
     synced: bool = True  # `written` is `status`: no write is owed
-    # The step machinery: at most one step runs, and at most one waits (the latest news).
-    busy: bool = False
-    wanted: bool = False
-    observed: tuple[str, Observed] | None = None  # (task id, what its record said)
     # (task id, when it was first heard running): news that later news superseded.
     seen_running: tuple[str, datetime] | None = None
-    errors: int = 0  # steps in a row that failed unexpectedly
-    waiter: asyncio.Future[None] | None = None  # set while a write is held (see tracker)
-    unwritten_since: float | None = None  # when the status first changed unwritten
     written_phase: tuple[Phase | None, str | None] = (None, None)
+    box: Box = field(default_factory=Box)
+
+    def view(self) -> View:
+        seen = self.seen_running
+        return View(
+            uid=self.uid,
+            namespace=self.namespace,
+            generation=self.generation,
+            created=self.created,
+            spec=self.spec,
+            status=self.status,
+            problem=self.problem,
+            seen_running=seen[1] if seen and seen[0] == self.status.taskId else None,
+        )
 
     @property
     def generation(self) -> int | None:
