@@ -3,6 +3,9 @@
 The API server serves HTTPS only, authenticates clients by certificate (the admin,
 O=system:masters) or service-account token (the operator), and authorizes with RBAC,
 so the operator's permissions are the ones deploy/rbac.yaml grants.
+
+Here: their command lines, checks and kubeconfigs; `ControlPlane`, which runs them as
+processes of the stack; `Kubectl`, the client the stack uses.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from taskrun_dev.binaries import Binaries
-from taskrun_dev.pki import SERVICE_CLUSTER_IP_RANGE, Pki
-from taskrun_dev.processes import StackError
+from taskrun_dev.binaries import Binaries, Say
+from taskrun_dev.pki import SERVICE_CLUSTER_IP_RANGE, Pki, ensure_pki
+from taskrun_dev.processes import ManagedProcess, StackError
+from taskrun_dev.state import StateDir, StateFile
+from taskrun_dev.supervisor import Supervisor
 
 HOST = "127.0.0.1"
 # A fixed issuer (not the URL with its port): tokens stay valid if the port changes.
@@ -29,6 +34,13 @@ SA_ISSUER = "https://kubernetes.default.svc"
 CRD_NAME = "taskruns.celery.taskrun.dev"
 OPERATOR_NAMESPACE = "celery-taskrun-system"
 OPERATOR_SERVICE_ACCOUNT = "celery-taskrun-operator"
+# Process names, and the ports' keys in stack.json (the API server's is its name).
+ETCD = "etcd"
+APISERVER = "kube-apiserver"
+ETCD_CLIENT_PORT = "etcd-client"
+# kube-apiserver waits up to a minute for open watches on SIGTERM; its state is all in
+# etcd, so a short grace is enough.
+APISERVER_STOP_TIMEOUT = 3.0
 
 
 def etcd_argv(binaries: Binaries, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
@@ -191,23 +203,129 @@ def write_token_kubeconfig(path: Path, server: str, pki: Pki, user: str, token: 
     _write_private(path, yaml.safe_dump(config, sort_keys=False))
 
 
-def run_kubectl(
-    binaries: Binaries,
-    kubeconfig: Path,
-    args: Sequence[str],
-    *,
-    input: str | None = None,
-    check: bool = False,
-    timeout: float = 120.0,
-) -> subprocess.CompletedProcess[str]:
-    """Run the built kubectl; with check=True a failure raises StackError with stderr."""
-    argv = [str(binaries.kubectl), f"--kubeconfig={kubeconfig}", *args]
-    result = subprocess.run(
-        argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and result.returncode != 0:
-        raise StackError(
-            f"kubectl {' '.join(args)} failed (exit {result.returncode}):\n"
-            f"{result.stderr.strip() or result.stdout.strip()}"
+class Kubectl:
+    """The built kubectl, as cluster admin unless told another kubeconfig."""
+
+    def __init__(self, binaries: Callable[[], Binaries], admin_kubeconfig: Path) -> None:
+        self._binaries = binaries
+        self._admin_kubeconfig = admin_kubeconfig
+
+    def run(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = False,
+        kubeconfig: Path | None = None,
+        timeout: float = 120.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl as cluster admin (or with `kubeconfig`).
+
+        check=True raises StackError (with kubectl's stderr) on a non-zero exit.
+        """
+        argv = [
+            str(self._binaries().kubectl),
+            f"--kubeconfig={kubeconfig or self._admin_kubeconfig}",
+            *args,
+        ]
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
-    return result
+        if check and result.returncode != 0:
+            raise StackError(
+                f"kubectl {' '.join(args)} failed (exit {result.returncode}):\n"
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+        return result
+
+    def json(self, *args: str, kubeconfig: Path | None = None) -> Any:
+        """`kubectl ... -o json`, parsed."""
+        result = self.run(*args, "-o", "json", check=True, kubeconfig=kubeconfig)
+        return json.loads(result.stdout)
+
+
+class ControlPlane:
+    """etcd and kube-apiserver as processes of the stack, on the ports it remembers."""
+
+    def __init__(
+        self,
+        state_dir: StateDir,
+        ports: StateFile,
+        supervisor: Supervisor,
+        binaries: Callable[[], Binaries],
+        say: Say,
+        *,
+        audit: bool,
+    ) -> None:
+        self._dir = state_dir
+        self._ports = ports
+        self._supervisor = supervisor
+        self._binaries = binaries
+        self._say = say
+        self._audit = audit
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://{HOST}:{self._ports.known_port(APISERVER)}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{HOST}:{self._ports.known_port(ETCD_CLIENT_PORT)}"
+
+    def start_etcd(self, timeout: float = 30.0) -> ManagedProcess:
+        client = self._ports.port(ETCD_CLIENT_PORT, self._supervisor.alive_port(ETCD))
+        peer = self._ports.port("etcd-peer", self._supervisor.alive_port(ETCD, "peer_port"))
+        argv = etcd_argv(self._binaries(), self._dir.dir / "etcd", client, peer)
+        proc, started = self._supervisor.ensure(
+            ETCD,
+            ETCD,
+            argv,
+            settings={},
+            port=client,
+            url=f"http://{HOST}:{client}",
+            extra_meta={"peer_port": peer},
+        )
+        if started:
+            self._say(f"etcd on 127.0.0.1:{client}")
+            self._supervisor.wait(proc, lambda: etcd_healthy(client), "become healthy", timeout)
+        return proc
+
+    def start_apiserver(self, *, wait: bool = True, timeout: float = 90.0) -> ManagedProcess:
+        """Start kube-apiserver (HTTPS, RBAC) on its remembered port; wait for /readyz."""
+        pki = ensure_pki(self._dir.pki.dir)
+        port = self._ports.port(APISERVER, self._supervisor.alive_port(APISERVER))
+        extra: list[str] = []
+        if self._audit:
+            audit_log = self._dir.audit_log
+            policy = audit_log.with_name("policy.yaml")
+            policy.parent.mkdir(parents=True, exist_ok=True)
+            policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+            extra = audit_argv(policy, audit_log)
+        argv = apiserver_argv(self._binaries(), pki, self.etcd_url, port, extra)
+        url = f"https://{HOST}:{port}"
+        proc, started = self._supervisor.ensure(
+            APISERVER,
+            APISERVER,
+            argv,
+            settings={},
+            port=port,
+            url=url,
+            stop_timeout=APISERVER_STOP_TIMEOUT,
+        )
+        write_admin_kubeconfig(self._dir.admin_kubeconfig, url, pki)
+        if started:
+            self._say(f"kube-apiserver on {url}")
+        if wait:
+            self.wait_apiserver(timeout)
+        return proc
+
+    def wait_apiserver(self, timeout: float = 90.0) -> None:
+        proc = self._supervisor.process(APISERVER)
+        if proc is None:
+            raise StackError("kube-apiserver is not running")
+        port = proc.port or self._ports.known_port(APISERVER)
+        pki = self._dir.pki
+
+        def ready() -> bool:
+            return apiserver_ready(port, pki)
+
+        self._supervisor.wait(proc, ready, "report /readyz ok", timeout, interval=0.25)

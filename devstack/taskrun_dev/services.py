@@ -1,4 +1,5 @@
-"""Command lines, environments and readiness checks of redis, Celery workers, operators."""
+"""Redis, Celery workers, operators and the gateway: their command lines and readiness
+checks, and `Services`, which runs them as processes of the stack."""
 
 from __future__ import annotations
 
@@ -10,28 +11,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from taskrun_dev.processes import StackError
+from taskrun_dev.accounts import Accounts
+from taskrun_dev.binaries import Say
+from taskrun_dev.processes import ManagedProcess, StackError, port_answers
+from taskrun_dev.state import StateDir, StateFile
+from taskrun_dev.supervisor import Supervisor
 
 HOST = "127.0.0.1"
 DEFAULT_WORKER_APP = "taskrun_workers.app"
 OPERATOR_SCRIPT = "celery-taskrun-operator"
 GATEWAY_SCRIPT = "celery-taskrun-gateway"
-
-# Settings the stack decides; inherited values would make runs depend on the shell.
-_OWNED_ENV_PREFIXES = ("CELERY_", "TASKRUN_")
-_OWNED_ENV_NAMES = ("KUBECONFIG",)
-
-
-def base_env(extra: Mapping[str, str], overrides: Mapping[str, str] | None) -> dict[str, str]:
-    """The caller's environment minus stack-owned settings, plus ours, plus overrides."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(_OWNED_ENV_PREFIXES) and key not in _OWNED_ENV_NAMES
-    }
-    env.update(extra)
-    env.update(overrides or {})
-    return env
+# Process names (redis's and the gateway's are also their ports' keys in stack.json).
+REDIS = "redis"
+DEFAULT_WORKER = "worker1"
+DEFAULT_OPERATOR = "operator"
+GATEWAY = "gateway"
 
 
 # -- redis ---------------------------------------------------------------------
@@ -132,3 +126,174 @@ def operator_argv(extra_args: Sequence[str] = ()) -> list[str]:
 
 def gateway_argv(port: int, extra_args: Sequence[str] = ()) -> list[str]:
     return [console_script(GATEWAY_SCRIPT), "--host", HOST, "--port", str(port), *extra_args]
+
+
+class Services:
+    """Redis, workers, operators and the gateway as processes of the stack."""
+
+    def __init__(
+        self,
+        state_dir: StateDir,
+        ports: StateFile,
+        supervisor: Supervisor,
+        accounts: Accounts,
+        say: Say,
+    ) -> None:
+        self._dir = state_dir
+        self._ports = ports
+        self._supervisor = supervisor
+        self._accounts = accounts
+        self._say = say
+
+    @property
+    def redis_port(self) -> int:
+        return self._ports.known_port(REDIS)
+
+    @property
+    def broker_url(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}/0"
+
+    @property
+    def result_backend(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}/1"
+
+    def start_redis(self, timeout: float = 20.0) -> ManagedProcess:
+        """Start redis (on its remembered port, so URLs stay valid across restarts)."""
+        port = self._ports.port(REDIS, self._supervisor.alive_port(REDIS))
+        data_dir = self._dir.dir / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        proc, started = self._supervisor.ensure(
+            REDIS,
+            REDIS,
+            redis_argv(port, data_dir),
+            settings={},
+            port=port,
+            url=f"redis://{HOST}:{port}",
+        )
+        if started:
+            self._say(f"redis on 127.0.0.1:{port}")
+            self._supervisor.wait(proc, lambda: redis_pings(port), "answer PING", timeout)
+        return proc
+
+    def start_worker(
+        self,
+        name: str = DEFAULT_WORKER,
+        env_overrides: Mapping[str, str] | None = None,
+        queues: Sequence[str] = (),
+        imports: Sequence[str] = (),
+        *,
+        app: str = DEFAULT_WORKER_APP,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        extra_args: Sequence[str] = (),
+        cwd: Path | None = None,
+        wait: bool = True,
+        timeout: float = 60.0,
+    ) -> ManagedProcess:
+        """Start (or keep) a Celery worker named `name` (node `name@host`) on the stack's redis.
+
+        `imports` extra task modules (env TASKRUN_WORKER_IMPORTS); `env_overrides` win over
+        everything, e.g. another CELERY_RESULT_BACKEND.
+        """
+        settings = {
+            "CELERY_BROKER_URL": self.broker_url,
+            "CELERY_RESULT_BACKEND": self.result_backend,
+            # The execution ledger (a test aid, off by default) in the broker's Redis.
+            "TASKRUN_LEDGER_URL": "broker",
+        }
+        if imports:
+            settings["TASKRUN_WORKER_IMPORTS"] = ",".join(imports)
+        settings.update(env_overrides or {})
+        argv = worker_argv(
+            name, app=app, queues=queues, concurrency=concurrency, pool=pool, extra_args=extra_args
+        )
+        proc, started = self._supervisor.ensure(
+            name, "worker", argv, settings=settings, cwd=cwd or Path.cwd()
+        )
+        if started:
+            self._say(f"celery worker {name} ({app}, pool {pool} x{concurrency})")
+        if wait:
+            self.wait_worker(proc, timeout)
+        return proc
+
+    def wait_worker(self, proc: ManagedProcess, timeout: float = 60.0) -> None:
+        pattern = re.compile(worker_ready_pattern(proc.name))
+
+        def ready() -> bool:
+            return pattern.search(proc.log_text()) is not None
+
+        self._supervisor.wait(proc, ready, "log 'ready'", timeout, interval=0.2)
+
+    def start_operator(
+        self,
+        name: str = DEFAULT_OPERATOR,
+        env_overrides: Mapping[str, str] | None = None,
+        config_path: Path | str | None = None,
+        *,
+        kubeconfig: Path | None = None,
+        extra_args: Sequence[str] = (),
+        cwd: Path | None = None,
+        wait: bool = True,
+        timeout: float = 60.0,
+    ) -> ManagedProcess:
+        """Start (or keep) the operator as its own process, with the operator's RBAC.
+
+        Ready once its metrics port (TASKRUN_METRICS_PORT) accepts connections.
+        """
+        metrics_port = self._ports.port(f"metrics-{name}", self._supervisor.alive_port(name))
+        settings = {
+            "KUBECONFIG": str(kubeconfig or self._dir.operator_kubeconfig),
+            "CELERY_BROKER_URL": self.broker_url,
+            "CELERY_RESULT_BACKEND": self.result_backend,
+            "TASKRUN_METRICS_HOST": HOST,
+            "TASKRUN_METRICS_PORT": str(metrics_port),
+            # Leader election: operators sharing a Lease never both act.  Each named
+            # process its own by default (several may watch different namespaces).
+            "TASKRUN_LEASE_NAME": f"celery-taskrun-{name}",
+        }
+        if config_path is not None:
+            settings["TASKRUN_CONFIG"] = str(Path(config_path).resolve())
+        settings.update(env_overrides or {})
+        port = int(settings["TASKRUN_METRICS_PORT"])
+        proc, started = self._supervisor.ensure(
+            name,
+            "operator",
+            operator_argv(extra_args),
+            settings=settings,
+            port=port,
+            url=f"http://{HOST}:{port}/metrics",
+            cwd=cwd or Path.cwd(),
+        )
+        if started:
+            self._say(f"operator {name}, metrics on http://127.0.0.1:{port}/metrics")
+        if wait:
+            what = f"open its metrics port {port}"
+            self._supervisor.wait(proc, lambda: port_answers(port), what, timeout, interval=0.2)
+        return proc
+
+    def start_gateway(
+        self, *, extra_args: Sequence[str] = (), wait: bool = True, timeout: float = 60.0
+    ) -> ManagedProcess:
+        """Start (or keep) the gateway on 127.0.0.1 with its own ServiceAccount's rights.
+
+        Ready once its port accepts connections; its URL goes into env.sh.
+        """
+        kubeconfig = self._dir.gateway_kubeconfig
+        if not kubeconfig.is_file() or self._supervisor.alive(GATEWAY) is None:
+            self._accounts.install_gateway()
+        port = self._ports.port(GATEWAY, self._supervisor.alive_port(GATEWAY))
+        proc, started = self._supervisor.ensure(
+            GATEWAY,
+            GATEWAY,
+            gateway_argv(port, extra_args),
+            settings={"KUBECONFIG": str(kubeconfig)},
+            port=port,
+            url=f"http://{HOST}:{port}",
+            cwd=Path.cwd(),
+        )
+        if started:
+            self._say(f"gateway on http://127.0.0.1:{port}")
+        if wait:
+            what = f"open its port {port}"
+            self._supervisor.wait(proc, lambda: port_answers(port), what, timeout, interval=0.1)
+        return proc

@@ -13,7 +13,8 @@ import pytest
 
 from taskrun_dev import controlplane as cp
 from taskrun_dev.binaries import controlplane_source, versions
-from taskrun_dev.processes import ManagedProcess, StackError, is_running, proc_info
+from taskrun_dev.processes import ManagedProcess, StackError
+from taskrun_dev.procfs import is_running, proc_info
 from taskrun_dev.services import redis_pings
 from taskrun_dev.stack import Stack
 
