@@ -166,14 +166,19 @@ class Supervisor:
     ) -> list[str]:
         """Stop every recorded process, phase by phase (each a list of kinds or names),
         then the rest; return their names. `timeout`: see processes.stop_all."""
-        procs = self.processes()
+        recorded = list(self.processes().values())
+        # Also what this object started and no record names any more (its state
+        # directory removed under it, as a concurrent pytest's clean-up of old base
+        # temporary directories does): nothing it started may outlive it.
+        pids = {p.pid for p in recorded}
+        procs = recorded + [p for p in self._started.values() if p.pid not in pids and p.alive]
         stopped: list[str] = []
         for phase in phases:
-            batch = [p for p in procs.values() if p.kind in phase or p.name in phase]
+            batch = [p for p in procs if p.kind in phase or p.name in phase]
             if batch:
                 stop_all(batch, timeout=timeout)
                 stopped += [p.name for p in batch]
-        rest = [p for p in procs.values() if p.name not in stopped]
+        rest = [p for p in procs if p.name not in stopped]
         if rest:
             stop_all(rest, timeout=timeout)
             stopped += [p.name for p in rest]

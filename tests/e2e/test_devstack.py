@@ -17,6 +17,8 @@ from taskrun_dev.processes import ManagedProcess, StackError
 from taskrun_dev.procfs import is_running, proc_info
 from taskrun_dev.services import redis_pings
 from taskrun_dev.stack import Stack
+from taskrun_dev.state import StateDir
+from taskrun_dev.supervisor import Supervisor
 
 pytestmark = pytest.mark.e2e
 
@@ -280,3 +282,16 @@ def _cli_lifecycle(state: Path, tmp_path: Path) -> None:
 
     assert _run_cli("down", "--dir", str(state)).returncode == 0
     assert "nothing running" in _run_cli("status", "--dir", str(state)).stdout
+
+
+def test_down_stops_what_it_started_even_when_its_records_are_gone(tmp_path: Path) -> None:
+    """A concurrent pytest session may delete this session's base temporary directory
+    (it keeps only the newest few): the pid files go with it, and what was started
+    must still be stopped at the end."""
+    supervisor = Supervisor(StateDir(tmp_path / "stack"), say=lambda _: None)
+    proc, started = supervisor.ensure("sleeper", "test", ["sleep", "600"], settings={})
+    assert started and proc.alive
+    for pid_file in (tmp_path / "stack" / "pids").glob("*.json"):
+        pid_file.unlink()
+    assert supervisor.stop_everything([]) == ["sleeper"]
+    assert not is_running(proc_info(proc.pid))
