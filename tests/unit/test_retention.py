@@ -48,5 +48,9 @@ def test_the_oldest_beyond_the_limit_go() -> None:
 
 
 def test_history_counts_per_namespace_or_task_and_outcome() -> None:
-    assert history_key("namespace", "ns", "t.a", Phase.SUCCEEDED) == ("ns", True)
-    assert history_key("task", "ns", "t.a", Phase.TIMED_OUT) == ("t.a", False)
+    assert history_key("namespace", "ns", "t.a", Phase.SUCCEEDED) == ("ns", "", True)
+    assert history_key("task", "ns", "t.a", Phase.TIMED_OUT) == ("ns", "t.a", False)
+    # Per task, one namespace's runs never count in (so never delete) another's.
+    assert history_key("task", "a", "t.a", Phase.SUCCEEDED) != history_key(
+        "task", "b", "t.a", Phase.SUCCEEDED
+    )

@@ -132,9 +132,9 @@ class OperatorConfig(BaseModel):
     successfulRunsHistoryLimit: int | None = Field(
         1000,
         ge=0,
-        description="Keep the newest this many succeeded TaskRuns of each namespace (or task, "
-        "historyLimitsPer) and delete older ones; never one Argo CD or Flux manages. Unset: "
-        "no limit.",
+        description="Keep the newest this many succeeded TaskRuns of each namespace (or of "
+        "each task within a namespace, historyLimitsPer) and delete older ones; never one "
+        "Argo CD or Flux manages. Unset: no limit.",
     )
     failedRunsHistoryLimit: int | None = Field(
         1000,
@@ -142,7 +142,9 @@ class OperatorConfig(BaseModel):
         description="As successfulRunsHistoryLimit, for runs that ended otherwise.",
     )
     historyLimitsPer: Literal["namespace", "task"] = Field(
-        "namespace", description="What the history limits count in: a namespace, or a task name."
+        "namespace",
+        description="What the history limits count in: a namespace, or a task name within "
+        "a namespace.",
     )
     policies: list[Policy] = Field(
         [],

@@ -53,10 +53,14 @@ class Finished:
     uid: str
 
 
-def history_key(per: str, namespace: str, task: str, phase: Phase) -> tuple[str, bool]:
-    """The history a finished run counts in: its namespace's or its task's, and whether
-    it is the succeeded or the failed list."""
-    return (namespace if per == "namespace" else task), phase is Phase.SUCCEEDED
+History = tuple[str, str, bool]  # (namespace, task or "", succeeded)
+
+
+def history_key(per: str, namespace: str, task: str, phase: Phase) -> History:
+    """The history a finished run counts in: its namespace's, or its task's within its
+    namespace (one namespace's runs never delete another's), and whether it is the
+    succeeded or the failed list."""
+    return namespace, (task if per == "task" else ""), phase is Phase.SUCCEEDED
 
 
 def beyond(history: list[Finished], limit: int) -> list[Finished]:

@@ -18,6 +18,7 @@ from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.kube import Gone, KubeError
 from celery_taskrun.core.retention import (
     Finished,
+    History,
     beyond,
     history_key,
     history_limit,
@@ -37,7 +38,6 @@ from celery_taskrun.engine.tasks import Tasks
 log = logging.getLogger(__name__)
 
 RETRY_DELETE_SECONDS = 30.0
-History = tuple[str, bool]  # (namespace or task, succeeded)
 
 
 class Reaper:
