@@ -19,7 +19,9 @@ import yaml
 
 from celery_taskrun.cli import render
 from celery_taskrun.cli.parsing import UsageError, build_spec, parse_duration
-from celery_taskrun.clients.taskruns import KubeError, TaskRunClient, connect, wait
+from celery_taskrun.clients.errors import KubeError
+from celery_taskrun.clients.taskruns import TaskRunClient, wait
+from celery_taskrun.clients.transport import connect
 from celery_taskrun.core.outcomes import ExitCode, exit_code, finished, status_of
 
 PROG = "kubectl-taskrun"

@@ -33,7 +33,8 @@ from celery_taskrun.api.config import OperatorConfig, globbed
 from celery_taskrun.api.model import FINALIZER, Phase, Reason, TaskRunSpec, TaskRunStatus
 from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
 from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, MarkRefused
-from celery_taskrun.clients.kube import Gone, Kube, KubeError
+from celery_taskrun.clients.errors import Gone, KubeError
+from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core import records
 from celery_taskrun.core.backoff import backoff_for
 from celery_taskrun.core.dispatch import Send, not_sent, prepare
