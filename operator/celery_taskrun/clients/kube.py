@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
 
+from celery_taskrun.api.bodies import LeaseBody, ObjectMeta, TaskRunBody
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, refused
 from celery_taskrun.clients.transport import guarded
@@ -75,7 +76,7 @@ class Kube:
         )
 
     async def add_finalizer(
-        self, meta: dict[str, Any], finalizer: str, annotations: dict[str, str]
+        self, meta: Mapping[str, Any], finalizer: str, annotations: dict[str, str]
     ) -> str | None:
         """Add `finalizer` and `annotations` in one merge patch made on the resourceVersion
         `meta` has (a merge patch replaces the whole list: the version keeps a finalizer
@@ -83,7 +84,7 @@ class Kube:
         once more.  Returns the resourceVersion written."""
         for attempt in range(2):
             current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
-            changes: dict[str, Any] = {
+            changes: ObjectMeta = {
                 "finalizers": current if finalizer in current else [*current, finalizer],
                 "annotations": annotations,
             }
@@ -97,7 +98,7 @@ class Kube:
             meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
         return None
 
-    async def remove_finalizer(self, meta: dict[str, Any], finalizer: str) -> str | None:
+    async def remove_finalizer(self, meta: Mapping[str, Any], finalizer: str) -> str | None:
         """Remove `finalizer` with a JSON patch that first tests it is where `meta` says:
         no resourceVersion is needed, so a view of the object that later writes made
         stale costs nothing unless the list itself moved; then (422) the object is read
@@ -117,7 +118,7 @@ class Kube:
             meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
         return None
 
-    async def _patch(self, meta: dict[str, Any], body: Any, content_type: str) -> str | None:
+    async def _patch(self, meta: Mapping[str, Any], body: Any, content_type: str) -> str | None:
         return await self._write(
             self.objects.patch_namespaced_custom_object(
                 GROUP,
@@ -132,8 +133,8 @@ class Kube:
             )
         )
 
-    async def get(self, namespace: str, name: str) -> dict[str, Any]:
-        body: dict[str, Any] = await guarded(
+    async def get(self, namespace: str, name: str) -> TaskRunBody:
+        body: TaskRunBody = await guarded(
             self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
             ),
@@ -161,7 +162,7 @@ class Kube:
             if not token:
                 return
 
-    async def lease(self, namespace: str, name: str, seconds: float) -> dict[str, Any] | None:
+    async def lease(self, namespace: str, name: str, seconds: float) -> LeaseBody | None:
         """The Lease, or None when there is none."""
         try:
             found = await guarded(
@@ -170,7 +171,7 @@ class Kube:
             )
         except Gone:
             return None
-        body: dict[str, Any] = self.api.sanitize_for_serialization(found)
+        body: LeaseBody = self.api.sanitize_for_serialization(found)
         return body
 
     async def write_lease(

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client
 
+from celery_taskrun.api.bodies import ObjectMeta, TaskRunBody, TaskRunList
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
 from celery_taskrun.clients.errors import ApiUnavailable, Gone, refused
 from celery_taskrun.clients.transport import guarded
@@ -79,8 +80,8 @@ class TaskRunClient:
     async def close(self) -> None:
         await self.api.close()
 
-    async def get(self, namespace: str, name: str) -> dict[str, Any]:
-        body: dict[str, Any] = await guarded(
+    async def get(self, namespace: str, name: str) -> TaskRunBody:
+        body: TaskRunBody = await guarded(
             self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
             ),
@@ -90,20 +91,20 @@ class TaskRunClient:
 
     async def create(
         self, namespace: str, spec: Mapping[str, Any], *, name: str | None = None
-    ) -> dict[str, Any]:
+    ) -> TaskRunBody:
         """Create a TaskRun; without `name`, the API server names it after the task."""
-        metadata: dict[str, Any] = {"namespace": namespace}
+        metadata: ObjectMeta = {"namespace": namespace}
         if name:
             metadata["name"] = name
         else:
             metadata["generateName"] = name_prefix(str(spec.get("task", "")))
-        manifest = {
+        manifest: TaskRunBody = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
             "metadata": metadata,
             "spec": dict(spec),
         }
-        body: dict[str, Any] = await guarded(
+        body: TaskRunBody = await guarded(
             self.objects.create_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT
             ),
@@ -111,9 +112,9 @@ class TaskRunClient:
         )
         return body
 
-    async def cancel(self, namespace: str, name: str) -> dict[str, Any]:
+    async def cancel(self, namespace: str, name: str) -> TaskRunBody:
         """Set `spec.cancel: true` (the operator revokes the task)."""
-        body: dict[str, Any] = await guarded(
+        body: TaskRunBody = await guarded(
             self.objects.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
@@ -135,13 +136,13 @@ class TaskRunClient:
         limit: int,
         label_selector: str | None = None,
         continue_token: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> TaskRunList:
         options: dict[str, Any] = {"limit": limit}
         if label_selector:
             options["label_selector"] = label_selector
         if continue_token:
             options["_continue"] = continue_token
-        body: dict[str, Any] = await guarded(
+        body: TaskRunList = await guarded(
             self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT, **options
             ),
@@ -192,7 +193,7 @@ class TaskRunClient:
         finally:
             response.release()
 
-    async def follow(self, namespace: str, name: str) -> AsyncGenerator[dict[str, Any], None]:
+    async def follow(self, namespace: str, name: str) -> AsyncGenerator[TaskRunBody, None]:
         """The TaskRun now, then each new version of it, as the watch delivers them.
 
         Raises Gone (404) when it does not exist or is deleted. Never ends by itself.
@@ -207,7 +208,7 @@ class TaskRunClient:
                 async for verdict in verdicts:
                     version = verdict.resource_version or version
                     if verdict.step is Step.UPDATE and verdict.obj is not None:
-                        yield dict(verdict.obj)
+                        yield verdict.obj
                     elif verdict.step is Step.GONE:
                         raise Gone(404, "NotFound", f"taskrun {name} was deleted")
                     elif verdict.step is Step.RESYNC:
@@ -220,7 +221,7 @@ class TaskRunClient:
 
     async def follow_namespace(
         self, namespace: str, *, limit: int
-    ) -> AsyncGenerator[tuple[str, list[dict[str, Any]] | dict[str, Any]], None]:
+    ) -> AsyncGenerator[tuple[str, list[TaskRunBody] | TaskRunBody], None]:
         """`("SNAPSHOT", items)` (at most `limit`, and again after the watch expires),
         then `(event type, object)` for each change in the namespace."""
         while True:
@@ -237,12 +238,12 @@ class TaskRunClient:
                             break
                         if verdict.obj is not None:
                             kind = "DELETED" if verdict.step is Step.GONE else "MODIFIED"
-                            yield kind, dict(verdict.obj)
+                            yield kind, verdict.obj
 
 
 async def wait(
     runs: TaskRunClient, namespace: str, name: str, seconds: float | None
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[TaskRunBody, bool]:
     """The seed's `get(timeout=...)` over the watch: (the run, whether it finished).
 
     Reads the run once whatever `seconds` is (0: just look); then follows it until it
