@@ -19,7 +19,7 @@ MAX_MESSAGE = 1000
 class KubeError(Exception):
     """The API server refused (status >= 400) or could not be used (status 0)."""
 
-    def __init__(self, status: int, reason: str, message: str = "") -> None:
+    def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(status, reason, message)
         self.status = status
         self.reason = reason
