@@ -18,7 +18,7 @@ from typing import Any
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.clients.backend import BackendUnavailable, OnRecord, OnResync
 from celery_taskrun.clients.celery_client import BrokerUnavailable, MarkRefused
-from celery_taskrun.clients.kube import Gone, Invalid, TooLarge
+from celery_taskrun.clients.errors import Gone, Invalid, TooLarge
 from celery_taskrun.core import records
 from celery_taskrun.core.records import Reading
 from celery_taskrun.core.submission import Submission
@@ -42,9 +42,9 @@ class FakeKube:
             await asyncio.Event().wait()
         obj = self._get(name)
         if name in self.refuse:
-            raise Invalid("status: Invalid value")
+            raise Invalid(422, "Invalid", "status: Invalid value")
         if self.max_status_bytes is not None and len(repr(patch)) > self.max_status_bytes:
-            raise TooLarge("etcdserver: request is too large")
+            raise TooLarge(500, "InternalError", "etcdserver: request is too large")
         status = obj.setdefault("status", {})
         for key, value in patch.items():
             if value is None:
@@ -94,7 +94,7 @@ class FakeKube:
 
     def _get(self, name: str) -> Body:
         if name not in self.objects:
-            raise Gone(name)
+            raise Gone(404, "NotFound", name)
         return self.objects[name]
 
     def status(self, name: str) -> Body:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.clients.kube import ApiUnavailable, Conflict
+from celery_taskrun.clients.errors import ApiUnavailable, Conflict
 from celery_taskrun.core.records import TaskRecord
 from celery_taskrun.engine.elector import Elector
 
@@ -38,17 +38,17 @@ class Leases:
         class Client:
             async def lease(self, namespace: str, name: str, seconds: float) -> Any:
                 if who[0] in leases.down:
-                    raise ApiUnavailable("unreachable")
+                    raise ApiUnavailable(0, "Unreachable", "unreachable")
                 return leases.body
 
             async def write_lease(
                 self, namespace: str, name: str, spec: Any, version: str | None, seconds: float
             ) -> None:
                 if who[0] in leases.down:
-                    raise ApiUnavailable("unreachable")
+                    raise ApiUnavailable(0, "Unreachable", "unreachable")
                 current = leases.body["metadata"]["resourceVersion"] if leases.body else None
                 if version != current:
-                    raise Conflict("the object has been modified")
+                    raise Conflict(409, "Conflict", "the object has been modified")
                 leases.version += 1
                 meta = {"resourceVersion": str(leases.version)}
                 leases.body = {"metadata": meta, "spec": spec}

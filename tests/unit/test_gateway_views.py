@@ -15,7 +15,7 @@ from kubernetes_asyncio import client
 from pydantic import ValidationError
 
 from celery_taskrun.api.model import Phase
-from celery_taskrun.clients.taskruns import KubeError
+from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.app import MAX_BODY_BYTES, create_app
 from celery_taskrun.gateway.auth import (

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.clients.taskruns import LineBuffer, LineTooLong, kubeconfig_paths, name_prefix
+from celery_taskrun.clients.taskruns import LineBuffer, LineTooLong, name_prefix
+from celery_taskrun.clients.transport import kubeconfig_paths
 from celery_taskrun.core.outcomes import (
     ExitCode,
     Step,

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.clients.taskruns import KubeError, TaskRunClient, wait
+from celery_taskrun.clients.errors import KubeError
+from celery_taskrun.clients.taskruns import TaskRunClient, wait
 
 
 def run(version: str, phase: str | None = None) -> dict[str, Any]:

@@ -17,9 +17,12 @@ from typing import Any, TextIO
 
 import yaml
 
+from celery_taskrun.api.bodies import TaskRunBody
 from celery_taskrun.cli import render
 from celery_taskrun.cli.parsing import UsageError, build_spec, parse_duration
-from celery_taskrun.clients.taskruns import KubeError, TaskRunClient, connect, wait
+from celery_taskrun.clients.errors import KubeError
+from celery_taskrun.clients.taskruns import TaskRunClient, wait
+from celery_taskrun.clients.transport import connect
 from celery_taskrun.core.outcomes import ExitCode, exit_code, finished, status_of
 
 PROG = "kubectl-taskrun"
@@ -116,7 +119,7 @@ def _say(text: str, stream: TextIO = sys.stderr) -> None:
     print(text, file=stream, flush=True)
 
 
-def report(name: str, obj: dict[str, Any], done: bool, waited: float | None) -> ExitCode:
+def report(name: str, obj: TaskRunBody, done: bool, waited: float | None) -> ExitCode:
     """Print what a waiter learns: the result on stdout, anything else on stderr."""
     status = status_of(obj)
     if not done:

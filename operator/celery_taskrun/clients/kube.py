@@ -2,80 +2,32 @@
 
 Kopf's handlers patch only when they return; the tracker is a long-lived loop, so
 it writes through its own asynchronous client.  Every call has a timeout, and its
-failures come out as a few typed errors: `Gone` (the object no longer exists),
-`TooLarge` (the write was refused for its size, by the API server or etcd),
-`Invalid` (refused by the schema) and `ApiUnavailable` (anything else: try again).
+failures come out as the typed errors of `errors.py`: `Gone` (the object no longer
+exists), `Conflict`, `TooLarge` (the write was refused for its size, by the API server
+or etcd), `Invalid` (refused by the schema) and `ApiUnavailable` (anything else: try
+again).
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio import client
 
+from celery_taskrun.api.bodies import LeaseBody, ObjectMeta, TaskRunBody
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
+from celery_taskrun.clients.errors import Conflict, Gone, Invalid, refused
+from celery_taskrun.clients.transport import guarded
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
-
-
-T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
-
-
-class KubeError(Exception):
-    """A call to the API server failed."""
-
-
-class Gone(KubeError):
-    """The object no longer exists."""
-
-
-class TooLarge(KubeError):
-    """The request was refused for its size (413, or etcd's request limit)."""
-
-
-class Conflict(KubeError):
-    """Someone else changed the object first (409): read it again."""
-
-
-class Invalid(KubeError):
-    """The API server refused the content (422): retrying it as is cannot help."""
-
-
-class ApiUnavailable(KubeError):
-    """Unreachable, timed out, or refused for a reason worth retrying."""
-
-
-def classify(exc: ApiException) -> KubeError:
-    message = str(exc.body or exc.reason or "")[:500]
-    if exc.status == 404:
-        return Gone(message)
-    if exc.status == 413 or (
-        exc.status == 500 and ("too large" in message or "larger than max" in message)
-    ):
-        return TooLarge(message)
-    if exc.status == 409:
-        return Conflict(message)
-    if exc.status == 422:
-        return Invalid(message)
-    return ApiUnavailable(f"{exc.status} {message}")
-
-
-async def connect() -> client.ApiClient:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        await config.load_kube_config()
-    return client.ApiClient()
 
 
 class Kube:
@@ -89,28 +41,20 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
-    async def _guard(self, call: Awaitable[T], seconds: float | None = None) -> T:
-        """Await one API call within the timeout; its failure as a KubeError."""
-        try:
-            return await asyncio.wait_for(call, seconds or self.timeout)
-        except ApiException as exc:
-            raise classify(exc) from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ApiUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _write(self, call: Awaitable[Any], seconds: float | None = None) -> str | None:
+    async def _write(
+        self, call: Awaitable[aiohttp.ClientResponse], seconds: float | None = None
+    ) -> str | None:
         """A write whose answer is not decoded (decoding the whole object back, or an Event
         into models, was most of the client's cost); the resourceVersion written."""
-        response = await self._guard(call, seconds)
+        seconds = seconds or self.timeout
+        response = await guarded(call, seconds)
         try:
             # Read (not decoded): a connection whose answer was read goes back to the pool.
-            body = await self._guard(response.read(), seconds)
+            body = await guarded(response.read(), seconds)
         finally:
             response.release()
         if not 200 <= response.status <= 299:
-            refused = ApiException(status=response.status, reason=response.reason)
-            refused.body = body[:4096].decode(errors="replace")
-            raise classify(refused)
+            raise refused(response.status, str(response.reason or ""), body)
         # The API server writes map keys in order: metadata's resourceVersion is the first.
         version = RESOURCE_VERSION.search(body)
         return version.group(1).decode() if version else None
@@ -132,7 +76,7 @@ class Kube:
         )
 
     async def add_finalizer(
-        self, meta: dict[str, Any], finalizer: str, annotations: dict[str, str]
+        self, meta: Mapping[str, Any], finalizer: str, annotations: dict[str, str]
     ) -> str | None:
         """Add `finalizer` and `annotations` in one merge patch made on the resourceVersion
         `meta` has (a merge patch replaces the whole list: the version keeps a finalizer
@@ -140,7 +84,7 @@ class Kube:
         once more.  Returns the resourceVersion written."""
         for attempt in range(2):
             current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
-            changes: dict[str, Any] = {
+            changes: ObjectMeta = {
                 "finalizers": current if finalizer in current else [*current, finalizer],
                 "annotations": annotations,
             }
@@ -154,7 +98,7 @@ class Kube:
             meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
         return None
 
-    async def remove_finalizer(self, meta: dict[str, Any], finalizer: str) -> str | None:
+    async def remove_finalizer(self, meta: Mapping[str, Any], finalizer: str) -> str | None:
         """Remove `finalizer` with a JSON patch that first tests it is where `meta` says:
         no resourceVersion is needed, so a view of the object that later writes made
         stale costs nothing unless the list itself moved; then (422) the object is read
@@ -174,7 +118,7 @@ class Kube:
             meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
         return None
 
-    async def _patch(self, meta: dict[str, Any], body: Any, content_type: str) -> str | None:
+    async def _patch(self, meta: Mapping[str, Any], body: Any, content_type: str) -> str | None:
         return await self._write(
             self.objects.patch_namespaced_custom_object(
                 GROUP,
@@ -189,11 +133,12 @@ class Kube:
             )
         )
 
-    async def get(self, namespace: str, name: str) -> dict[str, Any]:
-        body: dict[str, Any] = await self._guard(
+    async def get(self, namespace: str, name: str) -> TaskRunBody:
+        body: TaskRunBody = await guarded(
             self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
-            )
+            ),
+            self.timeout,
         )
         return body
 
@@ -210,23 +155,23 @@ class Kube:
                 call = self.objects.list_namespaced_custom_object(
                     GROUP, VERSION, namespace, PLURAL, **options
                 )
-            page: dict[str, Any] = await self._guard(call)
+            page: dict[str, Any] = await guarded(call, self.timeout)
             for item in page.get("items") or []:
                 yield item
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return
 
-    async def lease(self, namespace: str, name: str, seconds: float) -> dict[str, Any] | None:
+    async def lease(self, namespace: str, name: str, seconds: float) -> LeaseBody | None:
         """The Lease, or None when there is none."""
         try:
-            found = await self._guard(
+            found = await guarded(
                 self.leases.read_namespaced_lease(name, namespace, _request_timeout=seconds),
                 seconds,
             )
         except Gone:
             return None
-        body: dict[str, Any] = self.api.sanitize_for_serialization(found)
+        body: LeaseBody = self.api.sanitize_for_serialization(found)
         return body
 
     async def write_lease(

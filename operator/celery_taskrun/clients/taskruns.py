@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio import client
 
+from celery_taskrun.api.bodies import ObjectMeta, TaskRunBody, TaskRunList
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
+from celery_taskrun.clients.errors import ApiUnavailable, Gone, refused
+from celery_taskrun.clients.transport import guarded
 from celery_taskrun.core.outcomes import Step, Verdict, WatchError, finished, interpret, status_of
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -32,40 +31,11 @@ REQUEST_TIMEOUT = 15.0
 # A watch asks the server to end it after this long; we then watch again from the
 # last version, so a silent connection is noticed within this bound.
 WATCH_SECONDS = 120
+# A watch's every step (opening, each read) is bounded by its whole length, as aiohttp's
+# own timeout bounds the request.
+WATCH_TIMEOUT = WATCH_SECONDS + REQUEST_TIMEOUT
 # etcd keeps objects below ~1.5 MB: a longer line is not a TaskRun event.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
-# Bounded copy of the API server's refusal message.
-MAX_MESSAGE = 1000
-
-
-@dataclass
-class KubeError(Exception):
-    """The API server refused (status >= 400) or could not be reached (status 0)."""
-
-    status: int
-    reason: str
-    message: str
-
-    def __str__(self) -> str:
-        return self.message or self.reason
-
-
-def refusal(status: int, reason: str, body: str | bytes | None) -> KubeError:
-    """The API server's Status (reason, message) out of a refused request, bounded."""
-    message = ""
-    try:
-        parsed = json.loads(body) if body else {}
-    except (TypeError, ValueError):
-        parsed = {}
-    if isinstance(parsed, dict):
-        reason = str(parsed.get("reason") or reason)
-        message = str(parsed.get("message") or "")
-    return KubeError(status, reason[:100], message[:MAX_MESSAGE])
-
-
-def unreachable(exc: BaseException) -> KubeError:
-    why = type(exc).__name__
-    return KubeError(0, "Unreachable", f"the API server could not be reached ({why})")
 
 
 class LineTooLong(Exception):
@@ -86,59 +56,6 @@ class LineBuffer:
             raise LineTooLong(f"a watch event longer than {self.limit} bytes")
         self._pending = bytearray(rest)
         return [line for line in lines if line.strip()]
-
-
-# Where a pod finds its namespace (the in-cluster fallback of `connect`).
-POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def kubeconfig_paths(explicit: str | None, environ: Mapping[str, str]) -> list[Path]:
-    """The kubeconfig files kubectl would read: --kubeconfig, $KUBECONFIG, ~/.kube/config."""
-    if explicit:
-        return [Path(explicit).expanduser()]
-    listed = environ.get("KUBECONFIG", "")
-    if listed:
-        return [Path(p).expanduser() for p in listed.split(os.pathsep) if p]
-    return [Path("~/.kube/config").expanduser()]
-
-
-async def connect(
-    kubeconfig: str | None = None, context: str | None = None
-) -> tuple[client.ApiClient, str]:
-    """A client with the user's credentials, and the namespace of their current context.
-
-    Like kubectl: --kubeconfig, else $KUBECONFIG, else ~/.kube/config; inside a pod
-    without any, the pod's ServiceAccount. Raises KubeError when none works.
-    """
-    wanted = kubeconfig_paths(kubeconfig, os.environ)
-    paths = [p for p in wanted if p.is_file()]
-    try:
-        if paths:
-            joined = os.pathsep.join(str(p) for p in paths)
-            contexts, current = config.list_kube_config_contexts(joined)
-            chosen = current
-            if context:
-                chosen = next((c for c in contexts if c.get("name") == context), None)
-                if chosen is None:
-                    raise KubeError(0, "NoContext", f"context {context!r} not in the kubeconfig")
-            namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
-            api = await config.new_client_from_config(
-                config_file=joined, context=context, persist_config=False
-            )
-            return api, str(namespace)
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException as exc:
-        where = " ".join(map(str, paths or wanted))
-        raise KubeError(0, "NoConfig", f"no usable kubeconfig ({where}): {exc}") from exc
-    return client.ApiClient(configuration), pod_namespace()
-
-
-def pod_namespace() -> str:
-    try:
-        return POD_NAMESPACE_FILE.read_text().strip() or "default"
-    except OSError:
-        return "default"
 
 
 def name_prefix(task: str) -> str:
@@ -163,47 +80,41 @@ class TaskRunClient:
     async def close(self) -> None:
         await self.api.close()
 
-    async def _call(self, call: Any) -> Any:
-        try:
-            return await call
-        except ApiException as exc:
-            raise refusal(int(exc.status or 0), str(exc.reason or ""), exc.body) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise unreachable(exc) from exc
-
-    async def get(self, namespace: str, name: str) -> dict[str, Any]:
-        body: dict[str, Any] = await self._call(
+    async def get(self, namespace: str, name: str) -> TaskRunBody:
+        body: TaskRunBody = await guarded(
             self.objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
-            )
+            ),
+            REQUEST_TIMEOUT,
         )
         return body
 
     async def create(
         self, namespace: str, spec: Mapping[str, Any], *, name: str | None = None
-    ) -> dict[str, Any]:
+    ) -> TaskRunBody:
         """Create a TaskRun; without `name`, the API server names it after the task."""
-        metadata: dict[str, Any] = {"namespace": namespace}
+        metadata: ObjectMeta = {"namespace": namespace}
         if name:
             metadata["name"] = name
         else:
             metadata["generateName"] = name_prefix(str(spec.get("task", "")))
-        manifest = {
+        manifest: TaskRunBody = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
             "metadata": metadata,
             "spec": dict(spec),
         }
-        body: dict[str, Any] = await self._call(
+        body: TaskRunBody = await guarded(
             self.objects.create_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT
-            )
+            ),
+            REQUEST_TIMEOUT,
         )
         return body
 
-    async def cancel(self, namespace: str, name: str) -> dict[str, Any]:
+    async def cancel(self, namespace: str, name: str) -> TaskRunBody:
         """Set `spec.cancel: true` (the operator revokes the task)."""
-        body: dict[str, Any] = await self._call(
+        body: TaskRunBody = await guarded(
             self.objects.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
@@ -213,7 +124,8 @@ class TaskRunClient:
                 {"spec": {"cancel": True}},
                 _content_type=MERGE_PATCH,
                 _request_timeout=REQUEST_TIMEOUT,
-            )
+            ),
+            REQUEST_TIMEOUT,
         )
         return body
 
@@ -224,16 +136,17 @@ class TaskRunClient:
         limit: int,
         label_selector: str | None = None,
         continue_token: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> TaskRunList:
         options: dict[str, Any] = {"limit": limit}
         if label_selector:
             options["label_selector"] = label_selector
         if continue_token:
             options["_continue"] = continue_token
-        body: dict[str, Any] = await self._call(
+        body: TaskRunList = await guarded(
             self.objects.list_namespaced_custom_object(
                 GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT, **options
-            )
+            ),
+            REQUEST_TIMEOUT,
         )
         return body
 
@@ -244,7 +157,7 @@ class TaskRunClient:
         options: dict[str, Any] = {}
         if field_selector:
             options["field_selector"] = field_selector
-        response = await self._call(
+        response = await guarded(
             self.objects.list_namespaced_custom_object(
                 GROUP,
                 VERSION,
@@ -256,17 +169,18 @@ class TaskRunClient:
                 timeout_seconds=WATCH_SECONDS,
                 _preload_content=False,
                 _request_timeout=aiohttp.ClientTimeout(
-                    total=WATCH_SECONDS + REQUEST_TIMEOUT, sock_connect=REQUEST_TIMEOUT
+                    total=WATCH_TIMEOUT, sock_connect=REQUEST_TIMEOUT
                 ),
                 **options,
-            )
+            ),
+            WATCH_TIMEOUT,
         )
         try:
             if response.status != 200:
-                body = await self._call(response.content.read(64 * 1024))
-                raise refusal(response.status, str(response.reason or ""), body)
+                body = await guarded(response.content.read(64 * 1024), WATCH_TIMEOUT)
+                raise refused(response.status, str(response.reason or ""), body)
             lines = LineBuffer()
-            while chunk := await self._call(response.content.readany()):
+            while chunk := await guarded(response.content.readany(), WATCH_TIMEOUT):
                 for line in lines.feed(chunk):
                     try:
                         event = json.loads(line)
@@ -275,14 +189,14 @@ class TaskRunClient:
                     yield interpret(event)
         except (LineTooLong, WatchError) as exc:
             # The API server sent what a watch never sends: as if it were unreachable.
-            raise KubeError(0, "WatchFailed", f"the watch failed: {exc}") from exc
+            raise ApiUnavailable(0, "WatchFailed", f"the watch failed: {exc}") from exc
         finally:
             response.release()
 
-    async def follow(self, namespace: str, name: str) -> AsyncGenerator[dict[str, Any], None]:
+    async def follow(self, namespace: str, name: str) -> AsyncGenerator[TaskRunBody, None]:
         """The TaskRun now, then each new version of it, as the watch delivers them.
 
-        Raises KubeError 404 when it does not exist or is deleted. Never ends by itself.
+        Raises Gone (404) when it does not exist or is deleted. Never ends by itself.
         """
         obj = await self.get(namespace, name)
         yield obj
@@ -294,9 +208,9 @@ class TaskRunClient:
                 async for verdict in verdicts:
                     version = verdict.resource_version or version
                     if verdict.step is Step.UPDATE and verdict.obj is not None:
-                        yield dict(verdict.obj)
+                        yield verdict.obj
                     elif verdict.step is Step.GONE:
-                        raise KubeError(404, "NotFound", f"taskrun {name} was deleted")
+                        raise Gone(404, "NotFound", f"taskrun {name} was deleted")
                     elif verdict.step is Step.RESYNC:
                         resync = True
                         break
@@ -307,7 +221,7 @@ class TaskRunClient:
 
     async def follow_namespace(
         self, namespace: str, *, limit: int
-    ) -> AsyncGenerator[tuple[str, list[dict[str, Any]] | dict[str, Any]], None]:
+    ) -> AsyncGenerator[tuple[str, list[TaskRunBody] | TaskRunBody], None]:
         """`("SNAPSHOT", items)` (at most `limit`, and again after the watch expires),
         then `(event type, object)` for each change in the namespace."""
         while True:
@@ -324,12 +238,12 @@ class TaskRunClient:
                             break
                         if verdict.obj is not None:
                             kind = "DELETED" if verdict.step is Step.GONE else "MODIFIED"
-                            yield kind, dict(verdict.obj)
+                            yield kind, verdict.obj
 
 
 async def wait(
     runs: TaskRunClient, namespace: str, name: str, seconds: float | None
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[TaskRunBody, bool]:
     """The seed's `get(timeout=...)` over the watch: (the run, whether it finished).
 
     Reads the run once whatever `seconds` is (0: just look); then follows it until it

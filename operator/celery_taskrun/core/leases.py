@@ -10,6 +10,7 @@ shorter than the duration, stops acting before anyone may take over.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,7 @@ class LeaseView:
     version: str  # resourceVersion: a change means the holder renewed
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> LeaseView:
+    def of(cls, body: Mapping[str, Any]) -> LeaseView:
         spec = body.get("spec") or {}
         holder = spec.get("holderIdentity")
         duration = spec.get("leaseDurationSeconds")

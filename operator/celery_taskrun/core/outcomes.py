@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
+from celery_taskrun.api.bodies import TaskRunBody
 from celery_taskrun.api.model import Phase
 
 
@@ -71,7 +72,7 @@ class Step(Enum):
 @dataclass(frozen=True)
 class Verdict:
     step: Step
-    obj: Mapping[str, Any] | None = None
+    obj: TaskRunBody | None = None
     resource_version: str | None = None
 
 

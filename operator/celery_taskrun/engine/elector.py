@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.clients.kube import Conflict, Kube, KubeError
+from celery_taskrun.clients.errors import Conflict, KubeError
+from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.leases import Act, LeaseView, held, leading, next_act
 from celery_taskrun.engine import metrics
 

@@ -17,7 +17,8 @@ from celery_taskrun.api.config import OperatorConfig, globbed
 from celery_taskrun.api.model import GROUP, PLURAL, VERSION
 from celery_taskrun.clients.backend import open_backend
 from celery_taskrun.clients.celery_client import CeleryClient, make_app
-from celery_taskrun.clients.kube import Kube, connect
+from celery_taskrun.clients.kube import Kube
+from celery_taskrun.clients.transport import connect
 from celery_taskrun.engine.elector import Elector
 from celery_taskrun.engine.tasks import supervised
 from celery_taskrun.engine.tracker import Tracker
@@ -48,7 +49,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         max_record_bytes=config.maxRecordBytes,
         timeout=config.backendTimeout,
     )
-    kube = Kube(await connect(), timeout=config.apiTimeout)
+    kube = Kube((await connect())[0], timeout=config.apiTimeout)
     tracker = Tracker(
         config,
         kube,
@@ -59,7 +60,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # Only the holder of the Lease acts; the tracker stands by until then.  The election
     # has connections of its own: a queue of the tracker's writes must not hold up a
     # renewal until the leader steps down.
-    lease_kube = Kube(await connect(), timeout=config.apiTimeout)
+    lease_kube = Kube((await connect())[0], timeout=config.apiTimeout)
     elector = Elector(lease_kube, config, on_lead=tracker.lead, on_lose=tracker.step_down)
     memo["tracker"], memo["elector"] = tracker, elector
     memo["campaign"] = asyncio.create_task(supervised("leader election", elector.campaign))

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.model import Phase
-from celery_taskrun.clients.kube import Gone, KubeError
+from celery_taskrun.clients.errors import Gone, KubeError
 from celery_taskrun.core.retention import (
     Finished,
     History,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION
 from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
 from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, SendRefused
-from celery_taskrun.clients.kube import Gone, Kube, KubeError
+from celery_taskrun.clients.errors import Gone, KubeError
+from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core import records
 from celery_taskrun.core.records import TaskRecord
 from celery_taskrun.core.submission import Submission

@@ -17,7 +17,8 @@ from typing import Any
 
 from celery_taskrun.api.config import EventPolicy
 from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
-from celery_taskrun.clients.kube import Gone, Invalid, Kube, KubeError, TooLarge
+from celery_taskrun.clients.errors import Gone, Invalid, KubeError, TooLarge
+from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.redact import redact, scrubbed
 from celery_taskrun.core.transitions import parse_time, shrunk
 from celery_taskrun.engine import metrics

@@ -31,7 +31,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from celery_taskrun.api.model import Phase
-from celery_taskrun.clients.taskruns import KubeError, TaskRunClient, connect, wait
+from celery_taskrun.clients.errors import KubeError
+from celery_taskrun.clients.taskruns import TaskRunClient, wait
+from celery_taskrun.clients.transport import connect
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.auth import (
     Authorizer,

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-import aiohttp
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from celery_taskrun.api.model import GROUP, PLURAL
+from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT
+from celery_taskrun.clients.transport import guarded
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,8 @@ class Authorizer:
 
     async def _review(self, call: Any, what: str) -> Any:
         try:
-            return await call
-        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return await guarded(call, REQUEST_TIMEOUT)
+        except KubeError as exc:
             # The detail goes to the log, never to the caller.
             log.warning("%s failed: %s", what, exc)
             raise ReviewUnavailable(what) from exc

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import uvicorn
 from kubernetes_asyncio import client
 
-from celery_taskrun.clients.taskruns import connect
+from celery_taskrun.clients.transport import connect
 from celery_taskrun.gateway.app import MAX_FOLLOWERS, create_app
 
 DEFAULT_PORT = 8080

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from celery_taskrun.api.model import Phase, TaskRunSpec
-from celery_taskrun.clients.taskruns import KubeError
+from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.core.outcomes import finished, phase_of, status_of
 
 API = "/api/v1"
