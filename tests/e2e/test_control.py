@@ -439,3 +439,32 @@ def test_expired_result_is_reported_lost_never_a_hang(
         assert starts(runs.stack, status["taskId"]) == 1
     finally:
         operator.stop()
+
+
+def test_a_name_deleted_and_reused_shows_only_its_own_run(runs: TaskRuns) -> None:
+    """A run reporting progress is deleted and a TaskRun of another task is created at
+    once under the same name: whatever status the operator held for the old one never
+    reaches the new object."""
+    runs.apply("reused", "progress", kwargs={"steps": 50, "delay": 0.1})
+    old = runs.wait(
+        "reused", lambda s: s.get("phase") == "Running" and s.get("progress"), "progress"
+    )
+    runs.kubectl("delete", "taskrun", "reused", "--wait=true", check=True)
+    runs.apply("reused", "sleep", args=[2])
+    uid = runs.get("reused")["metadata"]["uid"]
+    seen: list[dict[str, object]] = []
+
+    def ended() -> bool:
+        status = runs.status("reused")
+        seen.append(status)
+        return status.get("phase") == "Succeeded"
+
+    wait_for(ended, timeout=30, what="the new run Succeeded")
+    foreign = [
+        s
+        for s in seen
+        if s.get("taskId") not in (None, f"tr-{uid}-1")
+        or s.get("progress")
+        or s.get("taskId") == old["taskId"]
+    ]
+    assert not foreign, foreign[:3]

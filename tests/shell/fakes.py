@@ -10,7 +10,7 @@ import copy
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.clients.backend import BackendUnavailable, OnRecord, OnResync
 from celery_taskrun.clients.celery_client import BrokerUnavailable, MarkRefused
-from celery_taskrun.clients.errors import Gone, Invalid, TooLarge
+from celery_taskrun.clients.errors import Conflict, Gone, Invalid, TooLarge
 from celery_taskrun.core import records
 from celery_taskrun.core.records import Reading
 from celery_taskrun.core.submission import Submission
@@ -36,11 +36,18 @@ class FakeKube:
     max_status_bytes: int | None = None  # refuse larger status patches (etcd's limit)
     writes: int = 0
     metadata_writes: int = 0
+    conflicts: int = 0  # status writes refused as made on a stale view
+    revisions: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
 
-    async def patch_status(self, namespace: str, name: str, patch: Body) -> str | None:
+    async def patch_status(
+        self, namespace: str, name: str, patch: Body, version: str | None
+    ) -> str | None:
         if name in self.hang:
             await asyncio.Event().wait()
         obj = self._get(name)
+        if version is not None and version != obj["metadata"].get("resourceVersion"):
+            self.conflicts += 1
+            raise Conflict(409, "Conflict", "the object has been modified")
         if name in self.refuse:
             raise Invalid(422, "Invalid", "status: Invalid value")
         if self.max_status_bytes is not None and len(repr(patch)) > self.max_status_bytes:
@@ -52,7 +59,13 @@ class FakeKube:
             else:
                 status[key] = copy.deepcopy(value)
         self.writes += 1
-        return None
+        return self._bump(obj)
+
+    def _bump(self, obj: Body) -> str:
+        """A write: the object's resourceVersion moves on, as etcd's revision does."""
+        version = str(next(self.revisions))
+        obj["metadata"]["resourceVersion"] = version
+        return version
 
     async def add_finalizer(
         self, meta: Body, finalizer: str, annotations: dict[str, str]
@@ -62,7 +75,7 @@ class FakeKube:
         stored["finalizers"] = found if finalizer in found else [*found, finalizer]
         self.metadata_writes += 1
         stored.setdefault("annotations", {}).update(annotations)
-        return None
+        return self._bump(self._get(meta["name"]))
 
     async def remove_finalizer(self, meta: Body, finalizer: str) -> str | None:
         stored = self._get(meta["name"])["metadata"]
@@ -171,6 +184,7 @@ class Harness:
                 "name": name,
                 "namespace": "ns",
                 "uid": str(uuid.uuid4()),
+                "resourceVersion": "1",
                 "generation": 1,
                 "creationTimestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             },

@@ -322,3 +322,39 @@ async def test_events_announce_outcomes_or_every_transition(
     name = run["metadata"]["name"]
     await until(lambda: any(r == "Succeeded" for n, _, r in harness.kube.events if n == name))
     assert [r for n, _, r in harness.kube.events if n == name] == reasons
+
+
+async def test_a_held_status_never_lands_on_an_object_recreated_under_its_name(
+    make_harness: Any,
+) -> None:
+    harness = await make_harness(statusHoldSeconds=1.0)
+    old = await harness.apply({"task": "t.a"}, name="same")
+    await until(lambda: harness.celery.sent, what="sent")
+    # Running is held; meanwhile the TaskRun is deleted and created anew, same name.
+    await harness.backend.publish(harness.task_id(old), TaskRecord("STARTED", {}))
+    new = harness.create({"task": "t.b"}, name="same")
+    new["metadata"]["resourceVersion"] = "2000"
+    await until(lambda: harness.kube.conflicts == 1, within=3, what="the held write refused")
+    assert harness.kube.status("same") == {"observedGeneration": 0}
+    assert harness.kube.writes == 0
+    await harness.tracker.observe("ADDED", copy.deepcopy(new))
+    await until(lambda: phase(harness, new) == "Queued", within=3, what="the new run Queued")
+    assert harness.kube.status("same")["taskId"] == harness.task_id(new)
+
+
+async def test_a_status_written_by_someone_else_is_never_rolled_back(
+    make_harness: Any,
+) -> None:
+    harness = await make_harness(statusHoldSeconds=1.0)
+    run = await harness.apply({"task": "t.a"})
+    name = run["metadata"]["name"]
+    await until(lambda: harness.celery.sent, what="sent")
+    await harness.backend.publish(harness.task_id(run), TaskRecord("STARTED", {}))
+    # Another writer (an operator that took over) ends the run meanwhile.
+    stored = harness.kube.objects[name]
+    stored["status"] = {"phase": "Succeeded", "reason": "Succeeded", "taskId": harness.task_id(run)}
+    stored["metadata"]["resourceVersion"] = "5000"
+    await until(lambda: harness.kube.metadata_writes == 2, within=3, what="released")
+    assert harness.kube.conflicts == 1
+    assert harness.kube.status(name)["phase"] == "Succeeded"
+    assert harness.kube.writes == 0  # our Running was refused, never written

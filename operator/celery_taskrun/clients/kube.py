@@ -59,8 +59,15 @@ class Kube:
         version = RESOURCE_VERSION.search(body)
         return version.group(1).decode() if version else None
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> str | None:
-        """Merge `patch` into the status; the resourceVersion written."""
+    async def patch_status(
+        self, namespace: str, name: str, patch: dict[str, Any], version: str | None
+    ) -> str | None:
+        """Merge `patch` into the status, on the resourceVersion `version` when given: an
+        object replaced under the same name, or written by someone else since, refuses
+        it (Conflict) rather than take a stale status.  The resourceVersion written."""
+        body: dict[str, Any] = {"status": patch}
+        if version:
+            body["metadata"] = {"resourceVersion": version}
         return await self._write(
             self.objects.patch_namespaced_custom_object_status(
                 GROUP,
@@ -68,7 +75,7 @@ class Kube:
                 namespace,
                 PLURAL,
                 name,
-                {"status": patch},
+                body,
                 _content_type=MERGE_PATCH,
                 _request_timeout=self.timeout,
                 _preload_content=False,
@@ -95,27 +102,37 @@ class Kube:
             except Conflict:
                 if attempt:
                     raise
-            meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
+            meta = await self._same(meta)
         return None
 
+    async def _same(self, meta: Mapping[str, Any]) -> ObjectMeta:
+        """The object's metadata read again; Gone when the name now holds another object
+        (deleted and created anew): a write meant for one never lands on the other."""
+        fresh = (await self.get(meta["namespace"], meta["name"]))["metadata"]
+        if meta.get("uid") and fresh.get("uid") != meta["uid"]:
+            raise Gone(404, "NotFound", f"{meta['name']} was replaced by another object")
+        return fresh
+
     async def remove_finalizer(self, meta: Mapping[str, Any], finalizer: str) -> str | None:
-        """Remove `finalizer` with a JSON patch that first tests it is where `meta` says:
-        no resourceVersion is needed, so a view of the object that later writes made
-        stale costs nothing unless the list itself moved; then (422) the object is read
-        and the patch made once more.  Returns the resourceVersion written, None when
-        there was nothing to remove."""
+        """Remove `finalizer` with a JSON patch that first tests the object's uid and that
+        the finalizer is where `meta` says: no resourceVersion is needed, so a view of the
+        object that later writes made stale costs nothing unless the list itself moved;
+        then (422) the object is read and the patch made once more.  Returns the
+        resourceVersion written, None when there was nothing to remove."""
         for attempt in range(2):
             current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
             if finalizer not in current:
                 return None
             path = f"/metadata/finalizers/{current.index(finalizer)}"
             ops = [{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}]
+            if meta.get("uid"):  # this object, not another one created under its name
+                ops.insert(0, {"op": "test", "path": "/metadata/uid", "value": meta["uid"]})
             try:
                 return await self._patch(meta, ops, JSON_PATCH)
             except Invalid:
                 if attempt:
                     raise
-            meta = (await self.get(meta["namespace"], meta["name"]))["metadata"]
+            meta = await self._same(meta)
         return None
 
     async def _patch(self, meta: Mapping[str, Any], body: Any, content_type: str) -> str | None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from celery_taskrun.api.bodies import TaskRunBody
 from celery_taskrun.api.model import FINALIZER, TaskRunStatus
 from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, MarkRefused
+from celery_taskrun.clients.errors import Gone
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.step import AskWorkers, Revoke, held
 from celery_taskrun.core.submission import Submission
@@ -36,6 +38,14 @@ class Effects:
         self.submitter = submitter
         self.writer = writer
         self.revoke_timeout = revoke_timeout
+
+    async def read(self, run: Run) -> TaskRunBody:
+        """The object as the API server has it now (raises Gone when it no longer
+        exists, or the name now holds another object)."""
+        body = await self.kube.get(run.namespace, run.name)
+        if body["metadata"].get("uid") != run.uid:
+            raise Gone(404, "NotFound", f"{run.name} was replaced by another object")
+        return body
 
     async def send(self, run: Run, submission: Submission) -> Sent | NotSent:
         return await self.submitter.submit(run, submission)

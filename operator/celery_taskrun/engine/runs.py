@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION, Phase, TaskRunSpec, TaskRunStatus
 from celery_taskrun.core.backoff import Backoff
 from celery_taskrun.core.step import View
+from celery_taskrun.core.submission import trusted
 from celery_taskrun.core.transitions import Observed, parse_time
 
 # What was learnt of a run's task: (task id, what its record said).
@@ -45,11 +47,30 @@ def fingerprints(fields: dict[str, Any]) -> Fingerprints:
     }
 
 
+def status_of(body: Mapping[str, Any], uid: str) -> TaskRunStatus:
+    """A status read back from the API server, as far as the operator may act on it."""
+    try:
+        return trusted(TaskRunStatus.model_validate(body.get("status") or {}), uid)
+    except ValidationError:
+        return TaskRunStatus()  # not ours to trust: start from what we can see
+
+
+def newer(known: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a watch event, unless it is older than what we know: the watch
+    echoes our own writes, and an echo of an earlier one can arrive after a later write
+    answered (its view would make that write's successor refused).  resourceVersions
+    are etcd's revisions: compared as numbers where both are."""
+    ours, theirs = known.get("resourceVersion"), seen.get("resourceVersion")
+    if isinstance(ours, str) and isinstance(theirs, str) and ours.isdigit() and theirs.isdigit():
+        return known if int(theirs) < int(ours) else seen
+    return seen
+
+
 def with_finalizer(finalizers: list[str]) -> list[str]:
     return finalizers if FINALIZER in finalizers else [*finalizers, FINALIZER]
 
 
-def slim(meta: dict[str, Any]) -> dict[str, Any]:
+def slim(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The metadata the operator keeps of a TaskRun."""
     kept = {key: meta[key] for key in META_KEYS if key in meta}
     annotations = meta.get("annotations")
@@ -96,6 +117,15 @@ class Run:
     seen_running: tuple[str, datetime] | None = None
     written_phase: tuple[Phase | None, str | None] = (None, None)
     box: Box = field(default_factory=Box)
+
+    def refresh(self, body: Mapping[str, Any]) -> None:
+        """Take the object as the API server has it now (after a write it refused as
+        made on a stale view): its metadata, and its status as written."""
+        self.meta = slim(body["metadata"])
+        self.status = status_of(body, self.uid)
+        self.written = fingerprints(dump(self.status))
+        self.written_phase = (self.status.phase, self.status.reason)
+        self.synced = True
 
     def view(self) -> View:
         seen = self.seen_running

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.model import Reason, TaskRunStatus
+from celery_taskrun.clients.errors import Gone, KubeError
 from celery_taskrun.core.step import (
     Plan,
     View,
@@ -149,6 +150,9 @@ class Stepper:
         if written in (Written.GONE, Written.REFUSED):
             self.registry.forget(run.uid)  # gone, or no status of it can ever be written
             return
+        if written is Written.STALE:
+            await self._reread(run)
+            return
         if written is Written.FAILED:
             run.status = status  # still owed: the next step writes it
             self.poller.look(run, RETRY_WRITE_SECONDS)
@@ -159,6 +163,26 @@ class Stepper:
             return
         run.polls = 0 if moved(before, run.status) else run.polls + 1
         self.poller.plan(run)
+
+    async def _reread(self, run: Run) -> None:
+        """A status write refused as made on a stale view: someone else wrote the object
+        (another operator, a user), or the name holds a new object.  Nothing is
+        overwritten blindly: the run takes the object as it is now and is stepped again
+        (or let go, or finished, as that view says)."""
+        try:
+            body = await self.effects.read(run)
+        except Gone:
+            self.registry.forget(run.uid)
+            return
+        except KubeError as exc:
+            log.warning("%s/%s not read again: %s", run.namespace, run.name, exc)
+            self.poller.look(run, RETRY_WRITE_SECONDS)
+            return
+        run.refresh(body)
+        if run.finished:
+            await self.reaper.finish(run)
+            return
+        self.poller.look(run, 0)
 
     def _measure(self, run: Run, before: TaskRunStatus) -> None:
         """Queue wait once a run is first written started, run duration once it ended."""

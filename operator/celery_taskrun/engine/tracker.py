@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_taskrun.api.config import OperatorConfig, globbed
-from celery_taskrun.api.model import Phase, TaskRunSpec, TaskRunStatus
+from celery_taskrun.api.model import Phase, TaskRunSpec
 from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
 from celery_taskrun.clients.celery_client import CeleryClient
 from celery_taskrun.clients.kube import Kube
@@ -30,7 +30,6 @@ from celery_taskrun.core.records import Reading
 from celery_taskrun.core.redact import secrets_of
 from celery_taskrun.core.retention import gitops_owner
 from celery_taskrun.core.step import lost
-from celery_taskrun.core.submission import trusted
 from celery_taskrun.core.transitions import deadline
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.effects import Effects
@@ -38,7 +37,15 @@ from celery_taskrun.engine.mailbox import Mailbox
 from celery_taskrun.engine.poller import Duty, Poller
 from celery_taskrun.engine.reaper import Reaper
 from celery_taskrun.engine.registry import Registry
-from celery_taskrun.engine.runs import Run, dump, fingerprints, slim, validation_message
+from celery_taskrun.engine.runs import (
+    Run,
+    dump,
+    fingerprints,
+    newer,
+    slim,
+    status_of,
+    validation_message,
+)
 from celery_taskrun.engine.stepper import Stepper
 from celery_taskrun.engine.submitter import Submitter
 from celery_taskrun.engine.tasks import Tasks, supervised
@@ -211,8 +218,8 @@ class Tracker:
         if known is None:
             await self._adopt(body)
             return
-        known.meta = slim(meta)
-        if meta.get("deletionTimestamp"):
+        known.meta = newer(known.meta, slim(meta))
+        if known.meta.get("deletionTimestamp"):
             await self.reaper.delete(known)
             return
         spec = self._spec(body)
@@ -230,10 +237,7 @@ class Tracker:
     async def _adopt(self, body: dict[str, Any]) -> None:
         """A run seen for the first time: just created, or found again after a restart."""
         meta = body["metadata"]
-        try:
-            status = trusted(TaskRunStatus.model_validate(body.get("status") or {}), meta["uid"])
-        except ValidationError:
-            status = TaskRunStatus()  # not ours to trust: start from what we can see
+        status = status_of(body, meta["uid"])
         try:
             spec = TaskRunSpec.model_validate(body.get("spec") or {})
             problem = None

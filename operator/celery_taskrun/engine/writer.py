@@ -17,7 +17,7 @@ from typing import Any
 
 from celery_taskrun.api.config import EventPolicy
 from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
-from celery_taskrun.clients.errors import Gone, Invalid, KubeError, TooLarge
+from celery_taskrun.clients.errors import Conflict, Gone, Invalid, KubeError, TooLarge
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.redact import redact, scrubbed
 from celery_taskrun.core.transitions import parse_time, shrunk
@@ -39,6 +39,7 @@ class Written(enum.Enum):
     WRITTEN = "written"  # the API server holds the new status
     UNCHANGED = "unchanged"  # nothing visible changed: no write
     GONE = "gone"  # the object no longer exists
+    STALE = "stale"  # the object changed since our view of it (or is another one): read it
     FAILED = "failed"  # not written: try again later
     REFUSED = "refused"  # refused even at its smallest: trying again cannot help
 
@@ -83,9 +84,15 @@ class StatusWriter:
                 return Written.UNCHANGED
             try:
                 async with self.slots:
-                    version = await self.kube.patch_status(run.namespace, run.name, patch)
+                    version = await self.kube.patch_status(
+                        run.namespace, run.name, patch, run.meta.get("resourceVersion")
+                    )
             except Gone:
                 return Written.GONE
+            except Conflict:
+                metrics.API_WRITE_ERRORS.labels("status").inc()
+                run.synced = False
+                return Written.STALE
             except (TooLarge, Invalid) as exc:
                 metrics.API_WRITE_ERRORS.labels("status").inc()
                 log.warning(
@@ -101,7 +108,7 @@ class StatusWriter:
             metrics.API_WRITES.labels("status").inc()
             run.status, run.written, run.synced = status, prints, True
             run.written_phase = (status.phase, status.reason)
-            if version:  # the next metadata write is made on it (see Kube.add_finalizer)
+            if version:  # the next write is made on it
                 run.meta = {**run.meta, "resourceVersion": version}
             if (status.phase, status.reason) != (old_phase, old_reason):
                 await self._announce(run, status)
