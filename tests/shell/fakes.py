@@ -149,9 +149,11 @@ class FakeCelery:
     down: bool = False
     mark_refused: bool = False  # the record to replace does not decode
 
-    async def send(self, submission: Submission) -> None:
+    async def send(self, submission: Submission, *, may_publish: Callable[[], bool]) -> None:
         if self.down:
             raise BrokerUnavailable("ConnectionError: broker down")
+        if not may_publish():
+            raise BrokerUnavailable("not sent: this operator's Lease is not surely its own")
         self.sent.append(submission)
 
     async def revoke(self, task_id: str, *, terminate: bool, reason: str, keep_for: float) -> None:

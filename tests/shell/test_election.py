@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.clients.errors import ApiUnavailable, Conflict
 from celery_taskrun.core.records import TaskRecord
 from celery_taskrun.engine.elector import Elector
+from celery_taskrun.engine.fence import Fence
 
 from fakes import Harness, until
 
@@ -66,7 +68,14 @@ def elector(leases: Leases, clock: Clock, events: list[str], name: str) -> Elect
         events.append(f"{name} stops")
 
     config = OperatorConfig(leaseDurationSeconds=15, leaseRenewDeadlineSeconds=10)
-    made = Elector(leases.client(who), config, on_lead=on_lead, on_lose=on_lose, monotonic=clock)
+    made = Elector(
+        leases.client(who),
+        config,
+        on_lead=on_lead,
+        on_lose=on_lose,
+        fence=Fence(until=-math.inf, monotonic=clock),
+        monotonic=clock,
+    )
     who[0] = made.me
     return made
 
@@ -87,10 +96,14 @@ async def test_one_leads_and_the_other_takes_over_only_after_it_stopped() -> Non
         await turn(a, b)
     assert (a.leading, b.leading) == (True, False)
 
+    assert a.fence.open() and not b.fence.open()
+
     leases.down.add(a.me)  # a is cut off from the API server
     stopped = took = None
     while took is None:
         clock.t += 0.5
+        # Whatever either would do now: never both past their fences at once.
+        assert not (a.fence.open() and b.fence.open()), clock.t
         await turn(a, b)
         if stopped is None and not a.leading:
             stopped = clock.t
@@ -98,6 +111,20 @@ async def test_one_leads_and_the_other_takes_over_only_after_it_stopped() -> Non
             took = clock.t
     assert stopped is not None and stopped < took  # never both acting
     assert events == ["a leads", "a stops", "b leads"]
+    assert b.fence.open() and not a.fence.open()
+
+
+async def test_a_leader_paused_past_its_lease_is_fenced_until_it_reads_the_lease() -> None:
+    leases, clock, events = Leases(), Clock(), []
+    a, b = elector(leases, clock, events, "a"), elector(leases, clock, events, "b")
+    await turn(a, b)
+    clock.t += 20  # a is frozen (SIGSTOP) past its lease; b takes over meanwhile
+    await turn(b)
+    assert b.leading and b.fence.open()
+    assert a.leading and not a.fence.open()  # a has not looked yet, and must not act
+    await turn(a)  # a wakes: it reads the Lease, finds b holding it and stops
+    assert not a.leading and not a.fence.open()
+    assert events == ["a leads", "b leads", "a stops"]
 
 
 async def test_a_released_lease_is_taken_at_once() -> None:

@@ -9,7 +9,8 @@ the operator).
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -21,8 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.core.submission import Submission
 
-# Fail fast when the broker is down: the tracker retries on its own schedule.
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+# No retry inside a publish: the tracker retries on its own schedule, each time past the
+# leader's fence, and a publish is bounded by the socket's own timeouts (below): its
+# connect plus one write.
+PUBLISH_RETRY = {"max_retries": 0}
 PING_SECONDS = 2.0
 SOCKET_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 5}
 
@@ -71,6 +74,8 @@ class CeleryClient:
         self.sender = sender  # sending: no result backend of its own (see `make_app`)
         self.timeout = timeout
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="celery-client")
+        # Sends whose caller stopped waiting, by task id, until a later send settles them.
+        self._sends: dict[str, Future[None]] = {}
         # What the broker's transport and the backend raise when they are unreachable.
         connection = app.connection_for_write()
         self.unavailable: tuple[type[BaseException], ...] = (
@@ -94,17 +99,45 @@ class CeleryClient:
         except self.unavailable as exc:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    async def send(self, submission: Submission) -> None:
+    async def send(self, submission: Submission, *, may_publish: Callable[[], bool]) -> None:
         """Send the task; SendRefused when the message cannot be encoded, any other
-        error when the broker did not take it (worth another try)."""
-        try:
-            await self._send(submission)
-        except (EncodeError, OverflowError) as exc:
-            raise SendRefused(f"{type(exc).__name__}: {exc}") from exc
+        error when the broker did not take it (worth another try).
 
-    async def _send(self, submission: Submission) -> None:
-        await self._call(
-            self.sender.send_task,
+        A task id is never published twice: a send that timed out here may still be
+        publishing in its thread, so until that thread has returned, sending the same
+        id again is refused (BrokerUnavailable, "not settled"), and once it has returned
+        having published, sending it again is that send's success, not a second
+        message.  `may_publish` (the leader's fence) is asked in the publishing thread,
+        just before the message leaves."""
+        task_id = submission.task_id
+        earlier = self._sends.get(task_id)
+        if earlier is not None:
+            if not earlier.done():
+                raise BrokerUnavailable(f"the previous send of {task_id} has not settled yet")
+            del self._sends[task_id]
+            if not earlier.cancelled() and earlier.exception() is None:
+                return  # it did publish, after its caller stopped waiting
+        future = self.pool.submit(self._publish, submission, may_publish)
+        self._sends[task_id] = future
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TimeoutError as exc:  # still publishing, maybe: settled by a later send
+            raise BrokerUnavailable(f"no answer from the broker in {self.timeout:g}s") from exc
+        except (EncodeError, OverflowError) as exc:
+            del self._sends[task_id]
+            raise SendRefused(f"{type(exc).__name__}: {exc}") from exc
+        except BrokerUnavailable:
+            del self._sends[task_id]
+            raise
+        except self.unavailable as exc:
+            del self._sends[task_id]
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        del self._sends[task_id]
+
+    def _publish(self, submission: Submission, may_publish: Callable[[], bool]) -> None:
+        if not may_publish():
+            raise BrokerUnavailable("not sent: this operator's Lease is not surely its own")
+        self.sender.send_task(
             submission.task,
             args=submission.args,
             kwargs=submission.kwargs,

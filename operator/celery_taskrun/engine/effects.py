@@ -1,7 +1,8 @@
 """Effects: the one place every side effect of the engine passes (send, revoke, status
 write, finalizer removal, deletion, worker questions).  The steps and the reaper act
-through it alone, so what must hold for every effect (the leader's fence, a
-precondition) is put here once."""
+through it alone, so what must hold for every effect is put here once: each waits at
+the leader's fence (`fence.py`), and a send checks it again in the thread that
+publishes, just before the message leaves."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.step import AskWorkers, Revoke, held
 from celery_taskrun.core.submission import Submission
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.runs import Run
 from celery_taskrun.engine.submitter import NotSent, Sent, Submitter
 from celery_taskrun.engine.writer import StatusWriter, Written
@@ -31,12 +33,14 @@ class Effects:
         submitter: Submitter,
         writer: StatusWriter,
         *,
+        fence: Fence,
         revoke_timeout: float,
     ) -> None:
         self.kube = kube
         self.celery = celery
         self.submitter = submitter
         self.writer = writer
+        self.fence = fence
         self.revoke_timeout = revoke_timeout
 
     async def read(self, run: Run) -> TaskRunBody:
@@ -48,12 +52,15 @@ class Effects:
         return body
 
     async def send(self, run: Run, submission: Submission) -> Sent | NotSent:
-        return await self.submitter.submit(run, submission)
+        await self.fence.wait()
+        return await self.submitter.submit(run, submission, may_publish=self.fence.open)
 
     async def write(self, run: Run, status: TaskRunStatus) -> Written:
+        await self.fence.wait()
         return await self.writer.write(run, status)
 
     async def revoke(self, run: Run, revoke: Revoke) -> None:
+        await self.fence.wait()
         try:
             await asyncio.wait_for(
                 self.celery.revoke(
@@ -83,11 +90,13 @@ class Effects:
 
     async def release(self, run: Run) -> None:
         """Our finalizer off a run (raises Gone, KubeError)."""
+        await self.fence.wait()
         if await self.kube.remove_finalizer(run.meta, FINALIZER):
             metrics.API_WRITES.labels("metadata").inc()
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:
         """A finished run deleted, its uid the precondition (raises Gone, KubeError)."""
+        await self.fence.wait()
         async with self.writer.slots:  # a takeover may find thousands past their limit
             await self.kube.delete(namespace, name, uid)
         metrics.API_WRITES.labels("delete").inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -23,6 +24,7 @@ from celery_taskrun.clients.errors import Conflict, KubeError
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.leases import Act, LeaseView, held, leading, next_act
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.fence import Fence
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Elector:
         *,
         on_lead: Callable[[], Awaitable[None]],
         on_lose: Callable[[], Awaitable[None]],
+        fence: Fence,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
@@ -63,6 +66,7 @@ class Elector:
         self.period = config.leaseRetryPeriodSeconds
         self.on_lead = on_lead
         self.on_lose = on_lose
+        self.fence = fence  # moved on every renewal: the tracker's effects wait at it
         self.monotonic = monotonic
         self.leading = False
         self.renewed: float | None = None  # when we last renewed (our clock)
@@ -100,6 +104,7 @@ class Elector:
         # A try never outlasts the time left to renew: a hung call must not keep a
         # leader acting past its deadline.
         timeout = min(max(self.period, 1.0), self._left())
+        sent = self.monotonic()  # a renewal holds from when it was asked, not answered
         try:
             body = await self.kube.lease(self.namespace, self.name, timeout)
             lease = LeaseView.of(body) if body is not None else None
@@ -118,7 +123,8 @@ class Elector:
         except KubeError as exc:
             log.info("lease %s/%s not renewed or taken: %s", self.namespace, self.name, exc)
             return
-        self.renewed = self.monotonic()
+        self.renewed = sent
+        self.fence.hold(sent + self.deadline)
         if not self.leading:
             self.leading = True
             metrics.LEADER.set(1)
@@ -146,6 +152,7 @@ class Elector:
     async def _lose(self, why: str) -> None:
         self.leading = False
         self.renewed = None
+        self.fence.hold(-math.inf)
         metrics.LEADER.set(0)
         log.warning("no longer leading (%s): standing by", why)
         await self.on_lose()

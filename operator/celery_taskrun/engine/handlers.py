@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 import kopf
@@ -20,6 +21,7 @@ from celery_taskrun.clients.celery_client import CeleryClient, make_app
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.clients.transport import connect
 from celery_taskrun.engine.elector import Elector
+from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.tasks import supervised
 from celery_taskrun.engine.tracker import Tracker
 
@@ -50,18 +52,23 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         timeout=config.backendTimeout,
     )
     kube = Kube((await connect())[0], timeout=config.apiTimeout)
+    # Closed until the election says the Lease is ours, and whenever it may not be.
+    fence = Fence(until=-math.inf)
     tracker = Tracker(
         config,
         kube,
         CeleryClient(app, make_app(config, results=False), timeout=config.brokerTimeout),
         backend,
         namespaces=memo["namespaces"],
+        fence=fence,
     )
     # Only the holder of the Lease acts; the tracker stands by until then.  The election
     # has connections of its own: a queue of the tracker's writes must not hold up a
     # renewal until the leader steps down.
     lease_kube = Kube((await connect())[0], timeout=config.apiTimeout)
-    elector = Elector(lease_kube, config, on_lead=tracker.lead, on_lose=tracker.step_down)
+    elector = Elector(
+        lease_kube, config, on_lead=tracker.lead, on_lose=tracker.step_down, fence=fence
+    )
     memo["tracker"], memo["elector"] = tracker, elector
     memo["campaign"] = asyncio.create_task(supervised("leader election", elector.campaign))
     log.info("celery-taskrun operator started (backend %s)", config.resultBackend.split("://")[0])

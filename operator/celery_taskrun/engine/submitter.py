@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION
@@ -44,7 +45,11 @@ class Submitter:
         self.celery = celery
         self.backend = backend
 
-    async def submit(self, run: Run, submission: Submission) -> Sent | NotSent:
+    async def submit(
+        self, run: Run, submission: Submission, *, may_publish: Callable[[], bool]
+    ) -> Sent | NotSent:
+        """Record the intent, then send (`may_publish` is asked once more just before the
+        message leaves: see `CeleryClient.send`)."""
         task_id = submission.task_id
         recovering = run.intent == task_id  # an earlier incarnation may have sent it
         log.info(
@@ -59,7 +64,7 @@ class Submitter:
                 await self._record_intent(run, task_id)
             if not (recovering and await self._has_record(task_id)):
                 await faults.slow_point("send")
-                await self.celery.send(submission)
+                await self.celery.send(submission, may_publish=may_publish)
                 faults.crash_point("after-send")
         except Gone:
             return Sent.GONE

@@ -33,6 +33,7 @@ from celery_taskrun.core.step import lost
 from celery_taskrun.core.transitions import deadline
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.effects import Effects
+from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.mailbox import Mailbox
 from celery_taskrun.engine.poller import Duty, Poller
 from celery_taskrun.engine.reaper import Reaper
@@ -64,6 +65,7 @@ class Tracker:
         backend: ResultBackend,
         *,
         namespaces: Sequence[str] = (),
+        fence: Fence | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -91,6 +93,7 @@ class Tracker:
             celery,
             Submitter(kube, celery, backend),
             writer,
+            fence=fence or Fence(),
             revoke_timeout=config.revokeTimeout,
         )
         self.poller = Poller(
