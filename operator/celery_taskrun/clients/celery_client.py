@@ -28,6 +28,9 @@ from celery_taskrun.core.submission import Submission
 PUBLISH_RETRY = {"max_retries": 0}
 PING_SECONDS = 2.0
 SOCKET_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 5}
+# The longest a publish can take once started (no retries inside it): a new leader
+# waits this long before it sends again what an earlier leader may have been sending.
+PUBLISH_BOUND_SECONDS = float(sum(SOCKET_OPTIONS.values()))
 
 
 def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:

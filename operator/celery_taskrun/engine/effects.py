@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 
 from celery_taskrun.api.bodies import TaskRunBody
 from celery_taskrun.api.model import FINALIZER, TaskRunStatus
-from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, MarkRefused
+from celery_taskrun.clients.celery_client import (
+    PUBLISH_BOUND_SECONDS,
+    BrokerUnavailable,
+    CeleryClient,
+    MarkRefused,
+)
 from celery_taskrun.clients.errors import Gone
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.step import AskWorkers, Revoke, held
@@ -35,6 +43,7 @@ class Effects:
         *,
         fence: Fence,
         revoke_timeout: float,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.celery = celery
@@ -42,6 +51,8 @@ class Effects:
         self.writer = writer
         self.fence = fence
         self.revoke_timeout = revoke_timeout
+        self.monotonic = monotonic
+        self.settled_at = -math.inf  # see `took_over`
 
     async def read(self, run: Run) -> TaskRunBody:
         """The object as the API server has it now (raises Gone when it no longer
@@ -51,8 +62,15 @@ class Effects:
             raise Gone(404, "NotFound", f"{run.name} was replaced by another object")
         return body
 
+    def took_over(self) -> None:
+        """This operator now leads: what an earlier leader was publishing may still land
+        for PUBLISH_BOUND_SECONDS."""
+        self.settled_at = self.monotonic() + PUBLISH_BOUND_SECONDS
+
     async def send(self, run: Run, submission: Submission) -> Sent | NotSent:
         await self.fence.wait()
+        if run.inherited == submission.task_id:  # an earlier leader may be sending it now
+            await asyncio.sleep(self.settled_at - self.monotonic())
         return await self.submitter.submit(run, submission, may_publish=self.fence.open)
 
     async def write(self, run: Run, status: TaskRunStatus) -> Written:

@@ -116,6 +116,9 @@ class Run:
     # (task id, when it was first heard running): news that later news superseded.
     seen_running: tuple[str, datetime] | None = None
     written_phase: tuple[Phase | None, str | None] = (None, None)
+    # The intent the run carried when this operator adopted it: an earlier leader may
+    # have been sending that task id (see Effects.send).
+    inherited: str | None = None
     box: Box = field(default_factory=Box)
 
     def refresh(self, body: Mapping[str, Any]) -> None:

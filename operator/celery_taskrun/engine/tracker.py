@@ -95,6 +95,7 @@ class Tracker:
             writer,
             fence=fence or Fence(),
             revoke_timeout=config.revokeTimeout,
+            monotonic=monotonic,
         )
         self.poller = Poller(
             backend,
@@ -131,6 +132,7 @@ class Tracker:
     async def lead(self) -> None:
         """Start acting: every TaskRun is listed and adopted, then followed."""
         self.acting = True
+        self.effects.took_over()
         self.poller.beat = self.monotonic()
         spawn = self.tasks.spawn
         spawn(supervised("loop", self.poller.loop))
@@ -259,6 +261,7 @@ class Tracker:
             problem=problem,
             gitops=gitops_owner(meta.get("labels") or {}, meta.get("annotations") or {}),
         )
+        run.inherited = run.intent
         if meta.get("deletionTimestamp"):
             if run.guarded:
                 await self.reaper.delete(run)
