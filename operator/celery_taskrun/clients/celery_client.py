@@ -19,7 +19,7 @@ from kombu.exceptions import EncodeError, KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.core.submission import Submission
+from celery_taskrun.core.sending import Message
 
 # Fail fast when the broker is down: the tracker retries on its own schedule.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
@@ -94,22 +94,22 @@ class CeleryClient:
         except self.unavailable as exc:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    async def send(self, submission: Submission) -> None:
+    async def send(self, message: Message) -> None:
         """Send the task; SendRefused when the message cannot be encoded, any other
         error when the broker did not take it (worth another try)."""
         try:
-            await self._send(submission)
+            await self._send(message)
         except (EncodeError, OverflowError) as exc:
             raise SendRefused(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _send(self, submission: Submission) -> None:
+    async def _send(self, message: Message) -> None:
         await self._call(
             self.sender.send_task,
-            submission.task,
-            args=submission.args,
-            kwargs=submission.kwargs,
-            task_id=submission.task_id,
-            **submission.options,
+            message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            task_id=message.task_id,
+            **message.options,
         )
 
     async def revoke(self, task_id: str, *, terminate: bool, reason: str, keep_for: float) -> None:

@@ -11,11 +11,11 @@ import logging
 from celery_taskrun.api.model import FINALIZER, TaskRunStatus
 from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, MarkRefused
 from celery_taskrun.clients.kube import Kube
+from celery_taskrun.core.sending import Message
 from celery_taskrun.core.step import AskWorkers, Revoke, held
-from celery_taskrun.core.submission import Submission
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.runs import Run
-from celery_taskrun.engine.submitter import NotSent, Sent, Submitter
+from celery_taskrun.engine.submitter import Deleted, NotSent, Sent, Submitter
 from celery_taskrun.engine.writer import StatusWriter, Written
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class Effects:
         self.writer = writer
         self.revoke_timeout = revoke_timeout
 
-    async def send(self, run: Run, submission: Submission) -> Sent | NotSent:
-        return await self.submitter.submit(run, submission)
+    async def send(self, run: Run, message: Message) -> Sent | NotSent | Deleted:
+        return await self.submitter.submit(run, message)
 
     async def write(self, run: Run, status: TaskRunStatus) -> Written:
         return await self.writer.write(run, status)
