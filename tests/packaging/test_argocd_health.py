@@ -2,7 +2,7 @@
 
 Argo CD evaluates health scripts with gopher-lua, a Lua 5.1, with only the base,
 table, string and math libraries open and the resource in the global `obj`.  The
-statuses fed to it are built by the operator's own `with_phase`, so the conditions are
+statuses fed to it are built by the operator's own named changes, so the conditions are
 exactly the ones the operator writes.
 """
 
@@ -16,8 +16,20 @@ from typing import Any
 import pytest
 import yaml
 
-from celery_taskrun.api.model import Phase, Progress, Reason, TaskRunStatus
-from celery_taskrun.core.transitions import with_phase
+from celery_taskrun.api.model import EffectiveLimits, Phase, Progress, Reason, TaskRunStatus
+from celery_taskrun.core.changes import (
+    Report,
+    backend_unavailable,
+    failed,
+    pending,
+    progressed,
+    queued,
+    retrying,
+    revoked,
+    running,
+    succeeded,
+    timed_out,
+)
 
 lua51 = pytest.importorskip("lupa.lua51", reason="lupa (PyPI) embeds Lua: pip install lupa")
 
@@ -68,9 +80,23 @@ def taskrun(status: TaskRunStatus | None, generation: int = 1) -> dict[str, Any]
     return obj
 
 
-def status(phase: Phase, reason: Reason, message: str, **fields: Any) -> TaskRunStatus:
-    base = TaskRunStatus(taskId="3f1c", attempt=1, submittedAt="2026-01-01T11:59:00Z")
-    return with_phase(base, phase, reason, message, generation=1, now=NOW, **fields)
+BASE = TaskRunStatus(taskId="3f1c", attempt=1, submittedAt="2026-01-01T11:59:00Z")
+AT: dict[str, Any] = {"generation": 1, "now": NOW}
+RUNNING = running(BASE, "task is running", Report("STARTED"), **AT)
+
+
+def success(message: str, result: Any = None) -> TaskRunStatus:
+    return succeeded(
+        BASE,
+        message,
+        Report("SUCCESS"),
+        result=result,
+        truncated=None,
+        size=None,
+        key=None,
+        progress=None,
+        **AT,
+    )
 
 
 CASES: list[tuple[str, dict[str, Any], str, str]] = [
@@ -94,25 +120,27 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "pending",
-        taskrun(status(Phase.PENDING, Reason.SUBMITTING, "sending the task")),
+        taskrun(
+            pending(BASE, "cannot send the task yet: broker down", limits=EffectiveLimits(), **AT)
+        ),
         "Progressing",
-        "Pending (Submitting): sending the task",
+        "Pending (BackendUnavailable): cannot send the task yet: broker down",
     ),
     (
         "queued",
-        taskrun(status(Phase.QUEUED, Reason.QUEUED, "waiting for a worker", state="PENDING")),
+        taskrun(queued(BASE, "waiting for a worker", **AT)),
         "Progressing",
         "Queued (Queued): waiting for a worker",
     ),
     (
         "running with progress",
         taskrun(
-            status(
-                Phase.RUNNING,
-                Reason.PROGRESS,
+            progressed(
+                BASE,
                 "task reports PROGRESS (42.5%)",
-                state="PROGRESS",
-                progress=Progress(percent=42.5, current=17, total=40, state="PROGRESS"),
+                Report("PROGRESS"),
+                Progress(percent=42.5, current=17, total=40, state="PROGRESS"),
+                **AT,
             )
         ),
         "Progressing",
@@ -120,17 +148,15 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "retrying",
-        taskrun(status(Phase.RETRYING, Reason.RETRY, "the task asked Celery to retry it")),
+        taskrun(retrying(BASE, "the task asked Celery to retry it", Report("RETRY"), **AT)),
         "Progressing",
         "Retrying (Retry): the task asked Celery to retry it",
     ),
     (
         "backend unavailable (not terminal)",
         taskrun(
-            status(
-                Phase.RUNNING,
-                Reason.BACKEND_UNAVAILABLE,
-                "result backend unreachable: Connection refused; retrying",
+            backend_unavailable(
+                RUNNING, "result backend unreachable: Connection refused; retrying", **AT
             )
         ),
         "Progressing",
@@ -138,23 +164,24 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "succeeded",
-        taskrun(status(Phase.SUCCEEDED, Reason.SUCCEEDED, "task succeeded", result=3)),
+        taskrun(success("task succeeded", result=3)),
         "Healthy",
         "task succeeded",
     ),
     (
         "failed",
-        taskrun(status(Phase.FAILED, Reason.TASK_ERROR, "ValueError: bad input", state="FAILURE")),
+        taskrun(failed(BASE, Reason.TASK_ERROR, "ValueError: bad input", Report("FAILURE"), **AT)),
         "Degraded",
         "ValueError: bad input",
     ),
     (
         "timed out: hard limit",
         taskrun(
-            status(
-                Phase.TIMED_OUT,
+            timed_out(
+                BASE,
                 Reason.TIME_LIMIT_EXCEEDED,
                 "the worker killed the task at its hard time limit (10s)",
+                **AT,
             )
         ),
         "Degraded",
@@ -162,19 +189,19 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     (
         "timed out: deadline",
-        taskrun(status(Phase.TIMED_OUT, Reason.DEADLINE_EXCEEDED, "")),
+        taskrun(timed_out(BASE, Reason.DEADLINE_EXCEEDED, "", **AT)),
         "Degraded",
         "DeadlineExceeded",
     ),
     (
         "revoked",
-        taskrun(status(Phase.REVOKED, Reason.CANCELLED, "cancelled by spec.cancel")),
+        taskrun(revoked(BASE, Reason.CANCELLED, "cancelled by spec.cancel", **AT)),
         "Degraded",
         "cancelled by spec.cancel",
     ),
     (
         "invalid spec",
-        taskrun(status(Phase.FAILED, Reason.INVALID_SPEC, "spec.task is not registered")),
+        taskrun(failed(BASE, Reason.INVALID_SPEC, "spec.task is not registered", **AT)),
         "Degraded",
         "spec.task is not registered",
     ),
@@ -190,12 +217,22 @@ def test_health(obj: dict[str, Any], expected: str, message: str) -> None:
 
 def test_success_after_a_cancel_edit_stays_healthy() -> None:
     # spec.cancel on a finished run bumps the generation; the outcome does not change.
-    done = status(Phase.SUCCEEDED, Reason.SUCCEEDED, "task succeeded")
+    done = success("task succeeded")
     assert health(taskrun(done, generation=2))["status"] == "Healthy"
 
 
 def test_every_phase_maps_to_one_of_three() -> None:
-    seen = {phase: health(taskrun(status(phase, Reason.STARTED, "x")))["status"] for phase in Phase}
+    one_of_each = [
+        pending(BASE, "x", limits=EffectiveLimits(), **AT),
+        queued(BASE, "x", **AT),
+        RUNNING,
+        retrying(BASE, "x", Report("RETRY"), **AT),
+        success("x"),
+        failed(BASE, Reason.TASK_ERROR, "x", **AT),
+        timed_out(BASE, Reason.DEADLINE_EXCEEDED, "x", **AT),
+        revoked(BASE, Reason.CANCELLED, "x", **AT),
+    ]
+    seen = {status.phase: health(taskrun(status))["status"] for status in one_of_each}
     assert seen == {
         Phase.PENDING: "Progressing",
         Phase.QUEUED: "Progressing",

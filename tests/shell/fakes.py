@@ -21,7 +21,7 @@ from celery_taskrun.clients.celery_client import BrokerUnavailable, MarkRefused
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, TooLarge
 from celery_taskrun.core import records
 from celery_taskrun.core.records import Reading
-from celery_taskrun.core.submission import Submission
+from celery_taskrun.core.sending import Message
 from celery_taskrun.engine.tracker import Tracker
 
 Body = dict[str, Any]
@@ -144,17 +144,17 @@ class FakeBackend:
 
 @dataclass
 class FakeCelery:
-    sent: list[Submission] = field(default_factory=list)
+    sent: list[Message] = field(default_factory=list)
     revoked: list[str] = field(default_factory=list)
     down: bool = False
     mark_refused: bool = False  # the record to replace does not decode
 
-    async def send(self, submission: Submission, *, may_publish: Callable[[], bool]) -> None:
+    async def send(self, message: Message, *, may_publish: Callable[[], bool]) -> None:
         if self.down:
             raise BrokerUnavailable("ConnectionError: broker down")
         if not may_publish():
             raise BrokerUnavailable("not sent: this operator's Lease is not surely its own")
-        self.sent.append(submission)
+        self.sent.append(message)
 
     async def revoke(self, task_id: str, *, terminate: bool, reason: str, keep_for: float) -> None:
         self.revoked.append(task_id)

@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
+from celery_taskrun.api.model import EffectiveLimits, TaskRunStatus
+from celery_taskrun.core.changes import pending
 from celery_taskrun.core.redact import redact, scrubbed, secrets_of
-from celery_taskrun.core.transitions import with_phase
 
 URLS = ["redis://:s3cr%40t@redis:6379/0", "db+postgresql://app:hunter2@db/results"]
 
@@ -33,11 +33,10 @@ def test_redact(text: str, clean: str) -> None:
 
 
 def test_a_status_is_scrubbed_everywhere_the_operator_writes() -> None:
-    status = with_phase(
+    status = pending(
         TaskRunStatus(),
-        Phase.PENDING,
-        Reason.BACKEND_UNAVAILABLE,
         "cannot send the task yet: redis://:hunter2@x failed",
+        limits=EffectiveLimits(),
         generation=1,
         now=datetime(2026, 1, 1, tzinfo=UTC),
     )

@@ -12,9 +12,9 @@ import pytest
 from celery import Celery
 
 from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient
-from celery_taskrun.core.submission import Submission
+from celery_taskrun.core.sending import Message
 
-MESSAGE = Submission(task="t.a", task_id="tr-u-1", args=[], kwargs={})
+MESSAGE = Message(task="t.a", task_id="tr-u-1", args=[], kwargs={})
 
 
 class HeldSender:

@@ -16,20 +16,11 @@ from celery_taskrun.api.model import (
 )
 from celery_taskrun.core import records
 from celery_taskrun.core.backoff import Backoff
-from celery_taskrun.core.dispatch import resubmitted
+from celery_taskrun.core.content import Bounds, shrunk
 from celery_taskrun.core.records import TaskRecord, Unreadable
-from celery_taskrun.core.transitions import (
-    BackendError,
-    Bounds,
-    advance,
-    human_duration,
-    next_check,
-    next_delay,
-    shrunk,
-    timestamp,
-    vanished,
-    worker_lost,
-)
+from celery_taskrun.core.sending import resent
+from celery_taskrun.core.timing import human_duration, next_check, next_delay, timestamp
+from celery_taskrun.core.transitions import BackendError, advance, vanished, worker_lost
 
 SENT = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 NOW = SENT + timedelta(seconds=5)
@@ -275,7 +266,7 @@ def test_record_gone_after_start_asks_the_workers_once(
 
 
 @pytest.mark.parametrize(
-    ("spec", "record", "attempt", "resubmit"),
+    ("spec", "record", "attempt", "resend"),
     [
         ({"task": "t", "retries": 2}, failure("ValueError", "x"), 1, 2),
         ({"task": "t", "retries": 2}, failure("ValueError", "x"), 3, None),
@@ -291,25 +282,25 @@ def test_record_gone_after_start_asks_the_workers_once(
     ],
 )
 def test_retries(
-    spec: dict[str, Any], record: TaskRecord, attempt: int, resubmit: int | None
+    spec: dict[str, Any], record: TaskRecord, attempt: int, resend: int | None
 ) -> None:
     outcome = step(record, queued(taskId=f"tr-u-{attempt}"), spec=spec)
-    assert outcome.resubmit == resubmit
+    assert outcome.resend == resend
 
 
 def test_no_retry_past_the_deadline() -> None:
     outcome = step(
         failure("ValueError", "x"), with_limits(timeout=3), spec={"task": "t", "retries": 3}
     )
-    assert outcome.resubmit is None
+    assert outcome.resend is None
 
 
 def test_resubmission_keeps_history_and_first_submission() -> None:
     failed = step(failure("ValueError", "x"), spec={"task": "t", "retries": 2}).status
-    again = resubmitted(
+    again = resent(
         failed,
-        submission=2,
-        submissions=3,
+        number=2,
+        sends=3,
         task_id="tr-u-2",
         generation=3,
         now=NOW + timedelta(seconds=1),
@@ -380,15 +371,15 @@ def test_success_completes_progress_a_poll_missed() -> None:
     assert done.progress.percent == 100 and done.progress.info == {"current": 2, "total": 3}
 
 
-@pytest.mark.parametrize(("retries", "resubmit"), [(0, None), (1, 2)])
-def test_a_lost_worker_fails_the_run_or_retries_it(retries: int, resubmit: int | None) -> None:
+@pytest.mark.parametrize(("retries", "resend"), [(0, None), (1, 2)])
+def test_a_lost_worker_fails_the_run_or_retries_it(retries: int, resend: int | None) -> None:
     running = step(TaskRecord("STARTED", {"pid": 1, "hostname": "w9@h"})).status
     outcome = step(worker_lost(running), running, spec={"task": "t", "retries": retries})
     assert (outcome.status.phase, outcome.status.reason) == (Phase.FAILED, "WorkerLost")
     assert "w9@h stopped reporting the task" in outcome.status.error.message
-    assert outcome.resubmit == resubmit
+    assert outcome.resend == resend
     # Before another attempt, the silent worker's one is revoked (it may come back).
-    assert outcome.revoke == ("tr-u-1" if resubmit else None)
+    assert outcome.revoke == ("tr-u-1" if resend else None)
 
 
 REVOKED_RECORD = TaskRecord("REVOKED", {"exc_type": "TaskRevokedError", "exc_message": ["revoked"]})
@@ -439,7 +430,7 @@ def test_attempt_counts_celery_retries_and_resubmissions(
 def test_a_celery_retry_does_not_use_up_resubmissions() -> None:
     retried = step(TaskRecord("RETRY", {"exc_type": "Retry"}, retries=1)).status
     outcome = step(failure("ValueError", "x"), retried, spec={"task": "t", "retries": 1})
-    assert (outcome.status.attempt, outcome.resubmit) == (3, 2)
+    assert (outcome.status.attempt, outcome.resend) == (3, 2)
 
 
 @pytest.mark.parametrize("record", [records.NO_RECORD, TaskRecord("STARTED", {"hostname": "w"})])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 from celery_taskrun.api.bounded import deeper_than
 
@@ -55,29 +55,52 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Pha
 
 
 class Reason(StrEnum):
+    """Why a run is in its phase: `status.reason`, and the reason of its conditions."""
+
     # In flight.
-    SUBMITTING = "Submitting"
-    QUEUED = "Queued"
-    STARTED = "Started"
-    PROGRESS = "Progress"
-    RETRY = "Retry"
-    RESUBMITTED = "Resubmitted"
+    QUEUED = "Queued"  # sent; no worker has started it (Queued)
+    STARTED = "Started"  # a worker runs it (Running)
+    PROGRESS = "Progress"  # the task reported a custom state, e.g. PROGRESS (Running)
+    RETRY = "Retry"  # the task asked Celery to retry it (Retrying)
+    RESUBMITTED = "Resubmitted"  # sent again after a failure, under spec.retries (Retrying)
+    # The backend cannot be read, or the broker take the task: the phase stays, the
+    # operator keeps trying (Pending when nothing was sent yet).
     BACKEND_UNAVAILABLE = "BackendUnavailable"
     # Terminal.
-    SUCCEEDED = "Succeeded"
-    TASK_ERROR = "TaskError"
-    SOFT_TIME_LIMIT_EXCEEDED = "SoftTimeLimitExceeded"
-    TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"
-    DEADLINE_EXCEEDED = "DeadlineExceeded"
-    CANCELLED = "Cancelled"
-    EXPIRED = "Expired"
+    SUCCEEDED = "Succeeded"  # the task returned (Succeeded)
+    TASK_ERROR = "TaskError"  # the task raised (Failed)
+    SOFT_TIME_LIMIT_EXCEEDED = "SoftTimeLimitExceeded"  # raised at its soft limit (TimedOut)
+    TIME_LIMIT_EXCEEDED = "TimeLimitExceeded"  # killed at its hard limit (TimedOut)
+    DEADLINE_EXCEEDED = "DeadlineExceeded"  # spec.timeout passed: revoked (TimedOut)
+    CANCELLED = "Cancelled"  # spec.cancel, or revoked outside the TaskRun (Revoked)
+    EXPIRED = "Expired"  # spec.expires passed before a worker started it (Revoked)
+    # The spec cannot run as given: it got past an older CRD, the broker cannot honour
+    # it, or its message cannot be encoded (Failed).
     INVALID_SPEC = "InvalidSpec"
-    TASK_NOT_ALLOWED = "TaskNotAllowed"
-    WORKER_LOST = "WorkerLost"
+    TASK_NOT_ALLOWED = "TaskNotAllowed"  # refused by the operator's policies (Failed)
+    WORKER_LOST = "WorkerLost"  # its worker died or went silent while running it (Failed)
+    # Its record cannot be read, or vanished after it started: the outcome is unknown
+    # (Failed; never resubmitted, it may well have run).
     RESULT_LOST = "ResultLost"
-    # The operator failed repeatedly handling the run (a bug): never a hang.
+    # The operator failed repeatedly handling the run (a bug): never a hang (Failed).
     INTERNAL_ERROR = "InternalError"
-    REVOKED = "Revoked"
+
+
+_REASONS = {reason.value: reason for reason in Reason}
+
+
+def _known_reason(value: object) -> Reason | None:
+    return _REASONS.get(value) if isinstance(value, str) else None
+
+
+# A reason read back from the API server.  Another version of the operator, or anyone
+# with rights on the status, may have written one this operator does not know: it reads
+# as none rather than failing the whole status, whose task id and times still say how
+# to follow an in-flight run.  The schema keeps a plain string (no enum), so the API
+# server never refuses a status for a reason it was not told about.
+KnownReason = Annotated[
+    Reason | None, BeforeValidator(_known_reason), WithJsonSchema({"type": "string"})
+]
 
 
 class _Model(BaseModel):
@@ -182,7 +205,7 @@ class AttemptRecord(_Model):
     attempt: int
     taskId: str
     phase: Phase
-    reason: str | None = None
+    reason: KnownReason = None
     message: str | None = None
     submittedAt: str | None = None
     completedAt: str | None = None
@@ -200,7 +223,7 @@ class Condition(_Model):
 class TaskRunStatus(_Model):
     phase: Phase | None = None
     state: str | None = Field(None, description="The raw Celery state.")
-    reason: str | None = None
+    reason: KnownReason = None
     message: str | None = None
     taskId: str | None = None
     attempt: int | None = None

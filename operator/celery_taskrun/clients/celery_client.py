@@ -20,7 +20,7 @@ from kombu.exceptions import EncodeError, KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.core.submission import Submission
+from celery_taskrun.core.sending import Message
 
 # No retry inside a publish: the tracker retries on its own schedule, each time past the
 # leader's fence, and a publish is bounded by the socket's own timeouts (below): its
@@ -102,7 +102,7 @@ class CeleryClient:
         except self.unavailable as exc:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    async def send(self, submission: Submission, *, may_publish: Callable[[], bool]) -> None:
+    async def send(self, message: Message, *, may_publish: Callable[[], bool]) -> None:
         """Send the task; SendRefused when the message cannot be encoded, any other
         error when the broker did not take it (worth another try).
 
@@ -112,7 +112,7 @@ class CeleryClient:
         having published, sending it again is that send's success, not a second
         message.  `may_publish` (the leader's fence) is asked in the publishing thread,
         just before the message leaves."""
-        task_id = submission.task_id
+        task_id = message.task_id
         earlier = self._sends.get(task_id)
         if earlier is not None:
             if not earlier.done():
@@ -120,7 +120,7 @@ class CeleryClient:
             del self._sends[task_id]
             if not earlier.cancelled() and earlier.exception() is None:
                 return  # it did publish, after its caller stopped waiting
-        future = self.pool.submit(self._publish, submission, may_publish)
+        future = self.pool.submit(self._publish, message, may_publish)
         self._sends[task_id] = future
         try:
             await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
@@ -137,15 +137,15 @@ class CeleryClient:
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         del self._sends[task_id]
 
-    def _publish(self, submission: Submission, may_publish: Callable[[], bool]) -> None:
+    def _publish(self, message: Message, may_publish: Callable[[], bool]) -> None:
         if not may_publish():
             raise BrokerUnavailable("not sent: this operator's Lease is not surely its own")
         self.sender.send_task(
-            submission.task,
-            args=submission.args,
-            kwargs=submission.kwargs,
-            task_id=submission.task_id,
-            **submission.options,
+            message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            task_id=message.task_id,
+            **message.options,
         )
 
     async def revoke(self, task_id: str, *, terminate: bool, reason: str, keep_for: float) -> None:

@@ -17,17 +17,11 @@ from datetime import datetime
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.model import Phase, Reason, TaskRunSpec, TaskRunStatus
 from celery_taskrun.core import records
-from celery_taskrun.core.dispatch import Send, not_sent, prepare
-from celery_taskrun.core.submission import message_expiry, submission_of
-from celery_taskrun.core.transitions import (
-    Bounds,
-    Observed,
-    advance,
-    parse_time,
-    vanished,
-    with_phase,
-    worker_lost,
-)
+from celery_taskrun.core.changes import FailedReason, failed
+from celery_taskrun.core.content import Bounds
+from celery_taskrun.core.sending import Send, message_expiry, not_sent, plan_send, send_number
+from celery_taskrun.core.timing import parse_time
+from celery_taskrun.core.transitions import Observed, advance, vanished, worker_lost
 
 
 @dataclass(frozen=True)
@@ -75,11 +69,9 @@ class Plan:
     previous: TaskRunStatus | None = field(default=None)  # the attempt a resend follows
 
 
-def ended(view: View, reason: Reason, message: str, now: datetime) -> TaskRunStatus:
+def ended(view: View, reason: FailedReason, message: str, now: datetime) -> TaskRunStatus:
     """The run failed for `reason` (an invalid spec, an operator that kept failing)."""
-    return with_phase(
-        view.status, Phase.FAILED, reason, message, generation=view.generation, now=now
-    )
+    return failed(view.status, reason, message, generation=view.generation, now=now)
 
 
 def revoke_of(
@@ -94,17 +86,17 @@ def revoke_of(
 def _send(
     view: View,
     config: OperatorConfig,
-    submission: int,
+    number: int,
     now: datetime,
     previous: TaskRunStatus | None = None,
 ) -> Plan:
-    decision = prepare(
+    decision = plan_send(
         view.spec,
         view.status,
         config,
         uid=view.uid,
         namespace=view.namespace,
-        submission=submission,
+        number=number,
         created=view.created,
         generation=view.generation,
         now=now,
@@ -127,7 +119,7 @@ def decide(
     if view.problem is not None:
         return Plan(ended(view, Reason.INVALID_SPEC, view.problem, now))
     if not view.sent:
-        return _send(view, config, submission_of(view.status.taskId), now)
+        return _send(view, config, send_number(view.status.taskId), now)
     assert observed is not None, "a sent run's step needs its record"
     outcome = advance(
         view.spec,
@@ -142,10 +134,10 @@ def decide(
         return Plan(outcome.status, ask=AskWorkers(view.status.taskId or "", view.status.worker))
     revoke = None
     if outcome.revoke:
-        reason = outcome.status.reason or "revoked"
+        reason = outcome.status.reason.value if outcome.status.reason else "revoked"
         revoke = revoke_of(view, outcome.revoke, outcome.terminate, reason, now, config)
-    if outcome.resubmit is not None:
-        resend = _send(view, config, outcome.resubmit, now, previous=outcome.status)
+    if outcome.resend is not None:
+        resend = _send(view, config, outcome.resend, now, previous=outcome.status)
         return Plan(resend.status, revoke=revoke, send=resend.send, previous=resend.previous)
     return Plan(outcome.status, revoke=revoke)
 
@@ -165,7 +157,7 @@ def after_send(
         return plan.send.after
     return not_sent(
         view.status,
-        plan.send.submission,
+        plan.send.message,
         error,
         permanent=permanent,
         generation=view.generation,

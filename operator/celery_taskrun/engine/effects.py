@@ -22,12 +22,12 @@ from celery_taskrun.clients.celery_client import (
 )
 from celery_taskrun.clients.errors import Gone
 from celery_taskrun.clients.kube import Kube
+from celery_taskrun.core.sending import Message
 from celery_taskrun.core.step import AskWorkers, Revoke, held
-from celery_taskrun.core.submission import Submission
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.runs import Run
-from celery_taskrun.engine.submitter import NotSent, Sent, Submitter
+from celery_taskrun.engine.submitter import Deleted, NotSent, Sent, Submitter
 from celery_taskrun.engine.writer import StatusWriter, Written
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,11 @@ class Effects:
         for PUBLISH_BOUND_SECONDS."""
         self.settled_at = self.monotonic() + PUBLISH_BOUND_SECONDS
 
-    async def send(self, run: Run, submission: Submission) -> Sent | NotSent:
+    async def send(self, run: Run, message: Message) -> Sent | NotSent | Deleted:
         await self.fence.wait()
-        if run.inherited == submission.task_id:  # an earlier leader may be sending it now
+        if run.inherited == message.task_id:  # an earlier leader may be sending it now
             await asyncio.sleep(self.settled_at - self.monotonic())
-        return await self.submitter.submit(run, submission, may_publish=self.fence.open)
+        return await self.submitter.submit(run, message, may_publish=self.fence.open)
 
     async def write(self, run: Run, status: TaskRunStatus) -> Written:
         await self.fence.wait()

@@ -12,7 +12,8 @@ from datetime import datetime
 from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
 from celery_taskrun.core import records
 from celery_taskrun.core.schedule import Schedule
-from celery_taskrun.core.transitions import BackendError, Observed, next_delay
+from celery_taskrun.core.timing import next_delay
+from celery_taskrun.core.transitions import BackendError, Observed
 from celery_taskrun.engine import faults, metrics
 from celery_taskrun.engine.runs import News, Run
 from celery_taskrun.engine.tasks import Tasks

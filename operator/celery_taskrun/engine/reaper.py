@@ -25,9 +25,9 @@ from celery_taskrun.core.retention import (
     ttl_delay,
     ttl_for,
 )
+from celery_taskrun.core.sending import derived
 from celery_taskrun.core.step import revoke_of
-from celery_taskrun.core.submission import derived
-from celery_taskrun.core.transitions import parse_time
+from celery_taskrun.core.timing import parse_time
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.effects import Effects
 from celery_taskrun.engine.poller import Duty, Poller

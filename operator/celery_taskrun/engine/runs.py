@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION, Phase, TaskRunSpec, TaskRunStatus
 from celery_taskrun.core.backoff import Backoff
+from celery_taskrun.core.sending import trusted
 from celery_taskrun.core.step import View
-from celery_taskrun.core.submission import trusted
-from celery_taskrun.core.transitions import Observed, parse_time
+from celery_taskrun.core.timing import parse_time
+from celery_taskrun.core.transitions import Observed
 
 # What was learnt of a run's task: (task id, what its record said).
 News = tuple[str, Observed]

@@ -16,6 +16,7 @@ from datetime import datetime
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.model import Reason, TaskRunStatus
 from celery_taskrun.clients.errors import Gone, KubeError
+from celery_taskrun.core.content import Bounds
 from celery_taskrun.core.step import (
     Plan,
     View,
@@ -26,7 +27,8 @@ from celery_taskrun.core.step import (
     moved,
     revoke_of,
 )
-from celery_taskrun.core.transitions import Bounds, Observed, first_submitted, parse_time
+from celery_taskrun.core.timing import first_submitted, parse_time
+from celery_taskrun.core.transitions import Observed
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.effects import Effects
 from celery_taskrun.engine.mailbox import Mailbox
@@ -34,7 +36,7 @@ from celery_taskrun.engine.poller import Poller
 from celery_taskrun.engine.reaper import Reaper
 from celery_taskrun.engine.registry import Registry
 from celery_taskrun.engine.runs import Run
-from celery_taskrun.engine.submitter import NotSent, Sent
+from celery_taskrun.engine.submitter import Deleted, NotSent
 from celery_taskrun.engine.writer import Written
 
 log = logging.getLogger(__name__)
@@ -96,10 +98,10 @@ class Stepper:
 
     async def _send(self, run: Run, view: View, plan: Plan, now: datetime) -> None:
         assert plan.send is not None
-        task_id = plan.send.submission.task_id
+        task_id = plan.send.message.task_id
         self.registry.bind(task_id, run)  # a wake-up may come before the status is written
-        result = await self.effects.send(run, plan.send.submission)
-        if result is Sent.GONE:
+        result = await self.effects.send(run, plan.send.message)
+        if isinstance(result, Deleted):
             self.registry.forget(run.uid)
             return
         if isinstance(result, NotSent):

@@ -9,7 +9,6 @@ ran, so a resend never runs a task twice.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,22 +20,29 @@ from celery_taskrun.clients.errors import Gone, KubeError
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core import records
 from celery_taskrun.core.records import TaskRecord
-from celery_taskrun.core.submission import Submission
+from celery_taskrun.core.sending import Message
 from celery_taskrun.engine import faults, metrics
 from celery_taskrun.engine.runs import Run, with_finalizer
 
 log = logging.getLogger(__name__)
 
 
-class Sent(enum.Enum):
-    SENT = "sent"
-    GONE = "gone"  # the TaskRun was deleted: nothing was sent
+@dataclass(frozen=True)
+class Sent:
+    """The broker has the message."""
 
 
 @dataclass(frozen=True)
 class NotSent:
+    """The broker did not take the message."""
+
     error: str
     permanent: bool  # the message cannot be sent at all; else try again later
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """The TaskRun was deleted: nothing was sent."""
 
 
 class Submitter:
@@ -46,11 +52,11 @@ class Submitter:
         self.backend = backend
 
     async def submit(
-        self, run: Run, submission: Submission, *, may_publish: Callable[[], bool]
-    ) -> Sent | NotSent:
+        self, run: Run, message: Message, *, may_publish: Callable[[], bool]
+    ) -> Sent | NotSent | Deleted:
         """Record the intent, then send (`may_publish` is asked once more just before the
         message leaves: see `CeleryClient.send`)."""
-        task_id = submission.task_id
+        task_id = message.task_id
         recovering = run.intent == task_id  # an earlier incarnation may have sent it
         log.info(
             "submitting %s/%s as %s%s",
@@ -64,10 +70,10 @@ class Submitter:
                 await self._record_intent(run, task_id)
             if not (recovering and await self._has_record(task_id)):
                 await faults.slow_point("send")
-                await self.celery.send(submission, may_publish=may_publish)
+                await self.celery.send(message, may_publish=may_publish)
                 faults.crash_point("after-send")
         except Gone:
-            return Sent.GONE
+            return Deleted()
         except SendRefused as exc:
             metrics.SUBMISSIONS.labels("refused").inc()
             return NotSent(str(exc), permanent=True)
@@ -81,7 +87,7 @@ class Submitter:
             return NotSent(f"{type(exc).__name__}: {exc}", permanent=False)
         metrics.SUBMISSIONS.labels("sent").inc()
         metrics.BACKEND_UP.labels("broker").set(1)
-        return Sent.SENT
+        return Sent()
 
     async def _record_intent(self, run: Run, task_id: str) -> None:
         """Our finalizer and the id about to be sent, in one write, before sending."""

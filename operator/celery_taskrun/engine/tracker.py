@@ -30,7 +30,7 @@ from celery_taskrun.core.records import Reading
 from celery_taskrun.core.redact import secrets_of
 from celery_taskrun.core.retention import gitops_owner
 from celery_taskrun.core.step import lost
-from celery_taskrun.core.transitions import deadline
+from celery_taskrun.core.timing import deadline
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.effects import Effects
 from celery_taskrun.engine.fence import Fence

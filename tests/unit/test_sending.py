@@ -1,4 +1,5 @@
-"""Spec + operator config -> what is sent to Celery."""
+"""Sending a run's task: the message (spec + operator config -> what is sent to Celery),
+and around a send: cancelled, refused, out of time before it was sent, or sent."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -6,16 +7,27 @@ from typing import Any
 import pytest
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.api.model import Reason, TaskRunSpec, TaskRunStatus
-from celery_taskrun.core.submission import (
+from celery_taskrun.api.model import (
+    EffectiveLimit,
+    EffectiveLimits,
+    Phase,
+    Reason,
+    TaskRunSpec,
+    TaskRunStatus,
+)
+from celery_taskrun.core.limits import size_based_time_limits
+from celery_taskrun.core.sending import (
+    Message,
     Refusal,
-    Submission,
-    plan,
-    size_based_time_limits,
-    submission_of,
+    Send,
+    message_for,
+    not_sent,
+    plan_send,
+    send_number,
     task_id_for,
     trusted,
 )
+from celery_taskrun.core.timing import next_check, timestamp
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
@@ -31,27 +43,27 @@ CONFIG = OperatorConfig.model_validate(
 )
 
 
-def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> Submission:
-    decided = plan(
+def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> Message:
+    decided = message_for(
         TaskRunSpec.model_validate(spec),
         config,
         uid="u1",
         namespace="team-a",
-        submission=1,
+        number=1,
         now=NOW,
         **kw,
     )
-    assert isinstance(decided, Submission), decided
+    assert isinstance(decided, Message), decided
     return decided
 
 
 def refuse(spec: dict[str, Any], config: OperatorConfig = CONFIG) -> Refusal:
-    decided = plan(
+    decided = message_for(
         TaskRunSpec.model_validate(spec),
         config,
         uid="u1",
         namespace="team-a",
-        submission=1,
+        number=1,
         now=NOW,
     )
     assert isinstance(decided, Refusal), decided
@@ -179,8 +191,8 @@ def test_allowed_task_globs() -> None:
 def test_task_ids_are_derived_per_submission() -> None:
     assert task_id_for("abc", 1) != task_id_for("abc", 2)
     assert task_id_for("abc", 2) == task_id_for("abc", 2)
-    assert [submission_of(task_id_for("a-b-c", n)) for n in (1, 2, 17)] == [1, 2, 17]
-    assert submission_of(None) == 1
+    assert [send_number(task_id_for("a-b-c", n)) for n in (1, 2, 17)] == [1, 2, 17]
+    assert send_number(None) == 1
 
 
 def test_size_based_limits_absent() -> None:
@@ -218,6 +230,30 @@ def test_only_this_runs_task_ids_are_trusted(
         assert trusted(status, "u1") == TaskRunStatus()
 
 
+def test_a_reason_this_operator_does_not_know_reads_as_none() -> None:
+    """Written by another version of the operator or by hand: the rest of the status
+    still parses, so an in-flight run keeps its task id, times and history."""
+    status = TaskRunStatus.model_validate(
+        {
+            "phase": "Running",
+            "reason": "SomeoneElsesReason",
+            "taskId": "tr-u1-2",
+            "submittedAt": "2026-01-01T00:00:00.000Z",
+            "attempts": [
+                {"attempt": 1, "taskId": "tr-u1-1", "phase": "Failed", "reason": "Unheard"}
+            ],
+        }
+    )
+    assert trusted(status, "u1") is status
+    assert (status.phase, status.reason, status.taskId) == (Phase.RUNNING, None, "tr-u1-2")
+    assert status.attempts and (status.attempts[0].taskId, status.attempts[0].reason) == (
+        "tr-u1-1",
+        None,
+    )
+    known = TaskRunStatus.model_validate({"reason": "TaskError"})
+    assert known.reason is Reason.TASK_ERROR
+
+
 @pytest.mark.parametrize(
     ("broker", "priority", "refused"),
     [
@@ -232,11 +268,136 @@ def test_only_this_runs_task_ids_are_trusted(
 def test_priority_as_the_broker_means_it(broker: str, priority: int | None, refused: bool) -> None:
     spec = {"task": "t"} if priority is None else {"task": "t", "priority": priority}
     config = OperatorConfig(brokerUrl=broker)
-    decided = plan(
-        TaskRunSpec.model_validate(spec), config, uid="u", namespace="n", submission=1, now=NOW
+    decided = message_for(
+        TaskRunSpec.model_validate(spec), config, uid="u", namespace="n", number=1, now=NOW
     )
     assert isinstance(decided, Refusal) is refused
     if refused:
         assert isinstance(decided, Refusal) and "0 (first) to 9 (last)" in decided.message
     elif priority is not None:
-        assert isinstance(decided, Submission) and decided.options["priority"] == priority
+        assert isinstance(decided, Message) and decided.options["priority"] == priority
+
+
+CREATED = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+ALLOW_OK = OperatorConfig(allowedTasks=["ok.*"])
+
+
+def decide(
+    spec: dict[str, Any],
+    status: TaskRunStatus | None = None,
+    now: datetime = CREATED,
+    previous: TaskRunStatus | None = None,
+) -> Send | TaskRunStatus:
+    return plan_send(
+        TaskRunSpec.model_validate(spec),
+        status or TaskRunStatus(),
+        ALLOW_OK,
+        uid="u",
+        namespace="team-a",
+        number=2 if previous else 1,
+        created=CREATED,
+        generation=1,
+        now=now,
+        previous=previous,
+    )
+
+
+def pending(timeout: float) -> TaskRunStatus:
+    """A run whose first send failed (the broker was down)."""
+    limits = EffectiveLimits(timeout=EffectiveLimit(seconds=timeout, source="spec"))
+    return TaskRunStatus(phase=Phase.PENDING, reason="BackendUnavailable", limits=limits)
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "now", "phase", "reason"),
+    [
+        ({"task": "ok.a", "cancel": True}, None, CREATED, Phase.REVOKED, "Cancelled"),
+        ({"task": "no.a"}, None, CREATED, Phase.FAILED, "TaskNotAllowed"),
+        (
+            {"task": "ok.a", "timeLimit": 5, "softTimeLimit": 5},
+            None,
+            CREATED,
+            Phase.FAILED,
+            "InvalidSpec",
+        ),
+        # A send failed and the deadline (from creation, to the second) has passed.
+        (
+            {"task": "ok.a", "timeout": 10},
+            pending(10),
+            CREATED + timedelta(seconds=11),
+            Phase.TIMED_OUT,
+            "DeadlineExceeded",
+        ),
+    ],
+    ids=["cancelled", "not-allowed", "soft-not-below-hard", "unsent-deadline"],
+)
+def test_a_run_that_ends_before_it_is_sent(
+    spec: dict[str, Any], status: TaskRunStatus | None, now: datetime, phase: Phase, reason: str
+) -> None:
+    decided = decide(spec, status, now)
+    assert isinstance(decided, TaskRunStatus)
+    assert (decided.phase, decided.reason) == (phase, reason)
+
+
+def test_a_first_send_is_queued_with_its_limits() -> None:
+    decided = decide({"task": "ok.a", "queue": "q", "timeout": 10})
+    assert isinstance(decided, Send)
+    after = decided.after
+    assert (after.phase, after.reason, after.taskId, after.attempt) == (
+        Phase.QUEUED,
+        "Queued",
+        "tr-u-1",
+        1,
+    )
+    assert after.message == "sent to q; waiting for a worker"
+    assert after.submittedAt == timestamp(CREATED)
+    assert after.limits and after.limits.timeout and after.limits.timeout.seconds == 10
+
+
+def test_a_deadline_not_yet_passed_still_sends() -> None:
+    decided = decide({"task": "ok.a", "timeout": 10}, pending(10), CREATED + timedelta(seconds=9))
+    assert isinstance(decided, Send)
+
+
+def test_a_pending_run_is_looked_at_when_its_deadline_falls_due() -> None:
+    # Not at the next poll of a user-chosen backoff: the clock alone ends it.
+    assert next_check(pending(10), CREATED) == CREATED + timedelta(seconds=11)
+
+
+def test_a_resubmission_keeps_the_first_attempt() -> None:
+    failed = TaskRunStatus(
+        phase=Phase.FAILED, reason="TaskError", taskId="tr-u-1", attempt=1, submittedAt="x"
+    )
+    decided = decide({"task": "ok.a", "retries": 1}, previous=failed)
+    assert isinstance(decided, Send)
+    assert (decided.after.phase, decided.after.reason, decided.after.taskId) == (
+        Phase.RETRYING,
+        "Resubmitted",
+        "tr-u-2",
+    )
+    assert decided.after.attempts and decided.after.attempts[0].taskId == "tr-u-1"
+
+
+SENT = Message(task="ok.a", task_id="tr-u-1", args=[], kwargs={})
+
+
+def test_a_failed_first_send_stays_pending() -> None:
+    status = not_sent(
+        TaskRunStatus(), SENT, "redis down", permanent=False, generation=1, now=CREATED
+    )
+    assert (status.phase, status.reason) == (Phase.PENDING, "BackendUnavailable")
+
+
+def test_a_message_that_cannot_be_sent_ends_the_run() -> None:
+    status = not_sent(
+        TaskRunStatus(), SENT, "EncodeError", permanent=True, generation=1, now=CREATED
+    )
+    assert (status.phase, status.reason) == (Phase.FAILED, "InvalidSpec")
+
+
+def test_a_failed_resubmission_keeps_its_status() -> None:
+    before = TaskRunStatus(phase=Phase.RUNNING, reason="Started")
+    after = not_sent(
+        before, SENT, "down", permanent=False, generation=1, now=CREATED, previous=before
+    )
+    assert after is before

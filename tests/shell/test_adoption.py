@@ -1,0 +1,43 @@
+"""A run found again (a restart, a new leader) is followed from the status it has."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+
+from celery_taskrun.core.records import TaskRecord
+from celery_taskrun.core.timing import timestamp
+
+from fakes import Harness, until
+
+
+async def test_a_reason_this_operator_does_not_know_never_loses_a_run_in_flight(
+    harness: Harness,
+) -> None:
+    """Another version of the operator, or a hand, wrote a reason unknown here: the run
+    is followed from its task id and times, never sent again nor started over."""
+    body = harness.create({"task": "t.a"})
+    name, task_id = body["metadata"]["name"], harness.task_id(body)
+    submitted = timestamp(datetime.now(UTC) - timedelta(seconds=2))
+    body["status"] = {
+        "phase": "Running",
+        "reason": "SomeoneElsesReason",
+        "state": "STARTED",
+        "taskId": task_id,
+        "attempt": 1,
+        "submittedAt": submitted,
+        "startedAt": submitted,
+        "observedGeneration": 1,
+    }
+    harness.backend.stored[task_id] = TaskRecord("STARTED", {})
+    await harness.tracker.observe("ADDED", copy.deepcopy(body))
+    await until(lambda: harness.kube.status(name).get("reason") == "Started", what="followed")
+    await harness.backend.publish(task_id, TaskRecord("SUCCESS", 42))
+    await until(lambda: harness.kube.status(name).get("phase") == "Succeeded", what="Succeeded")
+    status = harness.kube.status(name)
+    assert harness.celery.sent == []
+    assert (status["taskId"], status["submittedAt"], status["startedAt"]) == (
+        task_id,
+        submitted,
+        submitted,
+    )
