@@ -115,7 +115,8 @@ def test_limit_precedence(
 
 def test_no_limits_without_defaults() -> None:
     decided = submit({"task": "t", "args": [1, 2]}, OperatorConfig())
-    assert decided.options == {"expires": NOW + timedelta(days=1)}  # messageExpires
+    # The default queue, and messageExpires.
+    assert decided.options == {"queue": "celery", "expires": NOW + timedelta(days=1)}
     assert decided.limits.timeLimit is None
     assert (decided.task, decided.task_id, decided.args, decided.kwargs) == (
         "t",
@@ -137,6 +138,16 @@ def test_options_are_passed_per_call() -> None:
         "expires": NOW + timedelta(days=1, seconds=3),
     }
     assert decided.kwargs == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("config", "queue"),
+    [(OperatorConfig(), "celery"), (OperatorConfig(defaultQueue="jobs"), "jobs")],
+)
+def test_a_run_without_a_queue_is_sent_to_the_default_queue_the_policies_saw(
+    config: OperatorConfig, queue: str
+) -> None:
+    assert submit({"task": "t"}, config).options["queue"] == queue
 
 
 @pytest.mark.parametrize(

@@ -153,9 +153,11 @@ def message_for(
             "the hard limit when the soft one is larger",
         )
 
-    options: dict[str, Any] = {}
-    if spec.queue is not None:
-        options["queue"] = spec.queue
+    # The queue is always named: the one the policies checked (a run without spec.queue
+    # goes to defaultQueue, not to whatever the sender's Celery defaults would route).
+    options: dict[str, Any] = {
+        "queue": spec.queue if spec.queue is not None else config.defaultQueue
+    }
     if spec.priority is not None:
         options["priority"] = spec.priority
     if spec.countdown:
@@ -247,7 +249,7 @@ def sent(
             "limits": message.limits,
         }
     )
-    queue = message.options.get("queue", "the default queue")
+    queue = message.options["queue"]
     text = f"sent to {queue}; waiting for a worker"
     return queued(base, text, generation=generation, now=now)
 
