@@ -272,18 +272,25 @@ class Services:
         return proc
 
     def start_gateway(
-        self, *, extra_args: Sequence[str] = (), wait: bool = True, timeout: float = 60.0
+        self,
+        name: str = GATEWAY,
+        *,
+        extra_args: Sequence[str] = (),
+        wait: bool = True,
+        timeout: float = 60.0,
     ) -> ManagedProcess:
-        """Start (or keep) the gateway on 127.0.0.1 with its own ServiceAccount's rights.
+        """Start (or keep) a gateway named `name` on 127.0.0.1 with the gateway's own
+        ServiceAccount's rights.
 
-        Ready once its port accepts connections; its URL goes into env.sh.
+        Ready once its port accepts connections; the URL of the one named `gateway`
+        goes into env.sh.
         """
         kubeconfig = self._dir.gateway_kubeconfig
-        if not kubeconfig.is_file() or self._supervisor.alive(GATEWAY) is None:
+        if not kubeconfig.is_file() or self._supervisor.alive(name) is None:
             self._accounts.install_gateway()
-        port = self._ports.port(GATEWAY, self._supervisor.alive_port(GATEWAY))
+        port = self._ports.port(name, self._supervisor.alive_port(name))
         proc, started = self._supervisor.ensure(
-            GATEWAY,
+            name,
             GATEWAY,
             gateway_argv(port, extra_args),
             settings={"KUBECONFIG": str(kubeconfig)},
@@ -292,7 +299,7 @@ class Services:
             cwd=Path.cwd(),
         )
         if started:
-            self._say(f"gateway on http://127.0.0.1:{port}")
+            self._say(f"{name} on http://127.0.0.1:{port}")
         if wait:
             what = f"open its port {port}"
             self._supervisor.wait(proc, lambda: port_answers(port), what, timeout, interval=0.1)

@@ -29,6 +29,7 @@ from packaging_helpers import (
 
 from celery_taskrun.api import config as operator_config
 from celery_taskrun.engine import config_file
+from celery_taskrun.gateway.main import parse_args as gateway_args
 
 # Values that turn on everything the defaults leave off, and change the rest.
 NON_DEFAULT: dict[str, Any] = {
@@ -399,7 +400,14 @@ def test_gateway_component(render: Render) -> None:
     c = container(gateway)
     assert c["image"] == container(operator)["image"]
     assert c["command"] == ["celery-taskrun-gateway"]
-    assert c["args"] == ["--host=0.0.0.0", "--port=8080"]
+    assert c["args"] == [
+        "--host=0.0.0.0",
+        "--port=8080",
+        "--max-followers=1000",
+        "--max-followers-per-caller=100",
+        "--recheck-seconds=60",
+    ]
+    gateway_args(c["args"])  # the gateway's own parser accepts them
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080}
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -450,6 +458,10 @@ def test_gateway_values(render: Render) -> None:
             "port": 9000,
             "service": {"type": "NodePort", "port": 8000},
             "serviceAccount": {"name": "gw", "annotations": {"a": "b"}},
+            "tokenAudiences": ["gw", "https://kubernetes.default.svc"],
+            "maxFollowers": 50,
+            "maxFollowersPerCaller": 5,
+            "recheckSeconds": 10,
             "extraArgs": ["--access-log"],
             "env": [{"name": "X", "value": "1"}],
         }
@@ -458,7 +470,21 @@ def test_gateway_values(render: Render) -> None:
     gateway = one(docs, "Deployment", "-gateway")
     c = container(gateway)
     assert gateway["spec"]["replicas"] == 3
-    assert c["args"] == ["--host=0.0.0.0", "--port=9000", "--access-log"]
+    assert c["args"] == [
+        "--host=0.0.0.0",
+        "--port=9000",
+        "--max-followers=50",
+        "--max-followers-per-caller=5",
+        "--recheck-seconds=10",
+        "--token-audience=gw",
+        "--token-audience=https://kubernetes.default.svc",
+        "--access-log",
+    ]
+    args = gateway_args(c["args"])
+    assert (args.audiences, args.max_followers_per_caller) == (
+        ["gw", "https://kubernetes.default.svc"],
+        5,
+    )
     assert env_of(c) == {"X": "1"}
     assert gateway["spec"]["template"]["spec"]["serviceAccountName"] == "gw"
     assert one(docs, "ServiceAccount", "gw")["metadata"]["annotations"] == {"a": "b"}

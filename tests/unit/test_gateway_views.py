@@ -4,6 +4,7 @@ in-process against an API server that is not there: a 5xx never says more than t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -17,7 +18,8 @@ from pydantic import ValidationError
 from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.gateway import views
-from celery_taskrun.gateway.app import MAX_BODY_BYTES, create_app
+from celery_taskrun.gateway.admission import MAX_BODY_BYTES
+from celery_taskrun.gateway.app import create_app
 from celery_taskrun.gateway.auth import (
     Caller,
     TtlCache,
@@ -27,6 +29,7 @@ from celery_taskrun.gateway.auth import (
     caller_from_review,
     protocol_token,
 )
+from celery_taskrun.gateway.followers import Followers, TooBusy, TooMany
 from taskrun_dev.processes import free_port
 
 CREATED = "2026-01-01T00:00:00Z"
@@ -211,6 +214,41 @@ def test_caller_from_review() -> None:
     assert caller_from_review(None) is None
 
 
+@pytest.mark.parametrize(
+    ("granted", "asked", "accepted"),
+    [
+        (None, [], True),
+        (["gw"], ["gw", "api"], True),
+        (["other"], ["gw"], False),
+        # An authenticator blind to audiences grants none: the API server's token.
+        (None, ["gw"], False),
+        ([], ["gw"], False),
+    ],
+)
+def test_callers_token_must_be_for_an_audience_asked(
+    granted: list[str] | None, asked: list[str], accepted: bool
+) -> None:
+    user = SimpleNamespace(username="u", uid=None, groups=None, extra=None)
+    status = SimpleNamespace(authenticated=True, user=user, audiences=granted)
+    assert (caller_from_review(status, asked) is not None) is accepted
+
+
+def test_followers_are_bounded_in_all_and_per_caller() -> None:
+    followers = Followers(limit=3, per_caller=2)
+    alice, bob, carol = Caller("alice"), Caller("bob"), Caller("carol")
+    with contextlib.ExitStack() as held:
+        for who in (alice, alice, bob):
+            held.enter_context(followers.hold(who))
+        with pytest.raises(TooMany, match="alice has 2 waits and streams open"):
+            held.enter_context(followers.hold(alice))
+        with pytest.raises(TooBusy):
+            held.enter_context(followers.hold(carol))
+        assert (TooMany.status, TooBusy.status) == (429, 503)
+    assert (followers.open, dict(followers.by_caller)) == (0, {})
+    with followers.hold(alice):
+        assert followers.by_caller == {"alice": 1}
+
+
 # -- the app, with an API server that does not answer -------------------------------
 
 
@@ -239,8 +277,9 @@ def test_unavailable_api_is_a_bare_503(app_without_api: TestClient) -> None:
 def test_refusals_before_any_api_call(app_without_api: TestClient) -> None:
     runs = "/api/v1/namespaces/ns/taskruns"
     assert app_without_api.get(runs).status_code == 401
+    # No token: refused before the body, whatever its size (413 is for callers).
     too_big = app_without_api.post(runs, content=b"x" * (MAX_BODY_BYTES + 1))
-    assert too_big.status_code == 413
+    assert (too_big.status_code, too_big.headers["connection"]) == (401, "close")
     assert app_without_api.get("/api/v1/namespaces/Not_Valid/taskruns").status_code in (401, 422)
     assert app_without_api.get("/healthz").json() == {"ok": True}
 

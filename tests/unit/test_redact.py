@@ -26,6 +26,16 @@ def test_secrets_are_the_passwords_as_written_and_decoded() -> None:
         ("amqp://guest:guest@rabbit//", "amqp://guest:***@rabbit//"),
         ("AUTH s3cr@t failed", "AUTH *** failed"),
         ("nothing to hide", "nothing to hide"),
+        # Bearer credentials, as libraries logging at debug level quote them.
+        ("< Authorization: Bearer abc.DEF-123_x~+/==", "< Authorization: Bearer ***"),
+        ("(b'authorization', b'bearer opaque-token-1')", "(b'authorization', b'bearer ***')"),
+        (
+            "< Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.ZXlKaGJHY2lPaUpT",
+            "< Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.***",
+        ),
+        ('body: {"spec":{"token":"static:token"}}', 'body: {"spec":{"token":"***"}}'),
+        ("quoted eyJhbGciOi.eyJpc3Mi.c2lnbmF0dXJl here", "quoted *** here"),
+        ("a bearer token is required", "a bearer token is required"),
     ],
 )
 def test_redact(text: str, clean: str) -> None:

@@ -1,13 +1,16 @@
-"""Secrets out of everything the operator says (pure).
+"""Secrets out of everything the operator and the gateway say (pure).
 
 Broker and backend URLs carry passwords, and the errors of the clients that use them
-may quote them.  Whatever goes into status, events or logs passes through `redact`:
-the password of any URL becomes `***`, and so does any known secret (the passwords
-of the configured URLs) wherever it appears.
+may quote them; the gateway's callers send bearer tokens, which libraries logging at
+debug level quote too (request headers, a TokenReview's body).  Whatever goes into
+status, events or logs passes through `redact`: the password of any URL becomes `***`,
+and so does any bearer credential and any known secret (the passwords of the
+configured URLs) wherever it appears.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import quote, unquote, urlsplit
@@ -16,6 +19,15 @@ from celery_taskrun.api.model import TaskRunStatus
 
 MASK = "***"
 URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):(?P<password>[^@\s]+)@")
+# Where a bearer token shows: after `Bearer`, in the WebSocket subprotocol that carries
+# it (base64url), as a `token` field (a TokenReview's spec), and as a JWT anywhere (a
+# ServiceAccount's token, whatever quotes it).  (Tokens are long: "bearer token" stays.)
+CREDENTIAL = re.compile(
+    r"(?P<head>\bbearer\s+|base64url\.bearer\.authorization\.k8s\.io\.)[\w.~+/-]{8,}=*"
+    r"|(?P<field>[\"']token[\"']\s*:\s*[\"'])[^\"']*"
+    r"|\beyJ[\w-]*\.[\w-]+\.[\w-]*",
+    re.IGNORECASE,
+)
 
 
 def secrets_of(urls: Iterable[str]) -> list[str]:
@@ -33,10 +45,22 @@ def secrets_of(urls: Iterable[str]) -> list[str]:
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     text = URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    text = CREDENTIAL.sub(lambda m: (m["head"] or m["field"] or "") + MASK, text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, MASK)
     return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Every log line, from any library, with its secrets masked (`redact`)."""
+
+    def __init__(self, fmt: str, secrets: Iterable[str] = ()) -> None:
+        super().__init__(fmt)
+        self.secrets = list(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self.secrets)
 
 
 def scrubbed(status: TaskRunStatus, secrets: Iterable[str]) -> TaskRunStatus:

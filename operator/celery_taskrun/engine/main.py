@@ -10,7 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from celery_taskrun.api.config import globbed
-from celery_taskrun.core.redact import redact, secrets_of
+from celery_taskrun.core.redact import RedactingFormatter, redact, secrets_of
 from celery_taskrun.engine import config_file, metrics
 
 # The API server stores objects nested up to 10,000 levels deep; Python's JSON decoder
@@ -21,17 +21,6 @@ RECURSION_LIMIT = 25_000
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class RedactingFormatter(logging.Formatter):
-    """Every log line, from any library, with connection passwords masked."""
-
-    def __init__(self, fmt: str, secrets: list[str]) -> None:
-        super().__init__(fmt)
-        self.secrets = secrets
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), self.secrets)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

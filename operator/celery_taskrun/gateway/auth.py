@@ -4,6 +4,10 @@ The caller's bearer token is reviewed by the API server; each action is then ask
 the API server's authorizer as a SubjectAccessReview on `taskruns` in the namespace,
 so who may do what through the gateway is plain RBAC. Answers are cached briefly (a
 few seconds, bounded), as the API server's own webhook authenticator does.
+
+With audiences configured, a token is accepted only when it was issued for one of them
+(a token minted for the gateway cannot be replayed against the API server, nor the
+API server's tokens against the gateway).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from kubernetes_asyncio import client
 
@@ -46,16 +50,30 @@ class Verb(StrEnum):
     PATCH = "patch"
 
 
-class Unauthenticated(Exception):
-    """No token, or the API server does not know it: 401."""
+class Refused(Exception):
+    """A request the gateway refuses: answered with `status`, `headers` and the message."""
+
+    status: ClassVar[int]
+    headers: ClassVar[Mapping[str, str]] = {}
 
 
-class Forbidden(Exception):
+class Unauthenticated(Refused):
+    """No token, or the API server does not know it (for the audiences): 401."""
+
+    status = 401
+    headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(Refused):
     """Authenticated, but RBAC does not allow the action: 403."""
 
+    status = 403
 
-class ReviewUnavailable(Exception):
+
+class ReviewUnavailable(Refused):
     """The API server could not answer a review: 503, never an allow."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -122,9 +140,14 @@ class TtlCache(Generic[K, V]):
             self._items.popitem(last=False)
 
 
-def caller_from_review(status: Any) -> Caller | None:
-    """The user of a TokenReview's status, None when not authenticated."""
+def caller_from_review(status: Any, audiences: Sequence[str] = ()) -> Caller | None:
+    """The user of a TokenReview's status, None when not authenticated (for one of
+    `audiences`, when asked)."""
     if status is None or not status.authenticated or status.user is None:
+        return None
+    # An authenticator that ignores audiences answers none: then the token is one for
+    # the API server, not for the audiences asked (the TokenReview API's own rule).
+    if audiences and not set(status.audiences or ()) & set(audiences):
         return None
     user = status.user
     extra: Mapping[str, Any] = user.extra or {}
@@ -161,9 +184,15 @@ def access_review(caller: Caller, verb: Verb, namespace: str, name: str | None) 
 class Authorizer:
     """Reviews with the gateway's own identity (it may create both kinds of review)."""
 
-    def __init__(self, api: client.ApiClient, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        api: client.ApiClient,
+        audiences: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.authentication = client.AuthenticationV1Api(api)
         self.authorization = client.AuthorizationV1Api(api)
+        self.audiences = list(audiences)
         self.clock = clock
         # A 1-tuple, so that "not authenticated" (None) is cached too.
         self._callers: TtlCache[str, tuple[Caller | None]] = TtlCache(AUTHENTICATION_TTL)
@@ -171,13 +200,13 @@ class Authorizer:
             AUTHORIZATION_TTL
         )
 
-    async def _review(self, call: Any, what: str) -> Any:
+    async def _review(self, call: Any, what: str, unavailable: str) -> Any:
         try:
             return await guarded(call, REQUEST_TIMEOUT)
         except KubeError as exc:
             # The detail goes to the log, never to the caller.
             log.warning("%s failed: %s", what, exc)
-            raise ReviewUnavailable(what) from exc
+            raise ReviewUnavailable(f"{unavailable} cannot be checked now; try again") from exc
 
     async def authenticate(self, token: str | None) -> Caller:
         if token is None:
@@ -185,18 +214,18 @@ class Authorizer:
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._callers.get(key, self.clock())
         if cached is None:
+            spec: dict[str, Any] = {"token": token}
+            if self.audiences:
+                spec["audiences"] = self.audiences
             review = await self._review(
                 self.authentication.create_token_review(
-                    {
-                        "apiVersion": "authentication.k8s.io/v1",
-                        "kind": "TokenReview",
-                        "spec": {"token": token},
-                    },
+                    {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec},
                     _request_timeout=REQUEST_TIMEOUT,
                 ),
                 "TokenReview",
+                "credentials",
             )
-            cached = (caller_from_review(review.status),)
+            cached = (caller_from_review(review.status, self.audiences),)
             self._callers.put(key, cached, self.clock())
         caller = cached[0]
         if caller is None:
@@ -215,6 +244,7 @@ class Authorizer:
                     _request_timeout=REQUEST_TIMEOUT,
                 ),
                 "SubjectAccessReview",
+                "permissions",
             )
             allowed = bool(review.status and review.status.allowed)
             self._decisions.put(key, allowed, self.clock())

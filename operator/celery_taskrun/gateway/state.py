@@ -1,0 +1,48 @@
+"""What the gateway's modules share: its settings, the state its routes use
+(`app.state.gateway`), and the shape of a refusal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+
+from celery_taskrun.clients.taskruns import TaskRunClient
+from celery_taskrun.gateway.auth import Authorizer
+from celery_taskrun.gateway.followers import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CALLER, Followers
+
+# A stream's token and rights are checked again this often (seconds).
+RECHECK_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_followers: int = MAX_FOLLOWERS
+    max_followers_per_caller: int = MAX_FOLLOWERS_PER_CALLER
+    recheck_seconds: float = RECHECK_SECONDS
+    # The TokenReview audiences a caller's token must have one of; none: the API
+    # server's own.
+    audiences: tuple[str, ...] = ()
+
+
+class Gateway:
+    """What the routes share: the TaskRun client, the authorizer, the open followers."""
+
+    def __init__(self, runs: TaskRunClient, auth: Authorizer, settings: Settings) -> None:
+        self.runs = runs
+        self.auth = auth
+        self.settings = settings
+        self.followers = Followers(settings.max_followers, settings.max_followers_per_caller)
+
+
+def gateway_of(connection: HTTPConnection) -> Gateway:
+    """The gateway serving a request or a WebSocket."""
+    gateway: Gateway = connection.app.state.gateway
+    return gateway
+
+
+def problem(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
