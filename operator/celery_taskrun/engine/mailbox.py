@@ -68,7 +68,7 @@ class Mailbox:
         finally:
             box.busy = False
 
-    async def superseded(self, run: Run, status: TaskRunStatus) -> bool:
+    async def hold(self, run: Run, status: TaskRunStatus) -> bool:
         """Hold `status` before it is written; True when news came meanwhile (the next
         step writes what the status becomes instead)."""
         if status.phase is not None and status.phase.terminal:

@@ -142,7 +142,7 @@ class Stepper:
             run.polls += 1  # most polls: nothing new, nothing to write
             self.poller.plan(run)
             return
-        if await self.mailbox.superseded(run, status):
+        if await self.mailbox.hold(run, status):  # news came meanwhile: it is obsolete
             run.status, run.synced = status, False  # the next step writes what it becomes
             return
         before = run.status
