@@ -7,13 +7,17 @@ SQLite file, beside the shared Redis-backed pair.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from celery_taskrun.clients.backend import RedisResultBackend
+from celery_taskrun.core.records import Reading
 from taskrun_dev.stack import Stack
 
 from support import TaskRuns
@@ -58,3 +62,35 @@ def test_rpc_backend_is_refused_at_start(stack: Stack) -> None:
     assert "rpc:// result backend sends results back to the process that sent the task" in (
         result.stderr
     )
+
+
+async def test_the_redis_backend_hears_only_the_operators_own_task_ids(stack: Stack) -> None:
+    """Another application's publishes (Celery stores and publishes every state of
+    every task) never reach the operator, let alone get parsed: it listens to its own
+    task ids' channels only."""
+    backend = RedisResultBackend(
+        stack.result_backend, max_record_bytes=64 * 1024, budget_bytes=1 << 20, timeout=5
+    )
+    heard: list[str] = []
+    subscribed, ours = asyncio.Event(), asyncio.Event()
+
+    async def on_record(task_id: str, reading: Reading | None) -> None:
+        heard.append(task_id)
+        ours.set()
+
+    async def on_resync() -> None:
+        subscribed.set()
+
+    watching = asyncio.create_task(backend.watch(on_record, on_resync))
+    publisher = aioredis.from_url(stack.result_backend)
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        record = b'{"status": "PROGRESS", "result": {"current": 1}}'
+        await publisher.publish("celery-task-meta-another-apps-task", record * 1000)
+        await publisher.publish("celery-task-meta-tr-0123-1", record)
+        await asyncio.wait_for(ours.wait(), 10)
+        assert heard == ["tr-0123-1"]  # the other application's came first, unheard
+    finally:
+        watching.cancel()
+        await publisher.aclose()
+        await backend.close()

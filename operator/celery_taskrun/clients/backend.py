@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from celery_taskrun.core import records
 from celery_taskrun.core.records import Reading, Stored, Unreadable
+from celery_taskrun.core.sending import TASK_ID_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ class RedisResultBackend:
         while True:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(KEY_PREFIX + "*")
+                # Only the operator's own task ids: another application's publishes (a
+                # progress report of megabytes) never even reach it.
+                await pubsub.psubscribe(KEY_PREFIX + TASK_ID_PREFIX + "*")
                 # Anything stored while we were not subscribed was missed: read it all.
                 await on_resync()
                 delay = 0.5

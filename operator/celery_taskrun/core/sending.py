@@ -36,15 +36,20 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 REDIS_PRIORITIES = (0, 9)
 
 
+# Every task id the operator sends starts so (`tr-<uid>-<n>`): what it reads and
+# listens to in the backend is only that.
+TASK_ID_PREFIX = "tr-"
+
+
 def task_id_for(uid: str, number: int) -> str:
     """The Celery task id of a run's send `number`: derived, so a resend is recognisable."""
-    return f"tr-{uid}-{number}"
+    return f"{TASK_ID_PREFIX}{uid}-{number}"
 
 
 def derived(task_id: str | None, uid: str) -> bool:
     """Whether `task_id` is one this run's sends would have (`tr-<uid>-<n>`): a status
     or annotation naming any other id is not the operator's to act on."""
-    prefix = f"tr-{uid}-"
+    prefix = f"{TASK_ID_PREFIX}{uid}-"
     return task_id is not None and task_id.startswith(prefix) and task_id[len(prefix) :].isdigit()
 
 
