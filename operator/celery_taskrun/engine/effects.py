@@ -9,11 +9,11 @@ import asyncio
 import logging
 
 from celery_taskrun.api.model import FINALIZER, TaskRunStatus
-from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, MarkRefused
-from celery_taskrun.clients.kube import Kube
+from celery_taskrun.clients.celery_client import BrokerUnavailable, MarkRefused
 from celery_taskrun.core.step import AskWorkers, Revoke, held
 from celery_taskrun.core.submission import Submission
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.ports import BrokerPort, KubePort
 from celery_taskrun.engine.runs import Run
 from celery_taskrun.engine.submitter import NotSent, Sent, Submitter
 from celery_taskrun.engine.writer import StatusWriter, Written
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 class Effects:
     def __init__(
         self,
-        kube: Kube,
-        celery: CeleryClient,
+        kube: KubePort,
+        celery: BrokerPort,
         submitter: Submitter,
         writer: StatusWriter,
         *,

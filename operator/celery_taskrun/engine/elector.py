@@ -19,9 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.clients.kube import Conflict, Kube, KubeError
+from celery_taskrun.clients.kube import Conflict, KubeError
 from celery_taskrun.core.leases import Act, LeaseView, held, leading, next_act
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.ports import LeasePort
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def lease_namespace(config: OperatorConfig) -> str:
 class Elector:
     def __init__(
         self,
-        kube: Kube,
+        kube: LeasePort,
         config: OperatorConfig,
         *,
         on_lead: Callable[[], Awaitable[None]],

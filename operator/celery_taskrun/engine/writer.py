@@ -17,10 +17,11 @@ from typing import Any
 
 from celery_taskrun.api.config import EventPolicy
 from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
-from celery_taskrun.clients.kube import Gone, Invalid, Kube, KubeError, TooLarge
+from celery_taskrun.clients.kube import Gone, Invalid, KubeError, TooLarge
 from celery_taskrun.core.redact import redact, scrubbed
 from celery_taskrun.core.transitions import parse_time, shrunk
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.ports import KubePort
 from celery_taskrun.engine.runs import Fingerprints, Run, dump, fingerprints
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def merge_patch(
 class StatusWriter:
     def __init__(
         self,
-        kube: Kube,
+        kube: KubePort,
         *,
         concurrency: int,
         now: Callable[[], datetime],
