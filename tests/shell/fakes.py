@@ -266,6 +266,7 @@ class FakeCelery:
     seen: Seen = field(default_factory=Seen)
     sent: list[Submission] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
+    tries: list[float] = field(default_factory=list)  # every send asked, taken or not
     revoked: list[str] = field(default_factory=list)
     asked: list[tuple[float, tuple[str, ...], frozenset[str]]] = field(default_factory=list)
     # What each worker reports holding (active, reserved, scheduled); absent: silent.
@@ -275,6 +276,8 @@ class FakeCelery:
     mark_refused: bool = False  # the record to replace does not decode
 
     async def send(self, submission: Submission) -> None:
+        self.tries.append(loop_time())
+        self.seen.note()
         if self.unsendable:
             raise SendRefused("EncodeError: Object of type set is not JSON serializable")
         if self.down:
