@@ -1,37 +1,52 @@
-"""A tracker wired to fakes of its clients, started and stopped around each test."""
+"""The engine on the loop's fake time, and a tracker wired to fakes of its clients,
+started and stopped around each test.
+
+looptime patches every event loop pytest-asyncio makes; `fake_time` switches the
+test's loop to fake time for the whole test, its fixtures' set-up and tear-down
+included (the plugin's marker would switch it on for the test body alone, and the
+tracker, started in a fixture, would see its clocks jump).  On fake time a sleep,
+a timeout or a poll interval passes at once and exactly: a test asserts when
+something happened, to the millisecond, and a test that fails waits for nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+import looptime
 import pytest_asyncio
 
-from celery_taskrun.engine.tracker import Tracker
+import fakes
+from fakes import Harness, MakeHarness
 
-from fakes import FakeBackend, FakeCelery, FakeKube, Harness, harness_config
 
-MakeHarness = Callable[..., Any]
+@pytest_asyncio.fixture(loop_scope="function")
+async def fake_time() -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, looptime.LoopTimeEventLoop), "looptime did not patch the loop"
+    with loop.looptime_enabled():
+        yield
 
 
 # The tracker's tasks live on the test's own loop.
 @pytest_asyncio.fixture(loop_scope="function")
-async def make_harness() -> AsyncIterator[MakeHarness]:
-    started: list[Tracker] = []
+async def make_harness(fake_time: None) -> AsyncIterator[MakeHarness]:
+    started: list[Harness] = []
 
     async def make(**config: Any) -> Harness:
-        kube, celery, backend = FakeKube(), FakeCelery(), FakeBackend()
-        tracker = Tracker(harness_config(**config), kube, celery, backend)  # type: ignore[arg-type]
-        await tracker.lead()
-        started.append(tracker)
-        return Harness(tracker, kube, celery, backend)
+        harness = fakes.make_harness(**config)
+        harness.led_at = fakes.loop_time()
+        await harness.tracker.lead()
+        started.append(harness)
+        return harness
 
     yield make
-    for tracker in started:
-        await tracker.stop()
+    for harness in started:
+        await harness.tracker.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def harness(make_harness: MakeHarness) -> Harness:
-    made: Harness = await make_harness()
-    return made
+    return await make_harness()

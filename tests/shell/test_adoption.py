@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from celery_taskrun.core.records import TaskRecord
 from celery_taskrun.core.timing import timestamp
 
-from fakes import Harness, until
+from fakes import Harness
 
 
 async def test_a_reason_this_operator_does_not_know_never_loses_a_run_in_flight(
@@ -31,9 +31,10 @@ async def test_a_reason_this_operator_does_not_know_never_loses_a_run_in_flight(
     }
     harness.backend.stored[task_id] = TaskRecord("STARTED", {})
     await harness.tracker.observe("ADDED", copy.deepcopy(body))
-    await until(lambda: harness.kube.status(name).get("reason") == "Started", what="followed")
+    followed = lambda: harness.kube.status(name).get("reason") == "Started"  # noqa: E731
+    await harness.seen.until(followed, 60, "followed")
     await harness.backend.publish(task_id, TaskRecord("SUCCESS", 42))
-    await until(lambda: harness.kube.status(name).get("phase") == "Succeeded", what="Succeeded")
+    await harness.until_phase(body, "Succeeded")
     status = harness.kube.status(name)
     assert harness.celery.sent == []
     assert (status["taskId"], status["submittedAt"], status["startedAt"]) == (

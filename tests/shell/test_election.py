@@ -1,174 +1,230 @@
 """Two operators, one Lease: one acts; a leader that cannot renew stops before the
-other may take over; a standby writes nothing and adopts everything when it leads."""
+other may take over; a leader shutting down hands the Lease over; a standby writes
+nothing and adopts everything when it leads.  Whole campaigns, on the loop's fake
+time: when each operator starts and stops acting is asserted to the millisecond."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.clients.errors import ApiUnavailable, Conflict
 from celery_taskrun.core.records import TaskRecord
 from celery_taskrun.engine.elector import Elector
 from celery_taskrun.engine.fence import Fence
 
-from fakes import Harness, until
+from fakes import FakeLeases, Harness, loop_time, pass_time
+
+DURATION, DEADLINE, PERIOD = 15.0, 10.0, 2.0
+MS = 1e-3
+
+pytestmark = pytest.mark.usefixtures("fake_time")
 
 
-class Clock:
+class Operators:
+    """Operators sharing one Lease; what each did, with the loop time."""
+
     def __init__(self) -> None:
-        self.t = 0.0
+        self.leases = FakeLeases()
+        self.log: list[tuple[float, str]] = []
+        self.campaigns: dict[str, asyncio.Task[None]] = {}
+        self.fences: dict[str, Fence] = {}
 
-    def __call__(self) -> float:
-        return self.t
+    def start(self, name: str) -> Elector:
+        client = self.leases.client()
+
+        async def on_lead() -> None:
+            self.said(f"{name} leads")
+
+        async def on_lose() -> None:
+            self.said(f"{name} stops")
+
+        config = OperatorConfig(
+            leaseDurationSeconds=DURATION,
+            leaseRenewDeadlineSeconds=DEADLINE,
+            leaseRetryPeriodSeconds=PERIOD,
+        )
+        fence = self.fences[name] = Fence(until=-math.inf, monotonic=loop_time)
+        elector = Elector(
+            client, config, on_lead=on_lead, on_lose=on_lose, fence=fence, monotonic=loop_time
+        )
+        client.who = elector.me
+        self.campaigns[name] = asyncio.create_task(elector.campaign())
+        return elector
+
+    def said(self, what: str) -> None:
+        self.log.append((loop_time(), what))
+        self.leases.seen.note()
+
+    def when(self, what: str) -> float:
+        return next(t for t, said in self.log if said == what)
+
+    async def until(self, what: str, within: float = 120.0) -> float:
+        await self.leases.seen.until(lambda: any(s == what for _, s in self.log), within, what)
+        return self.when(what)
+
+    def renewals(self, elector: Elector) -> list[float]:
+        return [t for t, who, spec in self.leases.writes if who == elector.me]
+
+    async def shut_down(self, name: str) -> None:
+        task = self.campaigns.pop(name)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
-@dataclass
-class Leases:
-    """The Lease as the API server keeps it: a resourceVersion per write."""
-
-    body: dict[str, Any] | None = None
-    version: int = 0
-    down: set[str] = field(default_factory=set)  # identities cut off from the API server
-
-    def client(self, who: list[str]) -> Any:
-        leases = self
-
-        class Client:
-            async def lease(self, namespace: str, name: str, seconds: float) -> Any:
-                if who[0] in leases.down:
-                    raise ApiUnavailable(0, "Unreachable", "unreachable")
-                return leases.body
-
-            async def write_lease(
-                self, namespace: str, name: str, spec: Any, version: str | None, seconds: float
-            ) -> None:
-                if who[0] in leases.down:
-                    raise ApiUnavailable(0, "Unreachable", "unreachable")
-                current = leases.body["metadata"]["resourceVersion"] if leases.body else None
-                if version != current:
-                    raise Conflict(409, "Conflict", "the object has been modified")
-                leases.version += 1
-                meta = {"resourceVersion": str(leases.version)}
-                leases.body = {"metadata": meta, "spec": spec}
-
-        return Client()
+@pytest_asyncio.fixture(loop_scope="function")
+async def operators(fake_time: None) -> AsyncIterator[Operators]:
+    made = Operators()
+    yield made
+    for name in list(made.campaigns):
+        await made.shut_down(name)
 
 
-def elector(leases: Leases, clock: Clock, events: list[str], name: str) -> Elector:
-    who = [""]
+async def test_one_leads_and_the_other_takes_over_only_after_it_stopped(
+    operators: Operators,
+) -> None:
+    a = operators.start("a")
+    await operators.until("a leads")
+    operators.start("b")
+    await pass_time(60)
+    assert [said for _, said in operators.log] == ["a leads"]
+    renewals = operators.renewals(a)
+    assert {round(t2 - t1, 3) for t1, t2 in itertools.pairwise(renewals)} == {PERIOD}
 
-    async def on_lead() -> None:
-        events.append(f"{name} leads")
+    operators.leases.down.add(a.me)  # a is cut off from the API server
+    last = operators.renewals(a)[-1]
+    stopped, took = await operators.until("a stops"), await operators.until("b leads")
+    assert stopped == pytest.approx(last + DEADLINE, abs=MS)  # not renewed for the deadline
+    assert took >= last + DURATION > stopped  # the Lease expired first: never both acting
+    assert [said for _, said in operators.log] == ["a leads", "a stops", "b leads"]
+    # a's effects were fenced off from the renew deadline on, before b's could pass.
+    fences = operators.fences
+    assert fences["a"].until == -math.inf and fences["b"].until > took
+    assert not fences["a"].open() and fences["b"].open()
 
-    async def on_lose() -> None:
-        events.append(f"{name} stops")
 
-    config = OperatorConfig(leaseDurationSeconds=15, leaseRenewDeadlineSeconds=10)
-    made = Elector(
-        leases.client(who),
-        config,
-        on_lead=on_lead,
-        on_lose=on_lose,
-        fence=Fence(until=-math.inf, monotonic=clock),
-        monotonic=clock,
+async def test_a_leader_paused_past_its_lease_does_nothing_until_it_reads_the_lease() -> None:
+    """A frozen process (SIGSTOP, a long GC) wakes with its work queued: its fence is
+    closed from its renew deadline on, whatever it has not noticed yet, and it stops on
+    its first look at the Lease."""
+    leases, clock, said = FakeLeases(), [100.0], []
+    config = OperatorConfig(
+        leaseDurationSeconds=DURATION,
+        leaseRenewDeadlineSeconds=DEADLINE,
+        leaseRetryPeriodSeconds=PERIOD,
     )
-    who[0] = made.me
-    return made
 
+    def elector(name: str) -> Elector:
+        client = leases.client()
 
-async def turn(*electors: Elector) -> None:
-    for e in electors:
-        await e._try()
-        await e._check()
+        async def on_lead() -> None:
+            said.append(f"{name} leads")
 
+        async def on_lose() -> None:
+            said.append(f"{name} stops")
 
-async def test_one_leads_and_the_other_takes_over_only_after_it_stopped() -> None:
-    leases, clock, events = Leases(), Clock(), []
-    a, b = elector(leases, clock, events, "a"), elector(leases, clock, events, "b")
+        fence = Fence(until=-math.inf, monotonic=lambda: clock[0])
+        made = Elector(
+            client,
+            config,
+            on_lead=on_lead,
+            on_lose=on_lose,
+            fence=fence,
+            monotonic=lambda: clock[0],
+        )
+        client.who = made.me
+        return made
+
+    async def turn(*electors: Elector) -> None:
+        for e in electors:
+            await e._try()
+            await e._check()
+
+    a, b = elector("a"), elector("b")
     await turn(a, b)
-    assert (a.leading, b.leading) == (True, False) and events == ["a leads"]
-    for _ in range(20):  # a renews every 2 s: b never takes over
-        clock.t += 2
-        await turn(a, b)
-    assert (a.leading, b.leading) == (True, False)
-
     assert a.fence.open() and not b.fence.open()
-
-    leases.down.add(a.me)  # a is cut off from the API server
-    stopped = took = None
-    while took is None:
-        clock.t += 0.5
-        # Whatever either would do now: never both past their fences at once.
-        assert not (a.fence.open() and b.fence.open()), clock.t
-        await turn(a, b)
-        if stopped is None and not a.leading:
-            stopped = clock.t
-        if b.leading:
-            took = clock.t
-    assert stopped is not None and stopped < took  # never both acting
-    assert events == ["a leads", "a stops", "b leads"]
-    assert b.fence.open() and not a.fence.open()
-
-
-async def test_a_leader_paused_past_its_lease_is_fenced_until_it_reads_the_lease() -> None:
-    leases, clock, events = Leases(), Clock(), []
-    a, b = elector(leases, clock, events, "a"), elector(leases, clock, events, "b")
-    await turn(a, b)
-    clock.t += 20  # a is frozen (SIGSTOP) past its lease; b takes over meanwhile
+    clock[0] += DURATION + 5  # a is frozen past its lease; b takes over meanwhile
     await turn(b)
     assert b.leading and b.fence.open()
     assert a.leading and not a.fence.open()  # a has not looked yet, and must not act
     await turn(a)  # a wakes: it reads the Lease, finds b holding it and stops
     assert not a.leading and not a.fence.open()
-    assert events == ["a leads", "b leads", "a stops"]
+    assert said == ["a leads", "b leads", "a stops"]
 
 
-async def test_a_released_lease_is_taken_at_once() -> None:
-    leases, clock, events = Leases(), Clock(), []
-    a, b = elector(leases, clock, events, "a"), elector(leases, clock, events, "b")
-    await turn(a, b)
-    await a._release()
-    clock.t += 0.1
-    await turn(b)
-    assert b.leading
+async def test_a_hung_lease_call_never_keeps_a_leader_acting_past_its_deadline(
+    operators: Operators,
+) -> None:
+    a = operators.start("a")
+    await operators.until("a leads")
+    operators.start("b")
+    await pass_time(11)
+    operators.leases.hung.add(a.me)  # its calls never answer (each cut at its timeout)
+    last = operators.renewals(a)[-1]
+    stopped, took = await operators.until("a stops"), await operators.until("b leads")
+    # Each try is cut to the time left to renew: the last is the shortest (0.05 s).
+    assert last + DEADLINE <= stopped <= last + DEADLINE + 0.05 + MS
+    assert took >= last + DURATION > stopped
+
+
+async def test_a_leader_shutting_down_hands_the_lease_over_at_once(operators: Operators) -> None:
+    a = operators.start("a")
+    await operators.until("a leads")
+    operators.start("b")
+    await pass_time(31)
+    shut = loop_time()
+    await operators.shut_down("a")
+    assert operators.when("a stops") == shut
+    # Released (no holder) rather than left to expire: b takes it at its next try.
+    released = {"holderIdentity": "", "leaseDurationSeconds": 1}
+    assert operators.leases.writes[-1] == (shut, a.me, released)
+    took = await operators.until("b leads")
+    assert took <= shut + PERIOD
 
 
 async def test_a_standby_writes_nothing_then_adopts_everything(harness: Harness) -> None:
     await harness.tracker.step_down()
     run = await harness.apply({"task": "t.a"})  # seen while standing by: ignored
-    assert harness.kube.writes == 0 and not harness.celery.sent
+    await pass_time(60)
+    assert not harness.kube.writes and not harness.kube.metadata_writes
+    assert not harness.celery.sent and not harness.backend.reads
     await harness.tracker.lead()  # takes over: lists what the API server has
-    name = run["metadata"]["name"]
-    await until(lambda: harness.kube.status(name).get("phase") == "Queued", what="Queued")
+    await harness.until_phase(run, "Queued")
 
 
 async def test_stepping_down_stops_every_step(harness: Harness) -> None:
     run = await harness.apply({"task": "t.a"})
-    name = run["metadata"]["name"]
-    await until(lambda: harness.kube.status(name).get("phase") == "Queued", what="Queued")
+    await harness.until_phase(run, "Queued")
     await harness.tracker.step_down()
-    assert not list(harness.tracker.tasks) and not harness.tracker.registry
-    writes = harness.kube.writes
+    seen = (len(harness.kube.writes), len(harness.backend.reads), len(harness.kube.events))
     await harness.backend.publish(harness.task_id(run), TaskRecord("SUCCESS", 1))
-    assert harness.kube.writes == writes
+    await pass_time(600)  # no poll, no write, no event: nothing runs any more
+    assert (len(harness.kube.writes), len(harness.backend.reads), len(harness.kube.events)) == seen
 
 
 async def test_stepping_down_outlasts_a_lost_cancellation(harness: Harness) -> None:
+    # What a task does with its cancellation cannot be seen from outside: one is spawned
+    # among the tracker's tasks, as a step whose `wait_for` lost the cancellation.
     stopped = []
 
-    async def stubborn() -> None:  # as a task whose `wait_for` lost the cancellation
+    async def stubborn() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
         try:
             await asyncio.Event().wait()
         finally:
-            stopped.append(True)
+            stopped.append(loop_time())
 
     harness.tracker.tasks.spawn(stubborn())
     await asyncio.sleep(0)
-    await asyncio.wait_for(harness.tracker.step_down(), 5)
-    assert stopped and not list(harness.tracker.tasks)
+    began = loop_time()
+    await harness.tracker.step_down()
+    assert stopped == [pytest.approx(began + 0.5, abs=MS)]  # asked again after 0.5 s
+    assert not list(harness.tracker.tasks)

@@ -17,15 +17,14 @@ from celery_taskrun.api.model import FINALIZER, TaskRunStatus
 from celery_taskrun.clients.celery_client import (
     PUBLISH_BOUND_SECONDS,
     BrokerUnavailable,
-    CeleryClient,
     MarkRefused,
 )
 from celery_taskrun.clients.errors import Gone
-from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.sending import Message
 from celery_taskrun.core.step import AskWorkers, Revoke, held
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.fence import Fence
+from celery_taskrun.engine.ports import BrokerPort, KubePort
 from celery_taskrun.engine.runs import Run
 from celery_taskrun.engine.submitter import Deleted, NotSent, Sent, Submitter
 from celery_taskrun.engine.writer import StatusWriter, Written
@@ -36,8 +35,8 @@ log = logging.getLogger(__name__)
 class Effects:
     def __init__(
         self,
-        kube: Kube,
-        celery: CeleryClient,
+        kube: KubePort,
+        celery: BrokerPort,
         submitter: Submitter,
         writer: StatusWriter,
         *,

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.clients.errors import Conflict, KubeError
-from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.leases import Act, LeaseView, held, leading, next_act
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.fence import Fence
+from celery_taskrun.engine.ports import LeasePort
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def lease_namespace(config: OperatorConfig) -> str:
 class Elector:
     def __init__(
         self,
-        kube: Kube,
+        kube: LeasePort,
         config: OperatorConfig,
         *,
         on_lead: Callable[[], Awaitable[None]],

@@ -9,12 +9,13 @@ import enum
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
+from celery_taskrun.clients.backend import BackendUnavailable
 from celery_taskrun.core import records
 from celery_taskrun.core.schedule import Schedule
 from celery_taskrun.core.timing import next_delay
 from celery_taskrun.core.transitions import BackendError, Observed
 from celery_taskrun.engine import faults, metrics
+from celery_taskrun.engine.ports import BackendPort
 from celery_taskrun.engine.runs import News, Run
 from celery_taskrun.engine.tasks import Tasks
 
@@ -33,7 +34,7 @@ Due = tuple[Duty, str]  # (what, the run's uid)
 class Poller:
     def __init__(
         self,
-        backend: ResultBackend,
+        backend: BackendPort,
         tasks: Tasks,
         *,
         run_of: Callable[[str], Run | None],

@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from celery_taskrun.api.model import FINALIZER, INTENT_ANNOTATION
-from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
-from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient, SendRefused
+from celery_taskrun.clients.backend import BackendUnavailable
+from celery_taskrun.clients.celery_client import BrokerUnavailable, SendRefused
 from celery_taskrun.clients.errors import Gone, KubeError
-from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core import records
 from celery_taskrun.core.records import TaskRecord
 from celery_taskrun.core.sending import Message
 from celery_taskrun.engine import faults, metrics
+from celery_taskrun.engine.ports import BackendPort, BrokerPort, KubePort
 from celery_taskrun.engine.runs import Run, with_finalizer
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Deleted:
 
 
 class Submitter:
-    def __init__(self, kube: Kube, celery: CeleryClient, backend: ResultBackend) -> None:
+    def __init__(self, kube: KubePort, celery: BrokerPort, backend: BackendPort) -> None:
         self.kube = kube
         self.celery = celery
         self.backend = backend

@@ -22,9 +22,7 @@ from pydantic import ValidationError
 
 from celery_taskrun.api.config import OperatorConfig, globbed
 from celery_taskrun.api.model import Phase, TaskRunSpec
-from celery_taskrun.clients.backend import BackendUnavailable, ResultBackend
-from celery_taskrun.clients.celery_client import CeleryClient
-from celery_taskrun.clients.kube import Kube
+from celery_taskrun.clients.backend import BackendUnavailable
 from celery_taskrun.core.backoff import backoff_for
 from celery_taskrun.core.records import Reading
 from celery_taskrun.core.redact import secrets_of
@@ -36,6 +34,7 @@ from celery_taskrun.engine.effects import Effects
 from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.mailbox import Mailbox
 from celery_taskrun.engine.poller import Duty, Poller
+from celery_taskrun.engine.ports import BackendPort, BrokerPort, KubePort
 from celery_taskrun.engine.reaper import Reaper
 from celery_taskrun.engine.registry import Registry
 from celery_taskrun.engine.runs import (
@@ -60,9 +59,9 @@ class Tracker:
     def __init__(
         self,
         config: OperatorConfig,
-        kube: Kube,
-        celery: CeleryClient,
-        backend: ResultBackend,
+        kube: KubePort,
+        celery: BrokerPort,
+        backend: BackendPort,
         *,
         namespaces: Sequence[str] = (),
         fence: Fence | None = None,

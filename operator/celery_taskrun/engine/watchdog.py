@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from celery_taskrun.api.model import Phase
-from celery_taskrun.clients.celery_client import BrokerUnavailable, CeleryClient
+from celery_taskrun.clients.celery_client import BrokerUnavailable
+from celery_taskrun.engine.ports import BrokerPort
 from celery_taskrun.engine.runs import Run
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def misses(
 class WorkerWatchdog:
     def __init__(
         self,
-        celery: CeleryClient,
+        celery: BrokerPort,
         *,
         interval: float,
         lost_after: int,

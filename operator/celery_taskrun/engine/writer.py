@@ -18,11 +18,11 @@ from typing import Any
 from celery_taskrun.api.config import EventPolicy
 from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, KubeError, TooLarge
-from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.content import shrunk
 from celery_taskrun.core.redact import redact, scrubbed
 from celery_taskrun.core.timing import parse_time
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.ports import KubePort
 from celery_taskrun.engine.runs import Fingerprints, Run, dump, fingerprints
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def merge_patch(
 class StatusWriter:
     def __init__(
         self,
-        kube: Kube,
+        kube: KubePort,
         *,
         concurrency: int,
         now: Callable[[], datetime],
