@@ -29,6 +29,8 @@ class Write:
     namespace: str
     name: str
     code: int
+    user_agent: str = ""  # which client of the user (the operator names its process)
+    at: str = ""  # when the API server received it (RFC 3339, microseconds)
 
 
 def _text(value: Any) -> str:
@@ -57,6 +59,8 @@ def parse(line: bytes | str) -> Write | None:
         namespace=_text(ref.get("namespace")),
         name=_text(ref.get("name")),
         code=code if isinstance(code, int) else 0,
+        user_agent=_text(event.get("userAgent")),
+        at=_text(event.get("requestReceivedTimestamp")),
     )
 
 

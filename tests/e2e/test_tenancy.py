@@ -12,12 +12,14 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from taskrun_dev.audit import AuditLog
 from taskrun_dev.processes import ManagedProcess, free_port
 from taskrun_dev.stack import Stack
 
@@ -299,3 +301,62 @@ def test_no_secret_in_status_events_logs_or_metrics(
     assert operator.url is not None
     metrics = urllib.request.urlopen(operator.url, timeout=10).read().decode()
     assert "taskrun_" in metrics and "s3cr3t-pw" not in metrics
+
+
+@pytest.fixture
+def audited(tmp_path: Path) -> Iterator[Cluster]:
+    """A stack of its own whose API server logs every write, with who made it."""
+    stack = Stack(tmp_path / "audited", say=lambda _: None, audit=True)
+    try:
+        stack.up(operator=False, worker=False)
+        cluster = Cluster(stack, tmp_path)
+        yield cluster
+        cluster.close()
+    finally:
+        stack.down()
+
+
+def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(audited: Cluster) -> None:
+    """The leader is stopped (SIGSTOP: a long GC, a throttled or frozen VM) until the
+    standby took over, runs arrive meanwhile, and it is resumed with its watch events
+    and its work queued: none of its writes lands after it wakes (the API server's
+    audit log, by the operator's user agent), and every run executes exactly once on a
+    plain worker (no guard)."""
+    cluster = audited
+    lease = f"celery-taskrun-{cluster.prefix}-pause"
+    a = cluster.operator("a", FAST_LEASE, TASKRUN_LEASE_NAME=lease)
+    b = cluster.operator("b", FAST_LEASE, TASKRUN_LEASE_NAME=lease)
+    cluster.worker("pause")
+    runs = cluster.namespace()
+    keys = {"warm": counted(runs, "warm", "pause")}
+    assert runs.finished("warm", timeout=60)["phase"] == "Succeeded"
+    holder = lease_holder(cluster.stack, lease)
+    leader, standby = (a, b) if f"_{a.pid}_" in holder else (b, a)
+    # Work in flight as it is paused, and work that arrives while it is.
+    keys |= {f"p{i}": counted(runs, f"p{i}", "pause", seconds=1) for i in range(6)}
+    os.kill(leader.pid, signal.SIGSTOP)
+    try:
+        keys |= {f"d{i}": counted(runs, f"d{i}", "pause") for i in range(6)}
+        took_over = lambda: f"_{standby.pid}_" in lease_holder(cluster.stack, lease)  # noqa: E731
+        wait_for(took_over, timeout=30, what="the standby took over")
+        keys |= {f"t{i}": counted(runs, f"t{i}", "pause") for i in range(6)}
+        for name in keys:
+            runs.wait_phase(name, "Succeeded", timeout=90)
+    finally:
+        resumed = time.time()
+        os.kill(leader.pid, signal.SIGCONT)
+    keys |= {f"r{i}": counted(runs, f"r{i}", "pause") for i in range(6)}
+    for name in keys:
+        assert runs.finished(name, timeout=90)["phase"] == "Succeeded", name
+    wait_for(
+        lambda: "no longer leading" in leader.log_path.read_text(),
+        timeout=30,
+        what="the paused leader stepped down",
+    )
+    executions = {name: cluster.executions(key) for name, key in keys.items()}
+    assert set(executions.values()) == {1}, executions
+    mine = f"_{leader.pid}_"
+    writes = [w for w in AuditLog(cluster.stack.audit_log).read_new() if mine in w.user_agent]
+    assert writes, "the leader's writes are told apart by its user agent"
+    late = [w for w in writes if datetime.fromisoformat(w.at).timestamp() > resumed]
+    assert not late, late[:5]

@@ -69,6 +69,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     elector = Elector(
         lease_kube, config, on_lead=tracker.lead, on_lose=tracker.step_down, fence=fence
     )
+    # Each operator says who it is in its requests: the API server's audit log then
+    # tells two replicas of one ServiceAccount apart (a leader that lost its Lease must
+    # write nothing; the log shows it).
+    for api in (kube.api, lease_kube.api):
+        api.user_agent = f"celery-taskrun-operator ({elector.me})"
     memo["tracker"], memo["elector"] = tracker, elector
     memo["campaign"] = asyncio.create_task(supervised("leader election", elector.campaign))
     log.info("celery-taskrun operator started (backend %s)", config.resultBackend.split("://")[0])
