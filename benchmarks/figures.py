@@ -292,7 +292,11 @@ def short_frame(frame: str) -> str:
     match = _FRAME.match(frame)
     if not match:
         return frame
-    return f"{match.group('func')} ({'/'.join(match.group('path').split('/')[-2:])})"
+    path = match.group("path")
+    # Our frames by their module's place in the package; others by folder and file.
+    _, ours, module = path.rpartition("/celery_taskrun/")
+    short = f"celery_taskrun/{module}" if ours else "/".join(path.split("/")[-2:])
+    return f"{match.group('func')} ({short})"
 
 
 @dataclass(frozen=True)
