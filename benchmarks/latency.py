@@ -36,10 +36,21 @@ GROUP, VERSION, PLURAL = "celery.taskrun.dev", "v1alpha1", "taskruns"
 TASK = "taskrun_workers.tasks.sleep"
 
 
-def summary(latencies: list[float]) -> dict[str, float]:
+TERMINAL = ("Succeeded", "Failed", "TimedOut", "Revoked")
+
+
+def summary(latencies: list[float], phases: list[str] | None = None) -> dict[str, Any]:
+    """The figures of one mode; `phases`, how its runs ended, when each must have
+    succeeded (a lag measured to a failure measures nothing)."""
     ordered = sorted(latencies)
     p95 = quantile(ordered, 0.95)
+    figures: dict[str, Any] = {}
+    if phases is not None:
+        if set(phases) != {"Succeeded"}:
+            raise SystemExit(f"runs must all succeed; they ended {sorted(phases)}")
+        figures["phases"] = sorted(set(phases))
     return {
+        **figures,
         "n": len(ordered),
         "median_ms": round(statistics.median(ordered) * 1000, 1),
         "p95_ms": round(p95 * 1000, 1),
@@ -51,18 +62,20 @@ def watch_terminal(
     api: client.CustomObjectsApi,
     namespace: str,
     expected: int,
-    seen: dict[str, float],
+    seen: dict[str, tuple[float, str]],
     done: threading.Event,
 ) -> None:
-    """Record when each TaskRun's terminal status reaches a watcher (as kubectl -w)."""
+    """Record when each TaskRun's terminal status reaches a watcher (as kubectl -w), and
+    its phase."""
     stream = watch.Watch()
     for event in stream.stream(
         api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, timeout_seconds=600
     ):
         body = event["object"]
         status = body.get("status") or {}
-        if status.get("phase") in ("Succeeded", "Failed") and body["metadata"]["name"] not in seen:
-            seen[body["metadata"]["name"]] = time.time() - epoch(status["completedAt"])
+        if status.get("phase") in TERMINAL and body["metadata"]["name"] not in seen:
+            lag = time.time() - epoch(status["completedAt"])
+            seen[body["metadata"]["name"]] = (lag, status["phase"])
             if len(seen) >= expected:
                 break
     done.set()
@@ -84,7 +97,7 @@ def operator_mode(
     operator = stack.start_operator(
         f"op-{name}", config_path=cfg, extra_args=["--namespace", namespace]
     )
-    seen: dict[str, float] = {}
+    seen: dict[str, tuple[float, str]] = {}
     done = threading.Event()
     watcher = threading.Thread(
         target=watch_terminal, args=(api, namespace, runs, seen, done), daemon=True
@@ -104,18 +117,19 @@ def operator_mode(
             raise SystemExit(f"{name}: only {len(seen)} of {runs} runs finished")
     finally:
         operator.stop()
-    return summary(list(seen.values()))
+    return summary([lag for lag, _ in seen.values()], [phase for _, phase in seen.values()])
 
 
-async def seed_poll(app: Celery, task_id: str) -> tuple[float, float]:
+async def seed_poll(app: Celery, task_id: str) -> tuple[float, float, str]:
     """The seed's poll_result_with_backoff (0.5 s, x1.5, capped at 5 s), as it is written:
-    `result.ready()` on the loop.  Returns when it saw the end and the backend's
-    `date_done`, in epoch seconds."""
+    `result.ready()` on the loop.  Returns when it saw the end, the backend's
+    `date_done`, in epoch seconds, and how the task ended (as a TaskRun phase)."""
     result = AsyncResult(task_id, app=app)
     interval = 0.5
     while True:
         if result.ready():
-            return time.time(), epoch(result.date_done)
+            phase = "Succeeded" if result.successful() else f"Celery {result.state}"
+            return time.time(), epoch(result.date_done), phase
         await asyncio.sleep(interval)
         interval = min(interval * 1.5, 5.0)
 
@@ -124,11 +138,11 @@ def seed_baseline(stack: Stack, runs: int, gap: float) -> dict[str, Any]:
     """The seed's poll_result_with_backoff, one coroutine per task, as a client would."""
     app = Celery(broker=stack.broker_url, backend=stack.result_backend)
 
-    async def poll(task_id: str) -> float:
-        seen, done = await seed_poll(app, task_id)
-        return seen - done
+    async def poll(task_id: str) -> tuple[float, str]:
+        seen, done, phase = await seed_poll(app, task_id)
+        return seen - done, phase
 
-    async def main() -> list[float]:
+    async def main() -> list[tuple[float, str]]:
         pollers = []
         for _ in range(runs):
             sent = await asyncio.to_thread(app.send_task, TASK, args=[random.uniform(0.05, 0.3)])
@@ -136,7 +150,8 @@ def seed_baseline(stack: Stack, runs: int, gap: float) -> dict[str, Any]:
             await asyncio.sleep(gap * random.uniform(0.5, 1.5))
         return list(await asyncio.gather(*pollers))
 
-    return summary(asyncio.run(main()))
+    polled = asyncio.run(main())
+    return summary([lag for lag, _ in polled], [phase for _, phase in polled])
 
 
 def run(runs: int, gap: float, say: Callable[[str], None]) -> dict[str, Any]:

@@ -433,7 +433,7 @@ def seed_drive(stack: Stack, runs: int, offset: Callable[[int], float] | None) -
     """Send `runs` trivial tasks as `drive` creates TaskRuns; poll each the seed's way."""
     app = Celery(broker=stack.broker_url, backend=stack.result_backend)
 
-    async def main() -> tuple[float, list[tuple[float, float]]]:
+    async def main() -> tuple[float, list[tuple[float, float, str]]]:
         pollers = []
         start = time.time()
         for i in range(runs):
@@ -451,13 +451,16 @@ def seed_drive(stack: Stack, runs: int, offset: Callable[[int], float] | None) -
         raise SystemExit(
             f"the seed's polling: not all {runs} tasks ended in {timeout:.0f} s"
         ) from None
-    last = max(seen for seen, _ in ends)
+    failed = sorted({phase for _, _, phase in ends} - {"Succeeded"})
+    if failed:
+        raise SystemExit(f"the seed's polling: tasks ended {failed}, not all succeeded")
+    last = max(seen for seen, _, _ in ends)
     return {
         "runs": runs,
         "rate": rate(runs, last - start),
-        "lag": lag_summary(seen - done for seen, done in ends),
-        "lags_ms": sorted(round((seen - done) * 1000, 1) for seen, done in ends),
-        "finished_s": offsets((seen for seen, _ in ends), start),
+        "lag": lag_summary(seen - done for seen, done, _ in ends),
+        "lags_ms": sorted(round((seen - done) * 1000, 1) for seen, done, _ in ends),
+        "finished_s": offsets((seen for seen, _, _ in ends), start),
     }
 
 
