@@ -440,9 +440,6 @@ class Expected:
             wrong.append(f"message {status.get('message')!r:.600}, expected {self.message!r:.600}")
         for key, value in self.fields.items():
             actual, want = status.get(key), as_stored(value)
-            if key == "result" and actual != want and actual == as_stored(merge_patched(value)):
-                TALLY["results with null object members (known bug: dropped)"] += 1
-                continue
             if actual != want:
                 shown = canonical(actual)[:600]
                 wrong.append(f"{key} {shown}, expected {canonical(want)[:600]}")
@@ -472,19 +469,6 @@ def as_stored(value: Any) -> Any:
         return [as_stored(v) for v in value]
     if isinstance(value, dict):
         return {k: as_stored(v) for k, v in value.items()}
-    return value
-
-
-def merge_patched(value: Any) -> Any:
-    """`value` as a JSON merge patch of it stores it (RFC 7386): members whose value is
-    null are dropped from every object, nested in arrays too.  A KNOWN BUG: the operator
-    writes status by merge patch (engine/writer.py), so a task's result such as
-    `{"found": null}` reads back as `{}` (test_result_keeps_nulls reproduces it).  The
-    comparison tolerates exactly this difference, and counts each case in the summary."""
-    if isinstance(value, list):
-        return [merge_patched(v) for v in value]
-    if isinstance(value, dict):
-        return {k: merge_patched(v) for k, v in value.items() if v is not None}
     return value
 
 
@@ -912,11 +896,6 @@ def test_generated_backend_records(
     still_serving(runs, stack, operator_pid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: status is written by JSON merge patch (engine/writer.py), which "
-    "drops every null object member of a result",
-)
 def test_result_keeps_nulls(runs: TaskRuns, stack: Stack) -> None:
     """A task's result with null members reads back whole from status."""
     result = {"found": None, "items": [None, {"next": None}]}

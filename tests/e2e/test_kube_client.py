@@ -49,7 +49,7 @@ async def created(kube: Kube, namespace: str, finalizers: list[str]) -> dict[str
 
 async def touched(kube: Kube, namespace: str) -> None:
     """Another write, which leaves any view taken before it stale."""
-    await kube.patch_status(namespace, "r", {"message": uuid.uuid4().hex})
+    await kube.patch_status(namespace, "r", {"message": uuid.uuid4().hex}, None, whole=True)
 
 
 async def finalizers(kube: Kube, namespace: str) -> list[str]:

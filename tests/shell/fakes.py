@@ -132,7 +132,13 @@ class FakeKube:
     revisions: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
 
     async def patch_status(
-        self, namespace: str, name: str, patch: Body, version: str | None
+        self,
+        namespace: str,
+        name: str,
+        patch: Body,
+        version: str | None,
+        *,
+        whole: bool = False,
     ) -> str | None:
         if (gate := self.hung.get(name)) is not None:
             self.waiting.append(name)

@@ -132,7 +132,7 @@ async def test_a_restart_between_intent_and_status_sends_only_what_was_not_sent(
 # -- the status writer --------------------------------------------------------------------
 
 
-async def test_a_key_no_longer_in_the_status_is_deleted_by_the_merge_patch(
+async def test_a_key_no_longer_in_the_status_is_deleted_by_the_patch(
     harness: Harness,
 ) -> None:
     """A resubmission clears the first attempt's worker and start: `kubectl get` must

@@ -60,14 +60,33 @@ class Kube:
         return version.group(1).decode() if version else None
 
     async def patch_status(
-        self, namespace: str, name: str, patch: dict[str, Any], version: str | None
+        self,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        version: str | None,
+        *,
+        whole: bool = False,
     ) -> str | None:
-        """Merge `patch` into the status, on the resourceVersion `version` when given: an
-        object replaced under the same name, or written by someone else since, refuses
-        it (Conflict) rather than take a stale status.  The resourceVersion written."""
-        body: dict[str, Any] = {"status": patch}
+        """Set each top-level status field of `patch` (None: remove it); `whole`: `patch`
+        is the whole status, for an object that has none yet.  Made on the
+        resourceVersion `version` when given: an object replaced under the same name, or
+        written by someone else since, refuses it (Conflict) rather than take a stale
+        status.  The resourceVersion written.
+
+        A JSON Patch, not a merge patch: a merge patch cannot store a null member (a
+        task's result `{"found": null}` would read back as `{}`)."""
+        ops: list[dict[str, Any]] = []
         if version:
-            body["metadata"] = {"resourceVersion": version}
+            ops.append({"op": "replace", "path": "/metadata/resourceVersion", "value": version})
+        if whole:
+            value = {key: field for key, field in patch.items() if field is not None}
+            ops.append({"op": "add", "path": "/status", "value": value})
+        else:
+            for key, field in patch.items():
+                path = "/status/" + key.replace("~", "~0").replace("/", "~1")
+                op = {"op": "remove", "path": path} if field is None else None
+                ops.append(op or {"op": "add", "path": path, "value": field})
         return await self._write(
             self.objects.patch_namespaced_custom_object_status(
                 GROUP,
@@ -75,8 +94,8 @@ class Kube:
                 namespace,
                 PLURAL,
                 name,
-                body,
-                _content_type=MERGE_PATCH,
+                ops,
+                _content_type=JSON_PATCH,
                 _request_timeout=self.timeout,
                 _preload_content=False,
             )

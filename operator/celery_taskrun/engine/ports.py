@@ -26,7 +26,13 @@ class KubePort(Protocol):
     """The TaskRuns and their events, as the tracker writes them."""
 
     async def patch_status(
-        self, namespace: str, name: str, patch: Body, version: str | None
+        self,
+        namespace: str,
+        name: str,
+        patch: Body,
+        version: str | None,
+        *,
+        whole: bool = False,
     ) -> str | None:
         """Merge `patch` into the status (a key set to None is deleted), on the
         resourceVersion `version` when given (Conflict when the object moved on); the

@@ -1,4 +1,4 @@
-"""The status writer: one merge patch of what changed, an event for each new phase or
+"""The status writer: one patch of what changed, an event for each new phase or
 reason, and the metrics of both.
 
 A write refused for its size (the API server's request limit, etcd's object limit)
@@ -45,11 +45,9 @@ class Written(enum.Enum):
     REFUSED = "refused"  # refused even at its smallest: trying again cannot help
 
 
-def merge_patch(
-    written: Fingerprints, desired: dict[str, Any]
-) -> tuple[dict[str, Any], Fingerprints]:
-    """A JSON merge patch from what was written to `desired` (top-level keys only), and
-    the fingerprints of `desired`."""
+def changes(written: Fingerprints, desired: dict[str, Any]) -> tuple[dict[str, Any], Fingerprints]:
+    """What changed from what was written to `desired`, by top-level key (None: the key
+    is gone), and the fingerprints of `desired`."""
     prints = fingerprints(desired)
     patch: dict[str, Any] = {k: v for k, v in desired.items() if written.get(k) != prints[k]}
     patch.update({k: None for k in written if k not in desired})
@@ -79,14 +77,18 @@ class StatusWriter:
         old_phase, old_reason = run.written_phase
         for level in range(SHRINK_LEVELS + 1):
             desired = dump(status)
-            patch, prints = merge_patch(run.written, desired)
+            patch, prints = changes(run.written, desired)
             if not patch:
                 run.status, run.synced = status, True
                 return Written.UNCHANGED
             try:
                 async with self.slots:
                     version = await self.kube.patch_status(
-                        run.namespace, run.name, patch, run.meta.get("resourceVersion")
+                        run.namespace,
+                        run.name,
+                        patch,
+                        run.meta.get("resourceVersion"),
+                        whole=not run.written,
                     )
             except Gone:
                 return Written.GONE
