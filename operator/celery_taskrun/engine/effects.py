@@ -26,7 +26,7 @@ from celery_taskrun.engine import metrics
 from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.ports import BrokerPort, KubePort
 from celery_taskrun.engine.runs import Run
-from celery_taskrun.engine.submitter import Deleted, NotSent, Sent, Submitter
+from celery_taskrun.engine.sender import Deleted, NotSent, Sender, Sent
 from celery_taskrun.engine.writer import StatusWriter, Written
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Effects:
         self,
         kube: KubePort,
         celery: BrokerPort,
-        submitter: Submitter,
+        sender: Sender,
         writer: StatusWriter,
         *,
         fence: Fence,
@@ -46,7 +46,7 @@ class Effects:
     ) -> None:
         self.kube = kube
         self.celery = celery
-        self.submitter = submitter
+        self.sender = sender
         self.writer = writer
         self.fence = fence
         self.revoke_timeout = revoke_timeout
@@ -70,7 +70,7 @@ class Effects:
         await self.fence.wait()
         if run.inherited == message.task_id:  # an earlier leader may be sending it now
             await asyncio.sleep(self.settled_at - self.monotonic())
-        return await self.submitter.submit(run, message, may_publish=self.fence.open)
+        return await self.sender.send(run, message, may_publish=self.fence.open)
 
     async def write(self, run: Run, status: TaskRunStatus) -> Written:
         await self.fence.wait()

@@ -36,7 +36,7 @@ from celery_taskrun.engine.poller import Poller
 from celery_taskrun.engine.reaper import Reaper
 from celery_taskrun.engine.registry import Registry
 from celery_taskrun.engine.runs import Run
-from celery_taskrun.engine.submitter import Deleted, NotSent
+from celery_taskrun.engine.sender import Deleted, NotSent
 from celery_taskrun.engine.writer import Written
 
 log = logging.getLogger(__name__)

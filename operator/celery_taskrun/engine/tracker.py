@@ -46,8 +46,8 @@ from celery_taskrun.engine.runs import (
     status_of,
     validation_message,
 )
+from celery_taskrun.engine.sender import Sender
 from celery_taskrun.engine.stepper import Stepper
-from celery_taskrun.engine.submitter import Submitter
 from celery_taskrun.engine.tasks import Tasks, supervised
 from celery_taskrun.engine.watchdog import WorkerWatchdog
 from celery_taskrun.engine.writer import StatusWriter
@@ -90,7 +90,7 @@ class Tracker:
         self.effects = Effects(
             kube,
             celery,
-            Submitter(kube, celery, backend),
+            Sender(kube, celery, backend),
             writer,
             fence=fence or Fence(),
             revoke_timeout=config.revokeTimeout,

@@ -1,10 +1,11 @@
-"""The submission protocol: crash-safe by ordering.
+"""The sender: sending a run's task, crash-safe by ordering.
 
 (1) One metadata patch adds the finalizer and the task id about to be sent (an
 annotation), (2) the task is sent with that id, (3) the caller writes the status.
 A restart that finds (1) without (3) reads the backend and sends again only if the
-id has no record; the worker guard drops a duplicate delivery of an id that already
-ran, so a resend never runs a task twice.
+id has no record (after waiting out what an earlier leader may still be publishing:
+see `Effects.send`); a worker with the guard also drops a duplicate delivery of an id
+that already ran.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ class Deleted:
     """The TaskRun was deleted: nothing was sent."""
 
 
-class Submitter:
+class Sender:
     def __init__(self, kube: KubePort, celery: BrokerPort, backend: BackendPort) -> None:
         self.kube = kube
         self.celery = celery
         self.backend = backend
 
-    async def submit(
+    async def send(
         self, run: Run, message: Message, *, may_publish: Callable[[], bool]
     ) -> Sent | NotSent | Deleted:
         """Record the intent, then send (`may_publish` is asked once more just before the
