@@ -43,8 +43,8 @@ CONFIG = OperatorConfig.model_validate(
 )
 
 
-def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> Message:
-    decided = message_for(
+def message_of(spec: dict[str, Any], config: OperatorConfig, **kw: Any) -> Message | Refusal:
+    return message_for(
         TaskRunSpec.model_validate(spec),
         config,
         uid="u1",
@@ -53,19 +53,16 @@ def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> 
         now=NOW,
         **kw,
     )
+
+
+def submit(spec: dict[str, Any], config: OperatorConfig = CONFIG, **kw: Any) -> Message:
+    decided = message_of(spec, config, **kw)
     assert isinstance(decided, Message), decided
     return decided
 
 
 def refuse(spec: dict[str, Any], config: OperatorConfig = CONFIG) -> Refusal:
-    decided = message_for(
-        TaskRunSpec.model_validate(spec),
-        config,
-        uid="u1",
-        namespace="team-a",
-        number=1,
-        now=NOW,
-    )
+    decided = message_of(spec, config)
     assert isinstance(decided, Refusal), decided
     return decided
 
