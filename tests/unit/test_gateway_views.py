@@ -118,6 +118,8 @@ def test_submit_request_is_the_spec_plus_a_name() -> None:
     assert request.spec() == {"task": "t", "args": [1]}
     assert request.name == "a.b-c"
     assert views.SubmitRequest.model_validate({"task": "t", "queue": None}).spec() == {"task": "t"}
+    nested = {"task": "t", "poll": {"initialInterval": 1}, "sizeBasedLimits": {"inputBytes": 1}}
+    assert views.SubmitRequest.model_validate(nested).spec() == nested
 
 
 @pytest.mark.parametrize(
@@ -129,6 +131,9 @@ def test_submit_request_is_the_spec_plus_a_name() -> None:
         {"task": "t", "name": "x" * 254},
         {"task": "t", "softTimeLimit": 0},
         {"args": []},
+        # Nested fields are checked as the top level's: a misspelt one must not vanish.
+        {"task": "t", "poll": {"initalInterval": 1}},
+        {"task": "t", "sizeBasedLimits": {"inputBytes": 1, "secondsPerMb": 60}},
     ],
 )
 def test_submit_request_refuses(body: dict[str, Any]) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from celery_taskrun.api.model import Phase, TaskRunSpec
 from celery_taskrun.clients.errors import KubeError
@@ -21,6 +21,23 @@ NAME_MAX = 253
 SUMMARY_TEXT = 300
 
 
+def unknown_fields(model: type[BaseModel], data: Any, at: str = "") -> list[str]:
+    """The fields of `data` below its top level that `model`'s nested models do not
+    know, as dotted paths (the top level is `extra="forbid"`'s)."""
+    if not isinstance(data, dict):
+        return []
+    found = []
+    for name, field in model.model_fields.items():
+        value = data.get(field.alias or name, data.get(name))
+        for kind in get_args(field.annotation) or (field.annotation,):
+            if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
+                known = {f.alias or key for key, f in kind.model_fields.items()}
+                path = f"{at}{name}"
+                found += [f"{path}.{key}" for key in value if key not in known]
+                found += unknown_fields(kind, value, f"{path}.")
+    return found
+
+
 class SubmitRequest(TaskRunSpec):
     """A TaskRun spec (validated by the operator's own model), and an optional name.
 
@@ -28,6 +45,16 @@ class SubmitRequest(TaskRunSpec):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_nested_fields(cls, data: Any) -> Any:
+        """Nested objects refuse unknown fields too (the model ignores them, so an
+        older operator reads a newer CRD): `poll.initalInterval` must not vanish."""
+        unknown = unknown_fields(TaskRunSpec, data)
+        if unknown:
+            raise ValueError(f"unknown fields: {', '.join(unknown)}")
+        return data
 
     name: str | None = Field(
         None,
