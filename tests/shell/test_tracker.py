@@ -399,3 +399,16 @@ async def test_a_status_written_by_someone_else_is_never_rolled_back(
     assert len(stale_writes(harness, name)) == 1  # our Running: refused, never written
     assert harness.kube.status(name)["phase"] == "Succeeded"
     assert not harness.kube.writes
+
+
+async def test_a_cancel_is_read_from_the_spec_of_a_new_generation(harness: Harness) -> None:
+    run = await harness.apply({"task": "t.a"})
+    await harness.until_phase(run, "Queued")
+    await harness.echo(run)  # our own write echoed: the same generation, nothing to do
+    stored = harness.kube.objects[name_of(run)]
+    stored["spec"]["cancel"] = True
+    stored["metadata"]["generation"] = 2  # a spec change, as the API server counts them
+    await harness.echo(run)
+    await harness.until_phase(run, "Revoked")
+    assert harness.status(run)["reason"] == "Cancelled"
+    assert harness.celery.revoked == [harness.task_id(run)]

@@ -222,10 +222,13 @@ class Tracker:
         if known is None:
             await self._adopt(body)
             return
+        generation = known.generation
         known.meta = newer(known.meta, slim(meta))
         if known.meta.get("deletionTimestamp"):
             await self.reaper.delete(known)
             return
+        if known.generation == generation:
+            return  # the spec is as it was (most events are our own status writes echoed)
         spec = self._spec(body)
         if spec is not None and spec.cancel and not known.spec.cancel:
             known.spec = spec
