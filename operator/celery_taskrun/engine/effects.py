@@ -67,9 +67,9 @@ class Effects:
         self.settled_at = self.monotonic() + PUBLISH_BOUND_SECONDS
 
     async def send(self, run: Run, message: Message) -> Sent | NotSent | Deleted:
-        await self.fence.wait()
         if run.inherited == message.task_id:  # an earlier leader may be sending it now
             await asyncio.sleep(self.settled_at - self.monotonic())
+        await self.fence.wait()  # after any wait: the Lease must be ours when we send
         return await self.sender.send(run, message, may_publish=self.fence.open)
 
     async def write(self, run: Run, status: TaskRunStatus) -> Written:
