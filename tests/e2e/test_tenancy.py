@@ -265,9 +265,14 @@ def guarded_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None]]]:
     )  # fmt: skip
     client = redis.Redis(port=port, password="s3cr3t-pw")
     wait_for(lambda: _pings(client), timeout=10, what="the guarded redis up")
-    yield port, proc.terminate
-    proc.terminate()
-    proc.wait(10)
+
+    def stop() -> None:
+        # Gone, not just asked to go: a run sent meanwhile would still reach it.
+        proc.terminate()
+        proc.wait(10)
+
+    yield port, stop
+    stop()
 
 
 def _pings(client: redis.Redis) -> bool:
