@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
@@ -30,13 +30,15 @@ pytestmark = pytest.mark.usefixtures("fake_time")
 class Operators:
     """Operators sharing one Lease; what each did, with the loop time."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = loop_time) -> None:
         self.leases = FakeLeases()
+        self.monotonic = monotonic  # the electors' clock
         self.log: list[tuple[float, str]] = []
         self.campaigns: dict[str, asyncio.Task[None]] = {}
         self.fences: dict[str, Fence] = {}
 
-    def start(self, name: str) -> Elector:
+    def elector(self, name: str) -> Elector:
+        """An operator's election, not campaigning yet (see `start`)."""
         client = self.leases.client()
 
         async def on_lead() -> None:
@@ -50,11 +52,15 @@ class Operators:
             leaseRenewDeadlineSeconds=DEADLINE,
             leaseRetryPeriodSeconds=PERIOD,
         )
-        fence = self.fences[name] = Fence(until=-math.inf, monotonic=loop_time)
+        fence = self.fences[name] = Fence(until=-math.inf, monotonic=self.monotonic)
         elector = Elector(
-            client, config, on_lead=on_lead, on_lose=on_lose, fence=fence, monotonic=loop_time
+            client, config, on_lead=on_lead, on_lose=on_lose, fence=fence, monotonic=self.monotonic
         )
         client.who = elector.me
+        return elector
+
+    def start(self, name: str) -> Elector:
+        elector = self.elector(name)
         self.campaigns[name] = asyncio.create_task(elector.campaign())
         return elector
 
@@ -114,40 +120,15 @@ async def test_a_leader_paused_past_its_lease_does_nothing_until_it_reads_the_le
     """A frozen process (SIGSTOP, a long GC) wakes with its work queued: its fence is
     closed from its renew deadline on, whatever it has not noticed yet, and it stops on
     its first look at the Lease."""
-    leases, clock, said = FakeLeases(), [100.0], []
-    config = OperatorConfig(
-        leaseDurationSeconds=DURATION,
-        leaseRenewDeadlineSeconds=DEADLINE,
-        leaseRetryPeriodSeconds=PERIOD,
-    )
-
-    def elector(name: str) -> Elector:
-        client = leases.client()
-
-        async def on_lead() -> None:
-            said.append(f"{name} leads")
-
-        async def on_lose() -> None:
-            said.append(f"{name} stops")
-
-        fence = Fence(until=-math.inf, monotonic=lambda: clock[0])
-        made = Elector(
-            client,
-            config,
-            on_lead=on_lead,
-            on_lose=on_lose,
-            fence=fence,
-            monotonic=lambda: clock[0],
-        )
-        client.who = made.me
-        return made
+    clock = [100.0]
+    operators = Operators(monotonic=lambda: clock[0])
 
     async def turn(*electors: Elector) -> None:
         for e in electors:
             await e._try()
             await e._check()
 
-    a, b = elector("a"), elector("b")
+    a, b = operators.elector("a"), operators.elector("b")
     await turn(a, b)
     assert a.fence.open() and not b.fence.open()
     clock[0] += DURATION + 5  # a is frozen past its lease; b takes over meanwhile
@@ -156,7 +137,7 @@ async def test_a_leader_paused_past_its_lease_does_nothing_until_it_reads_the_le
     assert a.leading and not a.fence.open()  # a has not looked yet, and must not act
     await turn(a)  # a wakes: it reads the Lease, finds b holding it and stops
     assert not a.leading and not a.fence.open()
-    assert said == ["a leads", "b leads", "a stops"]
+    assert [said for _, said in operators.log] == ["a leads", "b leads", "a stops"]
 
 
 async def test_a_hung_lease_call_never_keeps_a_leader_acting_past_its_deadline(
