@@ -15,7 +15,7 @@ import asyncio
 import copy
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -198,8 +198,11 @@ class FakeKube:
         self.seen.note()
         return "1"
 
-    async def get(self, namespace: str, name: str) -> TaskRunBody:
-        return cast(TaskRunBody, copy.deepcopy(self._get(name)))
+    async def read(self, meta: Mapping[str, Any]) -> TaskRunBody:
+        body = self._get(meta["name"])
+        if body["metadata"]["uid"] != meta["uid"]:
+            raise Gone(404, "NotFound", f"{meta['name']} was replaced by another object")
+        return cast(TaskRunBody, copy.deepcopy(body))
 
     async def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]:
         for body in list(self.objects.values()):

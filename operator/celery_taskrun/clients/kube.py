@@ -125,12 +125,16 @@ class Kube:
         return None
 
     async def _same(self, meta: Mapping[str, Any]) -> ObjectMeta:
-        """The object's metadata read again; Gone when the name now holds another object
-        (deleted and created anew): a write meant for one never lands on the other."""
-        fresh = (await self.get(meta["namespace"], meta["name"]))["metadata"]
-        if meta.get("uid") and fresh.get("uid") != meta["uid"]:
+        return (await self.read(meta))["metadata"]
+
+    async def read(self, meta: Mapping[str, Any]) -> TaskRunBody:
+        """The object `meta` names, read again; Gone when the name now holds another
+        object (deleted and created anew): a write meant for one never lands on the
+        other."""
+        body = await self.get(meta["namespace"], meta["name"])
+        if meta.get("uid") and body["metadata"].get("uid") != meta["uid"]:
             raise Gone(404, "NotFound", f"{meta['name']} was replaced by another object")
-        return fresh
+        return body
 
     async def remove_finalizer(self, meta: Mapping[str, Any], finalizer: str) -> str | None:
         """Remove `finalizer` with a JSON patch that first tests the object's uid and that

@@ -19,7 +19,6 @@ from celery_taskrun.clients.celery_client import (
     BrokerUnavailable,
     MarkRefused,
 )
-from celery_taskrun.clients.errors import Gone
 from celery_taskrun.core.sending import Message
 from celery_taskrun.core.step import AskWorkers, Revoke, held
 from celery_taskrun.engine import metrics
@@ -56,10 +55,7 @@ class Effects:
     async def read(self, run: Run) -> TaskRunBody:
         """The object as the API server has it now (raises Gone when it no longer
         exists, or the name now holds another object)."""
-        body = await self.kube.get(run.namespace, run.name)
-        if body["metadata"].get("uid") != run.uid:
-            raise Gone(404, "NotFound", f"{run.name} was replaced by another object")
-        return body
+        return await self.kube.read(run.meta)
 
     def took_over(self) -> None:
         """This operator now leads: what an earlier leader was publishing may still land

@@ -11,7 +11,7 @@ raise are the clients' own exceptions (`KubeError` and its kinds, `BrokerUnavail
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from celery_taskrun.api.bodies import LeaseBody, TaskRunBody
@@ -39,7 +39,10 @@ class KubePort(Protocol):
         resourceVersion written."""
         ...
 
-    async def get(self, namespace: str, name: str) -> TaskRunBody: ...
+    async def read(self, meta: Mapping[str, Any]) -> TaskRunBody:
+        """The object `meta` names as the API server has it; Gone when it no longer
+        exists, or the name now holds another object (another uid)."""
+        ...
 
     async def add_finalizer(
         self, meta: Body, finalizer: str, annotations: dict[str, str]
