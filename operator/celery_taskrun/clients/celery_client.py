@@ -122,20 +122,19 @@ class CeleryClient:
                 return  # it did publish, after its caller stopped waiting
         future = self.pool.submit(self._publish, message, may_publish)
         self._sends[task_id] = future
+        settled = True
         try:
             await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError as exc:  # still publishing, maybe: settled by a later send
+            settled = False
             raise BrokerUnavailable(f"no answer from the broker in {self.timeout:g}s") from exc
         except (EncodeError, OverflowError) as exc:
-            del self._sends[task_id]
             raise SendRefused(f"{type(exc).__name__}: {exc}") from exc
-        except BrokerUnavailable:
-            del self._sends[task_id]
-            raise
         except self.unavailable as exc:
-            del self._sends[task_id]
             raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        del self._sends[task_id]
+        finally:
+            if settled:
+                del self._sends[task_id]
 
     def _publish(self, message: Message, may_publish: Callable[[], bool]) -> None:
         if not may_publish():
