@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_taskrun.api.config import OperatorConfig, globbed
-from celery_taskrun.api.model import Phase, TaskRunSpec
+from celery_taskrun.api.model import Phase, TaskRunSpec, TaskRunStatus
 from celery_taskrun.clients.backend import BackendUnavailable
 from celery_taskrun.core.backoff import backoff_for
 from celery_taskrun.core.records import Reading
@@ -39,11 +39,8 @@ from celery_taskrun.engine.reaper import Reaper
 from celery_taskrun.engine.registry import Registry
 from celery_taskrun.engine.runs import (
     Run,
-    dump,
-    fingerprints,
     newer,
     slim,
-    status_of,
     validation_message,
 )
 from celery_taskrun.engine.sender import Sender
@@ -244,7 +241,6 @@ class Tracker:
     async def _adopt(self, body: dict[str, Any]) -> None:
         """A run seen for the first time: just created, or found again after a restart."""
         meta = body["metadata"]
-        status = status_of(body, meta["uid"])
         try:
             spec = TaskRunSpec.model_validate(body.get("spec") or {})
             problem = None
@@ -254,15 +250,15 @@ class Tracker:
             uid=meta["uid"],
             namespace=meta["namespace"],
             name=meta["name"],
-            meta=slim(meta),
+            meta={},
             spec=spec,
-            status=status,
-            written=fingerprints(dump(status)),
-            written_phase=(status.phase, status.reason),
+            status=TaskRunStatus(),
+            written={},
             backoff=backoff_for(spec.poll, self.config.poll),
             problem=problem,
             gitops=gitops_owner(meta.get("labels") or {}, meta.get("annotations") or {}),
         )
+        run.refresh(body)  # its metadata, and its status as written
         run.inherited = run.intent
         if meta.get("deletionTimestamp"):
             if run.guarded:
