@@ -254,25 +254,31 @@ def test_a_cancelled_run_never_runs_even_after_its_mark_expired(cluster: Cluster
 # -- secrets ----------------------------------------------------------------------------------
 
 
+class OwnRedis:
+    """A redis-server of this test's own (its faults reach no other test)."""
+
+    def __init__(self, tmp_path: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path), *flags],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        # Gone, not just asked to go: a run sent meanwhile would still reach it.
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 @pytest.fixture
 def guarded_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None]]]:
     """A redis-server of its own that wants a password; (port, stop)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--requirepass", "s3cr3t-pw", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = redis.Redis(port=port, password="s3cr3t-pw")
+    own = OwnRedis(tmp_path, "--requirepass", "s3cr3t-pw")
+    client = redis.Redis(port=own.port, password="s3cr3t-pw")
     wait_for(lambda: _pings(client), timeout=10, what="the guarded redis up")
-
-    def stop() -> None:
-        # Gone, not just asked to go: a run sent meanwhile would still reach it.
-        proc.terminate()
-        proc.wait(10)
-
-    yield port, stop
-    stop()
+    yield own.port, own.stop
+    own.stop()
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -365,3 +371,53 @@ def test_a_leader_paused_past_its_lease_writes_nothing_when_it_wakes(audited: Cl
     assert writes, "the leader's writes are told apart by its user agent"
     late = [w for w in writes if datetime.fromisoformat(w.at).timestamp() > resumed]
     assert not late, late[:5]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    own = OwnRedis(tmp_path)
+    wait_for(lambda: _pings(redis.Redis(port=own.port)), timeout=10, what="redis up")
+    yield own
+    os.kill(own.proc.pid, signal.SIGCONT)  # a stopped process does not stop on SIGTERM
+    own.stop()
+
+
+def test_a_redis_stalled_past_every_timeout_runs_each_task_once(
+    cluster: Cluster, own_redis: OwnRedis
+) -> None:
+    """Redis stops answering (SIGSTOP: connections are still accepted and written to, so
+    a publish that times out may land when it wakes) for longer than every client
+    timeout while runs are sent, then resumes: each run executes exactly once on a plain
+    worker, and every run succeeds."""
+    urls = {
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{own_redis.port}/0",
+        "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{own_redis.port}/1",
+    }
+    operator = cluster.operator("stall", {"brokerTimeout": 3, "backendTimeout": 2}, **urls)
+    cluster.worker("stall", **urls)
+    runs = cluster.namespace()
+    keys = {"warm": counted(runs, "warm", "stall")}
+    assert runs.finished("warm", timeout=60)["phase"] == "Succeeded"
+    # Both of the worker's processes busy past the stall: what was sent stays queued,
+    # with no record a resend could find.
+    keys |= {f"busy{i}": counted(runs, f"busy{i}", "stall", seconds=40) for i in range(2)}
+    for name in ("busy0", "busy1"):
+        runs.wait_phase(name, "Running", timeout=60)
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    try:
+        keys |= {f"s{i}": counted(runs, f"s{i}", "stall") for i in range(12)}
+
+        def tried_again(name: str) -> bool:
+            # The first publish left and timed out; the next tries found no answer either.
+            return operator.log_text().count(f"could not submit {runs.namespace}/{name}:") >= 2
+
+        for name in ("s0", "s11"):
+            wait_for(lambda n=name: tried_again(n), timeout=90, what=f"{name} tried again")
+    finally:
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+    keys |= {f"r{i}": counted(runs, f"r{i}", "stall") for i in range(6)}
+    for name in keys:
+        assert runs.finished(name, timeout=120)["phase"] == "Succeeded", name
+    client = redis.Redis(port=own_redis.port)
+    executions = {name: int(client.get(key) or 0) for name, key in keys.items()}
+    assert set(executions.values()) == {1}, executions

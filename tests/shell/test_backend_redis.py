@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
-import subprocess
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,31 +22,6 @@ from celery_taskrun.core.records import Reading, TaskRecord
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
 
 WAIT = 10.0  # seconds a test waits for what it expects before failing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port, data = free_port(), tmp_path_factory.mktemp("redis")
-    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data)]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    for line in server.stdout:  # its own word that it is ready, not a timer
-        if "Ready to accept connections" in line:
-            break
-    else:
-        pytest.fail("redis-server exited before it was ready")
-    threading.Thread(target=server.stdout.read, daemon=True).start()  # never a full pipe
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(10)
 
 
 @pytest_asyncio.fixture(loop_scope="function")

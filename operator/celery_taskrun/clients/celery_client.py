@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.backends.redis import RedisBackend
@@ -20,6 +21,7 @@ from kombu.exceptions import EncodeError, KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
 from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.clients import redis_once
 from celery_taskrun.core.sending import Message
 
 # No retry inside a publish: the tracker retries on its own schedule, each time past the
@@ -43,6 +45,9 @@ def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
         # The class wins over the setting, which CELERY_RESULT_BACKEND in the environment
         # would set again.
         app.backend_cls = "disabled"
+        # On Redis, a task id is queued once whatever an earlier publish did (redis_once).
+        scheme = urlsplit(config.brokerUrl).scheme
+        app.conf.broker_transport = redis_once.BY_SCHEME.get(scheme)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
