@@ -27,6 +27,7 @@ Two kinds of schedule, one interface (`next_after`, `count`, `newest`):
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -246,17 +247,20 @@ class Cron:
         dow = day.isoweekday() % 7 in self.weekdays
         return (dom or dow) if self.either_day else (dom and dow)
 
-    def _slots_of(self, day: date) -> list[int]:
+    def _slots_of(self, day: date) -> tuple[int, ...]:
         """The day's slots, ascending, each once (a gap's wall times share one)."""
+        return _slots_of(self, day)
+
+    def _list_slots(self, day: date) -> tuple[int, ...]:
         if self._regular(day):
             midnight = self._instant(_wall(day))
-            return [midnight + 60 * minute for minute in self.times]
+            return tuple(midnight + 60 * minute for minute in self.times)
         slots: list[int] = []
         for minute in self.times:
             slot = self._instant(_wall(day) + timedelta(minutes=minute))
             if not slots or slot != slots[-1]:
                 slots.append(slot)
-        return slots
+        return tuple(slots)
 
     def _regular(self, day: date) -> bool:
         """No clock change on this day: its wall times each occur once, 60 s apart.
@@ -292,6 +296,14 @@ class Cron:
 
 Schedule = Cron | Every
 
+
+@functools.lru_cache(maxsize=256)
+def _slots_of(schedule: Cron, day: date) -> tuple[int, ...]:
+    """Cached: a walk through a day with a clock change would otherwise resolve each of
+    its up to 1,440 wall times once for every slot it takes."""
+    return schedule._list_slots(day)
+
+
 _DAY = timedelta(days=1)
 _CYCLE = timedelta(days=146097)  # 400 years: the Gregorian calendar repeats, so a
 # schedule that matches any day matches one within this
@@ -303,14 +315,16 @@ def _wall(day: date) -> datetime:
 
 def time_zone(name: str) -> ZoneInfo:
     """The IANA zone `name`, or UnknownTimeZone."""
-    hint = 'use an IANA name such as "Europe/Berlin" or "UTC"'
+    refusal = UnknownTimeZone(
+        f'unknown time zone {name[:64]!r}: use an IANA name such as "Europe/Berlin" or "UTC"'
+    )
     # `localtime` and `posixrules` are files of a machine's database, not zones.
     if not _ZONE.fullmatch(name) or name in ("localtime", "posixrules"):
-        raise UnknownTimeZone(f"unknown time zone {name[:64]!r}: {hint}")
+        raise refusal
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise UnknownTimeZone(f"unknown time zone {name!r}: {hint}") from None
+        raise refusal from None
 
 
 _ZONE = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+){0,3}")
@@ -472,7 +486,8 @@ def due(
     current schedule took effect: the creation, or the edit, so an edit never fires a
     run by itself), up to `now`.
 
-    - A slot more than `starting_deadline` seconds old is missed: DeadlineExceeded.
+    - A slot more than `starting_deadline` seconds old (in whole seconds, as slots are)
+      is missed: DeadlineExceeded.
     - Of the rest, `missed_runs` says what runs. `Latest`: the newest; `All`: the newest
       MAX_RUNS, oldest first (older ones TooManyMissed); `Skip`: only a slot at most
       `on_time` seconds late, which was not missed but reached late (a leader change
@@ -497,7 +512,7 @@ def due(
 
     window = after  # the slots after this are within the deadline
     if starting_deadline is not None:
-        window = max(after, math.ceil(now - starting_deadline) - 1)
+        window = max(after, math.ceil(math.floor(now) - starting_deadline) - 1)
         miss(Reason.DEADLINE_EXCEEDED, after, window)
     run = schedule.newest(window, now, MAX_RUNS if missed_runs is MissedRuns.ALL else 1)
     if missed_runs is MissedRuns.SKIP and run and now - run[-1] > on_time:
