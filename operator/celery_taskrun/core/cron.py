@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_RUNS = 100  # never more runs than this at once, whatever was missed
-ON_TIME_SECONDS = 60.0  # how late a slot may be and still be on time (see `due`)
+ON_TIME_SECONDS = 60.0  # late but on time, for Skip: longer than a leader change takes
 MAX_SCHEDULE_CHARS = 256  # hostile input is normal input: bound what is parsed and quoted
 MAX_PERIOD = 366 * 86400  # `@every` beyond a year is a calendar's job (`@yearly`)
 
@@ -521,10 +521,10 @@ def due(
 
     cancel: tuple[str, ...] = ()
     if run and concurrency is ConcurrencyPolicy.FORBID:
-        started, run = run[: 0 if active else 1], run[0 if active else 1 :]
-        if run:
-            missed.append(Missed(Reason.ALREADY_ACTIVE, run[0], run[-1], len(run)))
-        run = started
+        blocked = run if active else run[1:]
+        if blocked:
+            missed.append(Missed(Reason.ALREADY_ACTIVE, blocked[0], blocked[-1], len(blocked)))
+        run = () if active else run[:1]
     elif run and concurrency is ConcurrencyPolicy.REPLACE:
         cancel = tuple(active)
         if len(run) > 1:
