@@ -129,14 +129,17 @@ def test_every_refusals(text: str, says: str) -> None:
         parse(f"@every {text}")
 
 
-def test_every_slots_are_multiples_of_the_period_since_the_epoch() -> None:
-    every = parse("@every 7m", NEW_YORK)  # the zone plays no part
-    assert every == Every(420)
-    slots = walk(every, 1_000_000_000, 3)
-    assert all(slot % 420 == 0 for slot in slots)
-    assert slots[0] - 420 <= 1_000_000_000 < slots[0]
-    assert every.next_after(1_000_000_000.5) == slots[0]
+@pytest.mark.parametrize("anchor", [0, 1_700_000_123])
+def test_every_slots_are_multiples_of_the_period_after_the_anchor(anchor: int) -> None:
+    every = parse("@every 7m", NEW_YORK, anchor)  # the zone plays no part
+    assert every == Every(420, anchor)
+    slots = walk(every, 1_800_000_000, 3)
+    assert all((slot - anchor) % 420 == 0 for slot in slots)
+    assert slots[0] - 420 <= 1_800_000_000 < slots[0]
+    assert every.next_after(1_800_000_000.5) == slots[0]
     assert every.next_after(slots[0]) == slots[1]  # strictly after
+    assert every.count(slots[0] - 1, slots[2]) == 3
+    assert every.newest(0, slots[2], 2) == (slots[1], slots[2])
 
 
 # --- fields -------------------------------------------------------------------------

@@ -17,9 +17,8 @@ Two kinds of schedule, one interface (`next_after`, `count`, `newest`):
   gap ends (one run). That is the contract's sentence taken as written, for every
   field, and what a reader of the wall clock expects; a period in elapsed time,
   whatever the clocks do, is `@every`'s job.
-- `Every`: a period in seconds, its slots the multiples of the period since the Unix
-  epoch. Every operator, before and after any restart, computes the same slots without
-  remembering an anchor, and the time zone plays no part.
+- `Every`: a period in seconds, its slots the multiples of the period after an anchor
+  (the CronTaskRun's creation: see `parse`); the time zone plays no part.
 
 `due` decides, from the last slot recorded, what runs now and what is missed and why.
 """
@@ -150,21 +149,26 @@ class Due:
 
 @dataclass(frozen=True)
 class Every:
-    """`@every`: the multiples of `seconds` since the Unix epoch."""
+    """`@every`: `anchor` plus the multiples of `seconds` (see `parse`)."""
 
     seconds: int
+    anchor: int = 0
+
+    def _index(self, t: float) -> int:
+        """How many periods after the anchor `t` is (floored)."""
+        return (math.floor(t) - self.anchor) // self.seconds
 
     def next_after(self, t: float) -> int:
         """The first slot strictly after `t`."""
-        return (math.floor(t) // self.seconds + 1) * self.seconds
+        return self.anchor + (self._index(t) + 1) * self.seconds
 
     def count(self, after: float, until: float) -> int:
         """How many slots fall in (after, until], counted, not walked."""
-        return max(0, math.floor(until) // self.seconds - math.floor(after) // self.seconds)
+        return max(0, self._index(until) - self._index(after))
 
     def newest(self, after: float, until: float, limit: int) -> tuple[int, ...]:
         """The newest `limit` slots in (after, until], oldest first."""
-        last = math.floor(until) // self.seconds * self.seconds
+        last = self.anchor + self._index(until) * self.seconds
         n = min(limit, self.count(after, until))
         return tuple(last - self.seconds * i for i in reversed(range(n)))
 
@@ -330,8 +334,14 @@ def time_zone(name: str) -> ZoneInfo:
 _ZONE = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+){0,3}")
 
 
-def parse(schedule: str, zone: str = "UTC") -> Schedule:
+def parse(schedule: str, zone: str = "UTC", anchor: int = 0) -> Schedule:
     """The schedule `schedule` means in the IANA zone `zone`, or a ScheduleError.
+
+    `@every`'s slots are `anchor` plus multiples of its period: the CronTaskRun's
+    creation (in Unix seconds), which never changes, so every operator before and
+    after any restart computes the same slots without remembering anything, and
+    schedules created at different times spread over the period rather than all
+    firing at once.
 
     5 fields (minute hour day-of-month month day-of-week), each `*`, a value, a range
     `a-b`, a step `*/s`, `a-b/s` or `a/s` (`a` to the field's end, as Kubernetes reads
@@ -352,7 +362,7 @@ def parse(schedule: str, zone: str = "UTC") -> Schedule:
     if text.startswith("@"):
         word, _, rest = text.partition(" ")
         if word.lower() == "@every":
-            return Every(period(rest))
+            return Every(period(rest), anchor)
         if word.lower() not in MACROS or rest:
             names = ", ".join([*MACROS, "@every DURATION"])
             raise InvalidSchedule(f"schedule {quoted}: unknown macro; use one of {names}")
