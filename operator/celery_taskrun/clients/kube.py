@@ -67,6 +67,7 @@ class Kube:
         version: str | None,
         *,
         whole: bool = False,
+        plural: str = PLURAL,
     ) -> str | None:
         """Set each top-level status field of `patch` (None: remove it); `whole`: `patch`
         is the whole status, for an object that has none yet.  Made on the
@@ -92,7 +93,7 @@ class Kube:
                 GROUP,
                 VERSION,
                 namespace,
-                PLURAL,
+                plural,
                 name,
                 ops,
                 _content_type=JSON_PATCH,
@@ -173,10 +174,11 @@ class Kube:
             )
         )
 
-    async def get(self, namespace: str, name: str) -> TaskRunBody:
+    async def get(self, namespace: str, name: str, plural: str = PLURAL) -> TaskRunBody:
+        """A TaskRun (or an object of our group's kind `plural`)."""
         body: TaskRunBody = await guarded(
             self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
+                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout
             ),
             self.timeout,
         )
@@ -255,10 +257,48 @@ class Kube:
             )
         )
 
+    async def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a TaskRun; the object made (a Conflict when the name is taken)."""
+        namespace = body["metadata"]["namespace"]
+        call = self.objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, dict(body), _request_timeout=self.timeout
+        )
+        made: dict[str, Any] = await guarded(call, self.timeout)
+        return made
+
+    async def cancel(self, namespace: str, name: str, uid: str) -> None:
+        """Set `spec.cancel` on the TaskRun `uid` (a name now holding another: Invalid)."""
+        ops = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/spec/cancel", "value": True},
+        ]
+        await self._write(
+            self.objects.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                ops,
+                _content_type=JSON_PATCH,
+                _request_timeout=self.timeout,
+                _preload_content=False,
+            )
+        )
+
     async def event(
-        self, namespace: str, name: str, uid: str, kind: str, reason: str, message: str
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        kind: str,
+        reason: str,
+        message: str,
+        *,
+        of: str = KIND,
     ) -> None:
-        """A core/v1 Event on the TaskRun, as `kubectl describe` and dashboards show."""
+        """A core/v1 Event on the object (a TaskRun, or `of` another kind), as `kubectl
+        describe` and dashboards show."""
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "apiVersion": "v1",
@@ -267,7 +307,7 @@ class Kube:
             "metadata": {"name": f"{name[:240]}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
+                "kind": of,
                 "name": name,
                 "namespace": namespace,
                 "uid": uid,

@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from celery_taskrun.api.config import OperatorConfig, globbed
+from celery_taskrun.api.cron import CRON_PLURAL
 from celery_taskrun.api.model import GROUP, PLURAL, VERSION
 from celery_taskrun.clients.backend import open_backend
 from celery_taskrun.clients.celery_client import CeleryClient, make_app
@@ -22,6 +23,7 @@ from celery_taskrun.clients.kube import Kube
 from celery_taskrun.clients.transport import connect
 from celery_taskrun.engine.elector import Elector
 from celery_taskrun.engine.fence import Fence
+from celery_taskrun.engine.schedules import Schedules
 from celery_taskrun.engine.tasks import supervised
 from celery_taskrun.engine.tracker import Tracker
 
@@ -65,16 +67,24 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # Only the holder of the Lease acts; the tracker stands by until then.  The election
     # has connections of its own: a queue of the tracker's writes must not hold up a
     # renewal until the leader steps down.
+    schedules = Schedules(config, kube, fence=fence)
+
+    async def lead() -> None:
+        await tracker.lead()
+        await schedules.lead()
+
+    async def step_down() -> None:
+        await schedules.step_down()
+        await tracker.step_down()
+
     lease_kube = Kube((await connect())[0], timeout=config.apiTimeout)
-    elector = Elector(
-        lease_kube, config, on_lead=tracker.lead, on_lose=tracker.step_down, fence=fence
-    )
+    elector = Elector(lease_kube, config, on_lead=lead, on_lose=step_down, fence=fence)
     # Each operator says who it is in its requests: the API server's audit log then
     # tells two replicas of one ServiceAccount apart (a leader that lost its Lease must
     # write nothing; the log shows it).
     for api in (kube.api, lease_kube.api):
         api.user_agent = f"celery-taskrun-operator ({elector.me})"
-    memo["tracker"], memo["elector"] = tracker, elector
+    memo["tracker"], memo["elector"], memo["schedules"] = tracker, elector, schedules
     memo["campaign"] = asyncio.create_task(supervised("leader election", elector.campaign))
     log.info("celery-taskrun operator started (backend %s)", config.resultBackend.split("://")[0])
 
@@ -88,6 +98,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     elector: Elector | None = memo.get("elector")
     if elector is not None:
         await elector.kube.close()
+    schedules: Schedules | None = memo.get("schedules")
+    if schedules is not None:
+        await schedules.step_down()
     tracker: Tracker | None = memo.get("tracker")
     if tracker is not None:
         await tracker.stop()
@@ -110,4 +123,13 @@ async def tracker_health(memo: kopf.Memo, **_: Any) -> str:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def on_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     tracker: Tracker = memo["tracker"]
-    await tracker.observe(event.get("type"), dict(event["object"]))
+    schedules: Schedules = memo["schedules"]
+    obj = dict(event["object"])
+    schedules.observe_run(event.get("type"), obj)
+    await tracker.observe(event.get("type"), obj)
+
+
+@kopf.on.event(GROUP, VERSION, CRON_PLURAL)
+async def on_cron_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    schedules: Schedules = memo["schedules"]
+    schedules.observe(event.get("type"), dict(event["object"]))

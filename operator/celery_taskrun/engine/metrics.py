@@ -79,3 +79,17 @@ def queue_label(queue: str) -> str:
 
 def serve(host: str, port: int) -> None:
     start_http_server(port, addr=host)
+
+
+# Schedules (CronTaskRuns).
+CRON_SLOTS = Counter(
+    "taskrun_cron_slots_total",
+    "Slots of CronTaskRuns by outcome: fired (a TaskRun made), or why none was",
+    ["outcome"],
+)
+CRON_LATENESS = Histogram(
+    "taskrun_cron_lateness_seconds",
+    "From a slot's due time to its TaskRun's creation",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+CRON_SCHEDULES = Gauge("taskrun_cron_schedules", "CronTaskRuns the operator follows")

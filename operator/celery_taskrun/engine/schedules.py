@@ -1,0 +1,307 @@
+"""Schedules: the shell that makes CronTaskRuns' runs (the decisions are
+`core/cron_step.py`'s).
+
+Every replica follows the CronTaskRuns and the runs they own through its watches; only
+the Lease's holder acts, and each write waits at the fence first.  A CronTaskRun is
+looked at when its next slot falls due, when it changes, and when one of its runs
+starts or ends; one look at a time for each, and a bounded number at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from celery_taskrun.api.config import OperatorConfig
+from celery_taskrun.api.cron import (
+    CRON_KIND,
+    CRON_LABEL,
+    CRON_PLURAL,
+    SCHEDULED_AT_ANNOTATION,
+    CronTaskRunSpec,
+    CronTaskRunStatus,
+)
+from celery_taskrun.api.model import Phase
+from celery_taskrun.clients.errors import Conflict, Gone, Invalid, KubeError
+from celery_taskrun.clients.kube import Kube
+from celery_taskrun.core.cron_step import CronPlan, CronView, RunView, decide
+from celery_taskrun.core.timing import parse_time
+from celery_taskrun.engine import metrics
+from celery_taskrun.engine.fence import Fence
+from celery_taskrun.engine.runs import newer
+from celery_taskrun.engine.tasks import Tasks, supervised
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+AT_ONCE = 16  # CronTaskRuns looked at concurrently
+RETRY_SECONDS = 5.0  # after a failed look
+IDLE_SECONDS = 60.0  # the longest the loop sleeps: the wall clock may jump
+
+
+def _seconds(value: object) -> float | None:
+    moment = parse_time(value)
+    return moment.timestamp() if moment else None
+
+
+def run_view(obj: Mapping[str, Any]) -> RunView:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    slot = _seconds((meta.get("annotations") or {}).get(SCHEDULED_AT_ANNOTATION))
+    try:
+        phase: Phase | None = Phase(str(status.get("phase")))
+    except ValueError:
+        phase = None
+    return RunView(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        slot=int(slot) if slot is not None else None,
+        phase=phase,
+        completed=_seconds(status.get("completedAt")),
+    )
+
+
+def owner_of(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the CronTaskRun that owns this TaskRun, if one does."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("kind") == CRON_KIND and ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def cron_view(obj: Mapping[str, Any]) -> CronView:
+    meta = obj.get("metadata") or {}
+    raw = obj.get("spec") or {}
+    try:
+        status = CronTaskRunStatus.model_validate(obj.get("status") or {})
+    except ValidationError:
+        status = CronTaskRunStatus()  # someone else's status: start afresh
+    spec: CronTaskRunSpec | None = None
+    invalid = None
+    try:
+        spec = CronTaskRunSpec.model_validate(raw)
+    except ValidationError as error:
+        invalid = f"invalid spec: {str(error)[:500]}"
+    template = raw.get("taskRunTemplate") if isinstance(raw, dict) else None
+    return CronView(
+        namespace=str(meta.get("namespace")),
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        generation=int(meta.get("generation") or 1),
+        created=_seconds(meta.get("creationTimestamp")) or 0.0,
+        spec=spec,
+        template=(template or {}).get("spec") or {} if isinstance(template, dict) else {},
+        status=status,
+        invalid=invalid,
+    )
+
+
+class Schedules:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        kube: Kube,
+        *,
+        fence: Fence,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.kube = kube
+        self.fence = fence
+        self.clock = clock
+        self.crons: dict[Key, dict[str, Any]] = {}  # the objects, as last seen or written
+        self.runs: dict[Key, dict[str, dict[str, Any]]] = {}  # by cron, by run name
+        self.due: dict[Key, float] = {}
+        self.changed = asyncio.Event()
+        self.tasks = Tasks()
+        self.acting = False
+
+    # -- what the watches say ---------------------------------------------------------
+
+    def observe(self, kind: str | None, obj: Mapping[str, Any]) -> None:
+        """A CronTaskRun's watch event."""
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if kind == "DELETED":
+            self.crons.pop(key, None)
+            self.due.pop(key, None)
+        else:
+            known = (self.crons.get(key) or {}).get("metadata") or {}
+            if known.get("uid") == meta.get("uid") and newer(known, dict(meta)) is known:
+                return  # an echo older than what we wrote
+            self.crons[key] = dict(obj)
+            self._look(key)
+        metrics.CRON_SCHEDULES.set(len(self.crons))
+
+    def observe_run(self, kind: str | None, obj: Mapping[str, Any]) -> None:
+        """A TaskRun's watch event: the runs a CronTaskRun owns say which are active."""
+        meta = obj.get("metadata") or {}
+        cron_name = (meta.get("labels") or {}).get(CRON_LABEL)
+        if not isinstance(cron_name, str):
+            return
+        key = (str(meta.get("namespace")), cron_name)
+        runs = self.runs.setdefault(key, {})
+        name = str(meta.get("name"))
+        before = runs.get(name)
+        if kind == "DELETED":
+            runs.pop(name, None)
+            if not runs:
+                del self.runs[key]
+        else:
+            runs[name] = dict(obj)
+        if before is None or kind == "DELETED" or run_view(before).active != run_view(obj).active:
+            self._look(key)
+
+    def _look(self, key: Key, when: float = -math.inf) -> None:
+        if key in self.crons:
+            self.due[key] = min(self.due.get(key, math.inf), when)
+            self.changed.set()
+
+    # -- leading ----------------------------------------------------------------------
+
+    async def lead(self) -> None:
+        self.acting = True
+        for key in self.crons:
+            self._look(key)
+        self.tasks.spawn(supervised("schedules", self.loop))
+
+    async def step_down(self) -> None:
+        self.acting = False
+        await self.tasks.cancel_all()
+
+    async def loop(self) -> None:
+        limit = asyncio.Semaphore(AT_ONCE)
+        looking: set[Key] = set()
+
+        async def look(key: Key) -> None:
+            try:
+                async with limit:
+                    await self.look(key)
+            finally:
+                looking.discard(key)
+
+        while True:
+            self.changed.clear()
+            now = self.clock()
+            for key, when in list(self.due.items()):
+                if when <= now and key not in looking:
+                    del self.due[key]
+                    looking.add(key)
+                    self.tasks.spawn(look(key))
+            soonest = min((w for k, w in self.due.items() if k not in looking), default=math.inf)
+            wait = min(max(soonest - self.clock(), 0.0), IDLE_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), wait)
+
+    # -- one look -----------------------------------------------------------------------
+
+    async def look(self, key: Key) -> None:
+        obj = self.crons.get(key)
+        if obj is None:
+            return
+        view = cron_view(obj)
+        owned = [
+            run_view(run) for run in self.runs.get(key, {}).values() if owner_of(run) == view.uid
+        ]
+        now = self.clock()
+        plan = decide(view, owned, now, self.config)
+        try:
+            await self.apply(view, obj, plan, now)
+        except Conflict:
+            await self._reread(key, view)
+        except Gone:
+            self.crons.pop(key, None)
+        except KubeError as error:
+            log.warning("schedule %s/%s: %s; trying again", *key, error)
+            self._look(key, self.clock() + RETRY_SECONDS)
+            return
+        if plan.wake is not None:
+            self._look(key, plan.wake)
+
+    async def apply(self, view: CronView, obj: dict[str, Any], plan: CronPlan, now: float) -> None:
+        for run in plan.cancel:
+            await self.fence.wait()
+            with contextlib.suppress(Gone, Invalid):  # gone, or the name holds another run
+                await self.kube.cancel(view.namespace, run.name, run.uid)
+        created: dict[str, str] = {}
+        for body, made in zip(plan.create, plan.made, strict=True):
+            created[made.name] = await self._create(view, body)
+            metrics.CRON_SLOTS.labels("fired").inc()
+            metrics.CRON_LATENESS.observe(max(self.clock() - made.slot, 0.0))
+        status = plan.recorded({n: u for n, u in created.items() if u})
+        await self._write(view, obj, status)
+        for missed in plan.missed:
+            metrics.CRON_SLOTS.labels(missed.reason.value).inc(missed.count)
+        for event in plan.events:
+            await self.fence.wait()
+            try:
+                await self.kube.event(
+                    view.namespace, view.name, view.uid, event.type, event.reason,
+                    event.message, of=CRON_KIND,
+                )  # fmt: skip
+            except KubeError as error:
+                log.warning("event on %s/%s: %s", view.namespace, view.name, error)
+        for run in plan.delete:
+            await self.fence.wait()
+            with contextlib.suppress(Gone):
+                await self.kube.delete(view.namespace, run.name, run.uid)
+
+    async def _create(self, view: CronView, body: dict[str, Any]) -> str:
+        """The uid of the slot's run: made now, or found made (its name is taken by a
+        create of an earlier look); empty when the name holds something else."""
+        await self.fence.wait()
+        name = body["metadata"]["name"]
+        try:
+            made = await self.kube.create(body)
+            return str(made["metadata"]["uid"])
+        except Conflict:
+            pass
+        found: dict[str, Any] = dict(await self.kube.get(view.namespace, name))
+        if owner_of(found) == view.uid:
+            return str(found["metadata"].get("uid"))
+        message = f"cannot make {name}: the name holds a TaskRun this schedule does not own"
+        await self.kube.event(
+            view.namespace, view.name, view.uid, "Warning", "NameTaken", message, of=CRON_KIND
+        )
+        return ""
+
+    async def _write(self, view: CronView, obj: dict[str, Any], status: CronTaskRunStatus) -> None:
+        desired = status.model_dump(mode="json", exclude_none=True)
+        written = obj.get("status") or {}
+        changed = {k: v for k, v in desired.items() if written.get(k) != v}
+        changed |= {k: None for k in written if k not in desired}
+        if not changed:
+            return
+        await self.fence.wait()
+        version = await self.kube.patch_status(
+            view.namespace,
+            view.name,
+            changed,
+            obj["metadata"].get("resourceVersion"),
+            whole=not written,
+            plural=CRON_PLURAL,
+        )
+        metrics.API_WRITES.labels("cron_status").inc()
+        meta = {
+            **obj["metadata"],
+            "resourceVersion": version or obj["metadata"].get("resourceVersion"),
+        }
+        self.crons[(view.namespace, view.name)] = {**obj, "metadata": meta, "status": desired}
+
+    async def _reread(self, key: Key, view: CronView) -> None:
+        """A write refused on a stale view: take the object as it is, and look again."""
+        try:
+            fresh: dict[str, Any] = dict(await self.kube.get(*key, plural=CRON_PLURAL))
+        except Gone:
+            self.crons.pop(key, None)
+            return
+        if (fresh.get("metadata") or {}).get("uid") == view.uid:
+            self.crons[key] = fresh
+        self._look(key)
