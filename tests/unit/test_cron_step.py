@@ -202,3 +202,14 @@ def test_missed_all_runs_at_most_a_hundred_after_a_long_outage() -> None:
     assert len(plan.create) == 100
     assert names(plan)[-1] == f"nightly-{T0 + 10_000}"
     assert [(m.reason.value, m.count) for m in plan.missed] == [("TooManyMissed", 900)]
+
+
+def test_skip_runs_no_slot_missed_before_this_operator_acted() -> None:
+    spec = {"missedRuns": "Skip"}
+    missed = decide(
+        view(status=observed(T0 + 30), **spec), [], T0 + 52, CONFIG, acting_since=T0 + 51
+    )
+    assert names(missed) == []
+    assert [(m.reason.value, m.count) for m in missed.missed] == [("Skipped", 3)]
+    late = decide(view(status=observed(T0 + 30), **spec), [], T0 + 52, CONFIG, acting_since=T0 + 49)
+    assert names(late) == [f"nightly-{T0 + 50}"]

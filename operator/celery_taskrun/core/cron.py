@@ -37,7 +37,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery_taskrun.api.cron import ConcurrencyPolicy, MissedRuns
 
 MAX_RUNS = 100  # never more runs than this at once, whatever was missed
-ON_TIME_SECONDS = 60.0  # late but on time, for Skip: longer than a leader change takes
 MAX_SCHEDULE_CHARS = 256  # hostile input is normal input: bound what is parsed and quoted
 MAX_PERIOD = 366 * 86400  # `@every` beyond a year is a calendar's job (`@yearly`)
 
@@ -475,7 +474,7 @@ def due(
     starting_deadline: float | None = None,
     concurrency: ConcurrencyPolicy = ConcurrencyPolicy.ALLOW,
     active: Sequence[str] = (),
-    on_time: float = ON_TIME_SECONDS,
+    acting_since: float = -math.inf,
 ) -> Due:
     """What runs now: the slots after the later of `handled` (the newest slot already
     decided, run or missed: `Due.handled` of an earlier call) and `since` (when the
@@ -485,9 +484,9 @@ def due(
     - A slot more than `starting_deadline` seconds old (in whole seconds, as slots are)
       is missed: DeadlineExceeded.
     - Of the rest, `missed_runs` says what runs. `Latest`: the newest; `All`: the newest
-      MAX_RUNS, oldest first (older ones TooManyMissed); `Skip`: only a slot at most
-      `on_time` seconds late, which was not missed but reached late (a leader change
-      takes seconds, and must not lose it). Counted, never walked: a year of
+      MAX_RUNS, oldest first (older ones TooManyMissed); `Skip`: only a slot that
+      fell due since `acting_since` (when this operator began to act: it was not
+      missed, only reached late, however late). Counted, never walked: a year of
       `@every 1s` costs what one slot does.
     - Then `concurrency`, given the `active` runs' names. `Forbid`: with a run active
       none starts (AlreadyActive), else only the oldest due (the others would find it
@@ -511,7 +510,7 @@ def due(
         window = max(after, math.ceil(math.floor(now) - starting_deadline) - 1)
         miss(Reason.DEADLINE_EXCEEDED, after, window)
     run = schedule.newest(window, now, MAX_RUNS if missed_runs is MissedRuns.ALL else 1)
-    if missed_runs is MissedRuns.SKIP and run and now - run[-1] > on_time:
+    if missed_runs is MissedRuns.SKIP and run and run[-1] < acting_since:
         run = ()
     miss(_OLDER[missed_runs], window, run[0] - 1 if run else now)
 

@@ -16,6 +16,7 @@ a run, and a long suspension never floods nor stops the schedule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -179,6 +180,7 @@ def decide(view: CronView, runs: Sequence[RunView], now: float, config: Operator
         starting_deadline=spec.startingDeadlineSeconds,
         concurrency=spec.concurrencyPolicy,
         active=[r.name for r in active],
+        acting_since=acting_since,
     )
     status = base.model_copy(
         update={

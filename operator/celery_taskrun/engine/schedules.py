@@ -121,7 +121,7 @@ class Schedules:
         self.due: dict[Key, float] = {}
         self.changed = asyncio.Event()
         self.tasks = Tasks()
-        self.acting = False
+        self.acting_since = math.inf  # when this operator began to act (inf: it does not)
 
     # -- what the watches say ---------------------------------------------------------
 
@@ -167,13 +167,13 @@ class Schedules:
     # -- leading ----------------------------------------------------------------------
 
     async def lead(self) -> None:
-        self.acting = True
+        self.acting_since = self.clock()
         for key in self.crons:
             self._look(key)
         self.tasks.spawn(supervised("schedules", self.loop))
 
     async def step_down(self) -> None:
-        self.acting = False
+        self.acting_since = math.inf
         await self.tasks.cancel_all()
 
     async def loop(self) -> None:
@@ -211,7 +211,7 @@ class Schedules:
             run_view(run) for run in self.runs.get(key, {}).values() if owner_of(run) == view.uid
         ]
         now = self.clock()
-        plan = decide(view, owned, now, self.config)
+        plan = decide(view, owned, now, self.config, acting_since=self.acting_since)
         try:
             await self.apply(view, obj, plan, now)
         except Conflict:
