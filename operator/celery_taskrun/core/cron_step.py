@@ -122,8 +122,16 @@ class CronPlan:
         return self.status.model_copy(update={"active": active})
 
 
-def decide(view: CronView, runs: Sequence[RunView], now: float, config: OperatorConfig) -> CronPlan:
-    """What to do for `view` at `now`, given its runs (those it owns)."""
+def decide(
+    view: CronView,
+    runs: Sequence[RunView],
+    now: float,
+    config: OperatorConfig,
+    *,
+    acting_since: float = -math.inf,
+) -> CronPlan:
+    """What to do for `view` at `now`, given its runs (those it owns), by an operator
+    acting since `acting_since` (slots due before it were missed, not late)."""
     at = datetime.fromtimestamp(now, UTC)
     stamp = timestamp(at)
     kept = _history(view, runs)
