@@ -1,4 +1,5 @@
-"""`kubectl-taskrun` (also `kubectl taskrun`): run, wait, result, cancel, get, describe.
+"""`kubectl-taskrun` (also `kubectl taskrun`): run, wait, result, cancel, get, describe;
+and for CronTaskRuns: trigger, suspend, resume.
 
 Talks to the API server as the user (their kubeconfig), never through the gateway;
 waits follow the API server's watch. Exit codes: 0 Succeeded, 1 Failed, 3 TimedOut,
@@ -18,15 +19,18 @@ from typing import Any, TextIO
 import yaml
 
 from celery_taskrun.api.bodies import TaskRunBody
+from celery_taskrun.api.cron import CRON_PLURAL
 from celery_taskrun.cli import render
 from celery_taskrun.cli.parsing import UsageError, build_spec, parse_duration
 from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.clients.taskruns import TaskRunClient, wait
 from celery_taskrun.clients.transport import connect
+from celery_taskrun.core.cron_step import cron_view, run_body
 from celery_taskrun.core.outcomes import ExitCode, exit_code, finished, status_of
 
 PROG = "kubectl-taskrun"
-COMMANDS = ("run", "wait", "result", "cancel", "get", "describe")
+COMMANDS = ("run", "wait", "result", "cancel", "get", "describe", "trigger", "suspend", "resume")
+CRON_COMMANDS = ("trigger", "suspend", "resume")
 # `get` without a name pages through the namespace this many at a time.
 PAGE = 500
 
@@ -97,6 +101,16 @@ def command_parser(command: str) -> argparse.ArgumentParser:
     elif command == "get":
         parser.add_argument("name", nargs="?", help="default: every TaskRun of the namespace")
         parser.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
+    elif command in CRON_COMMANDS:
+        parser.description = {
+            "trigger": "Make a run of a CronTaskRun now, from its template; --wait: and wait.",
+            "suspend": "Stop a CronTaskRun making runs (those running go on).",
+            "resume": "Let a suspended CronTaskRun make runs again, from its next slot.",
+        }[command]
+        parser.add_argument("name", metavar="CRON", help="the CronTaskRun")
+        if command == "trigger":
+            parser.add_argument("--wait", action="store_true", help="wait for the outcome")
+            _wait_flag(parser)
     else:
         parser.add_argument("name")
         if command == "wait":
@@ -167,6 +181,26 @@ async def _get(runs: TaskRunClient, namespace: str, options: argparse.Namespace)
     return ExitCode.SUCCEEDED
 
 
+async def _cron(runs: TaskRunClient, namespace: str, options: argparse.Namespace) -> ExitCode:
+    name = options.name
+    if options.command != "trigger":
+        suspend = options.command == "suspend"
+        await runs.patch_spec(namespace, name, {"suspend": suspend}, plural=CRON_PLURAL)
+        _say(f"crontaskrun/{name} {'suspended' if suspend else 'resumed'}", sys.stdout)
+        return ExitCode.SUCCEEDED
+    view = cron_view(await runs.get(namespace, name, plural=CRON_PLURAL))
+    if view.spec is None:
+        raise UsageError(f"crontaskrun/{name} cannot make runs: {view.invalid}")
+    now = int(datetime.now(UTC).timestamp())
+    created = await runs.create_body(run_body(view, f"{name}-manual-{now}", now))
+    made = render.name_of(created)
+    if not (options.wait or options.wait_for is not None):
+        _say(made, sys.stdout)
+        return ExitCode.SUCCEEDED
+    _say(f"taskrun/{made} created")
+    return await _wait_and_report(runs, namespace, made, options.wait_for)
+
+
 async def execute(options: argparse.Namespace) -> ExitCode:
     spec = None
     if options.command == "run":
@@ -204,6 +238,8 @@ async def execute(options: argparse.Namespace) -> ExitCode:
             return await _wait_and_report(runs, namespace, options.name, 0)
         if options.command == "get":
             return await _get(runs, namespace, options)
+        if options.command in CRON_COMMANDS:
+            return await _cron(runs, namespace, options)
         obj = await runs.get(namespace, options.name)
         if options.command == "describe":
             _say(render.describe(obj, datetime.now(UTC)), sys.stdout)

@@ -80,10 +80,11 @@ class TaskRunClient:
     async def close(self) -> None:
         await self.api.close()
 
-    async def get(self, namespace: str, name: str) -> TaskRunBody:
+    async def get(self, namespace: str, name: str, plural: str = PLURAL) -> TaskRunBody:
+        """A TaskRun (or an object of our group's kind `plural`)."""
         body: TaskRunBody = await guarded(
             self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+                GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
             ),
             REQUEST_TIMEOUT,
         )
@@ -98,15 +99,21 @@ class TaskRunClient:
             metadata["name"] = name
         else:
             metadata["generateName"] = name_prefix(str(spec.get("task", "")))
-        manifest: TaskRunBody = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "metadata": metadata,
-            "spec": dict(spec),
-        }
+        return await self.create_body(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "metadata": metadata,
+                "spec": dict(spec),
+            }
+        )
+
+    async def create_body(self, manifest: Mapping[str, Any]) -> TaskRunBody:
+        """Create the TaskRun `manifest` describes whole."""
+        namespace = manifest["metadata"]["namespace"]
         body: TaskRunBody = await guarded(
             self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT
+                GROUP, VERSION, namespace, PLURAL, dict(manifest), _request_timeout=REQUEST_TIMEOUT
             ),
             REQUEST_TIMEOUT,
         )
@@ -114,14 +121,20 @@ class TaskRunClient:
 
     async def cancel(self, namespace: str, name: str) -> TaskRunBody:
         """Set `spec.cancel: true` (the operator revokes the task)."""
+        return await self.patch_spec(namespace, name, {"cancel": True})
+
+    async def patch_spec(
+        self, namespace: str, name: str, spec: Mapping[str, Any], plural: str = PLURAL
+    ) -> TaskRunBody:
+        """Merge `spec` into the object's spec."""
         body: TaskRunBody = await guarded(
             self.objects.patch_namespaced_custom_object(
                 GROUP,
                 VERSION,
                 namespace,
-                PLURAL,
+                plural,
                 name,
-                {"spec": {"cancel": True}},
+                {"spec": dict(spec)},
                 _content_type=MERGE_PATCH,
                 _request_timeout=REQUEST_TIMEOUT,
             ),

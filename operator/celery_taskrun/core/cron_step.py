@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.cron import (
     CRON_KIND,
@@ -122,6 +124,65 @@ class CronPlan:
         return self.status.model_copy(update={"active": active})
 
 
+def _seconds(value: object) -> float | None:
+    moment = parse_time(value)
+    return moment.timestamp() if moment else None
+
+
+def run_view(obj: Mapping[str, Any]) -> RunView:
+    """A TaskRun object as a CronTaskRun's look needs it."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    slot = _seconds((meta.get("annotations") or {}).get(SCHEDULED_AT_ANNOTATION))
+    try:
+        phase: Phase | None = Phase(str(status.get("phase")))
+    except ValueError:
+        phase = None
+    return RunView(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        slot=int(slot) if slot is not None else None,
+        phase=phase,
+        completed=_seconds(status.get("completedAt")),
+    )
+
+
+def owner_of(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the CronTaskRun that owns this TaskRun, if one does."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("kind") == CRON_KIND and ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def cron_view(obj: Mapping[str, Any]) -> CronView:
+    """A CronTaskRun object read: a spec that does not validate is kept as why."""
+    meta = obj.get("metadata") or {}
+    raw = obj.get("spec") or {}
+    try:
+        status = CronTaskRunStatus.model_validate(obj.get("status") or {})
+    except ValidationError:
+        status = CronTaskRunStatus()  # someone else's status: start afresh
+    spec: CronTaskRunSpec | None = None
+    invalid = None
+    try:
+        spec = CronTaskRunSpec.model_validate(raw)
+    except ValidationError as error:
+        invalid = f"invalid spec: {str(error)[:500]}"
+    template = raw.get("taskRunTemplate") if isinstance(raw, dict) else None
+    return CronView(
+        namespace=str(meta.get("namespace")),
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        generation=int(meta.get("generation") or 1),
+        created=_seconds(meta.get("creationTimestamp")) or 0.0,
+        spec=spec,
+        template=(template or {}).get("spec") or {} if isinstance(template, dict) else {},
+        status=status,
+        invalid=invalid,
+    )
+
+
 def decide(
     view: CronView,
     runs: Sequence[RunView],
@@ -210,7 +271,7 @@ def decide(
     )
     return CronPlan(
         status,
-        create=tuple(_run_body(view, slot) for slot in due.run),
+        create=tuple(run_body(view, cron.run_name(view.name, slot), slot) for slot in due.run),
         cancel=tuple(r for r in active if r.name in cancelled),
         delete=kept,
         events=events,
@@ -293,8 +354,9 @@ def _told(view: CronView, reason: ReadyReason, message: str) -> tuple[CronEvent,
     return (CronEvent("Warning", reason.value, message),)
 
 
-def _run_body(view: CronView, slot: int) -> dict[str, Any]:
-    """The TaskRun a slot makes: the template, named for the slot, owned by the cron."""
+def run_body(view: CronView, name: str, slot: int) -> dict[str, Any]:
+    """The TaskRun `name` for the moment `slot`: the template, labelled, annotated with
+    its time and owned by the cron (a slot's, or one triggered by hand)."""
     spec = view.spec
     assert spec is not None
     meta = spec.taskRunTemplate.metadata
@@ -302,7 +364,7 @@ def _run_body(view: CronView, slot: int) -> dict[str, Any]:
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {
-            "name": cron.run_name(view.name, slot),
+            "name": name,
             "namespace": view.namespace,
             "labels": {**meta.labels, CRON_LABEL: view.name},
             "annotations": {**meta.annotations, SCHEDULED_AT_ANNOTATION: cron.scheduled_at(slot)},

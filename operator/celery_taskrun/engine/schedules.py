@@ -17,22 +17,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.cron import (
     CRON_KIND,
     CRON_LABEL,
     CRON_PLURAL,
-    SCHEDULED_AT_ANNOTATION,
-    CronTaskRunSpec,
     CronTaskRunStatus,
 )
-from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, KubeError
 from celery_taskrun.clients.kube import Kube
-from celery_taskrun.core.cron_step import CronPlan, CronView, RunView, decide
-from celery_taskrun.core.timing import parse_time
+from celery_taskrun.core.cron_step import CronPlan, CronView, cron_view, decide, owner_of, run_view
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.runs import newer
@@ -44,63 +38,6 @@ Key = tuple[str, str]  # (namespace, name)
 AT_ONCE = 16  # CronTaskRuns looked at concurrently
 RETRY_SECONDS = 5.0  # after a failed look
 IDLE_SECONDS = 60.0  # the longest the loop sleeps: the wall clock may jump
-
-
-def _seconds(value: object) -> float | None:
-    moment = parse_time(value)
-    return moment.timestamp() if moment else None
-
-
-def run_view(obj: Mapping[str, Any]) -> RunView:
-    meta = obj.get("metadata") or {}
-    status = obj.get("status") or {}
-    slot = _seconds((meta.get("annotations") or {}).get(SCHEDULED_AT_ANNOTATION))
-    try:
-        phase: Phase | None = Phase(str(status.get("phase")))
-    except ValueError:
-        phase = None
-    return RunView(
-        name=str(meta.get("name")),
-        uid=str(meta.get("uid")),
-        slot=int(slot) if slot is not None else None,
-        phase=phase,
-        completed=_seconds(status.get("completedAt")),
-    )
-
-
-def owner_of(obj: Mapping[str, Any]) -> str | None:
-    """The uid of the CronTaskRun that owns this TaskRun, if one does."""
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if isinstance(ref, dict) and ref.get("kind") == CRON_KIND and ref.get("controller"):
-            return str(ref.get("uid"))
-    return None
-
-
-def cron_view(obj: Mapping[str, Any]) -> CronView:
-    meta = obj.get("metadata") or {}
-    raw = obj.get("spec") or {}
-    try:
-        status = CronTaskRunStatus.model_validate(obj.get("status") or {})
-    except ValidationError:
-        status = CronTaskRunStatus()  # someone else's status: start afresh
-    spec: CronTaskRunSpec | None = None
-    invalid = None
-    try:
-        spec = CronTaskRunSpec.model_validate(raw)
-    except ValidationError as error:
-        invalid = f"invalid spec: {str(error)[:500]}"
-    template = raw.get("taskRunTemplate") if isinstance(raw, dict) else None
-    return CronView(
-        namespace=str(meta.get("namespace")),
-        name=str(meta.get("name")),
-        uid=str(meta.get("uid")),
-        generation=int(meta.get("generation") or 1),
-        created=_seconds(meta.get("creationTimestamp")) or 0.0,
-        spec=spec,
-        template=(template or {}).get("spec") or {} if isinstance(template, dict) else {},
-        status=status,
-        invalid=invalid,
-    )
 
 
 class Schedules:
