@@ -42,7 +42,11 @@ def _objects(namespace: str) -> list[dict[str, object]]:
                 "kind": "Role",
                 "metadata": meta,
                 "rules": [
-                    {"apiGroups": ["celery.taskrun.dev"], "resources": ["taskruns"], "verbs": verbs}
+                    {
+                        "apiGroups": ["celery.taskrun.dev"],
+                        "resources": ["taskruns", "crontaskruns"],
+                        "verbs": verbs,
+                    }
                 ],
             },
             {

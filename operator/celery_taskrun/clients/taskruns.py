@@ -149,7 +149,9 @@ class TaskRunClient:
         limit: int,
         label_selector: str | None = None,
         continue_token: str | None = None,
+        plural: str = PLURAL,
     ) -> TaskRunList:
+        """A page of the namespace's TaskRuns (or objects of our group's kind `plural`)."""
         options: dict[str, Any] = {"limit": limit}
         if label_selector:
             options["label_selector"] = label_selector
@@ -157,7 +159,7 @@ class TaskRunClient:
             options["_continue"] = continue_token
         body: TaskRunList = await guarded(
             self.objects.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT, **options
+                GROUP, VERSION, namespace, plural, _request_timeout=REQUEST_TIMEOUT, **options
             ),
             REQUEST_TIMEOUT,
         )

@@ -159,13 +159,15 @@ def caller_from_review(status: Any, audiences: Sequence[str] = ()) -> Caller | N
     )
 
 
-def access_review(caller: Caller, verb: Verb, namespace: str, name: str | None) -> dict[str, Any]:
-    """The SubjectAccessReview body for `caller` doing `verb` on taskruns (pure)."""
+def access_review(
+    caller: Caller, verb: Verb, namespace: str, name: str | None, resource: str = PLURAL
+) -> dict[str, Any]:
+    """The SubjectAccessReview body for `caller` doing `verb` on `resource` (pure)."""
     attributes: dict[str, Any] = {
         "namespace": namespace,
         "verb": verb.value,
         "group": GROUP,
-        "resource": PLURAL,
+        "resource": resource,
     }
     if name:
         attributes["name"] = name
@@ -196,7 +198,7 @@ class Authorizer:
         self.clock = clock
         # A 1-tuple, so that "not authenticated" (None) is cached too.
         self._callers: TtlCache[str, tuple[Caller | None]] = TtlCache(AUTHENTICATION_TTL)
-        self._decisions: TtlCache[tuple[Caller, Verb, str, str | None], bool] = TtlCache(
+        self._decisions: TtlCache[tuple[Caller, Verb, str, str | None, str], bool] = TtlCache(
             AUTHORIZATION_TTL
         )
 
@@ -233,14 +235,19 @@ class Authorizer:
         return caller
 
     async def authorize(
-        self, caller: Caller, verb: Verb, namespace: str, name: str | None = None
+        self,
+        caller: Caller,
+        verb: Verb,
+        namespace: str,
+        name: str | None = None,
+        resource: str = PLURAL,
     ) -> None:
-        key = (caller, verb, namespace, name)
+        key = (caller, verb, namespace, name, resource)
         allowed = self._decisions.get(key, self.clock())
         if allowed is None:
             review = await self._review(
                 self.authorization.create_subject_access_review(
-                    access_review(caller, verb, namespace, name),
+                    access_review(caller, verb, namespace, name, resource),
                     _request_timeout=REQUEST_TIMEOUT,
                 ),
                 "SubjectAccessReview",
@@ -249,7 +256,7 @@ class Authorizer:
             allowed = bool(review.status and review.status.allowed)
             self._decisions.put(key, allowed, self.clock())
         if not allowed:
-            target = f"taskruns/{name}" if name else "taskruns"
+            target = f"{resource}/{name}" if name else resource
             raise Forbidden(
                 f"{caller.username} may not {verb.value} {target} in namespace {namespace}"
             )

@@ -12,6 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from celery_taskrun.api.cron import CRON_PLURAL
 from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.taskruns import wait
 from celery_taskrun.gateway import views
@@ -63,6 +64,16 @@ def on_namespace(verb: Verb) -> Callable[..., Coroutine[Any, Any, Caller]]:
         request: Request, namespace: Namespace, who: Annotated[Caller, Depends(caller)]
     ) -> Caller:
         await gateway_of(request).auth.authorize(who, verb, namespace)
+        return who
+
+    return dependency
+
+
+def on_schedules(verb: Verb) -> Callable[..., Coroutine[Any, Any, Caller]]:
+    async def dependency(
+        request: Request, namespace: Namespace, who: Annotated[Caller, Depends(caller)]
+    ) -> Caller:
+        await gateway_of(request).auth.authorize(who, verb, namespace, resource=CRON_PLURAL)
         return who
 
     return dependency
@@ -139,6 +150,26 @@ def add_routes(app: FastAPI) -> None:
             for obj in page.get("items") or []
             if views.matches(obj, phase or (), task)
         ]
+        token = (page.get("metadata") or {}).get("continue") or None
+        return JSONResponse({"items": items, "continue": token})
+
+    @app.get(
+        f"{views.API}/namespaces/{{namespace}}/crontaskruns",
+        response_model=views.ScheduleList,
+        responses=PROBLEMS,
+        summary="List CronTaskRuns: each schedule with its last and next run",
+    )
+    async def list_schedules(
+        request: Request,
+        namespace: Namespace,
+        who: Annotated[Caller, Depends(on_schedules(Verb.LIST))],
+        limit: Annotated[int, Query(ge=1, le=500)] = LIST_LIMIT,
+        continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
+    ) -> JSONResponse:
+        page = await gateway_of(request).runs.page(
+            namespace, limit=limit, continue_token=continue_, plural=CRON_PLURAL
+        )
+        items = [views.schedule_summary(obj) for obj in page.get("items") or []]
         token = (page.get("metadata") or {}).get("continue") or None
         return JSONResponse({"items": items, "continue": token})
 

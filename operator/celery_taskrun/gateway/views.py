@@ -108,6 +108,13 @@ class RunList(BaseModel):
     continue_: str | None = Field(None, alias="continue")
 
 
+class ScheduleList(BaseModel):
+    items: list[dict[str, Any]] = Field(
+        description="CronTaskRuns: schedule, zone, suspended, active runs, last and next run."
+    )
+    continue_: str | None = Field(None, alias="continue")
+
+
 def urls(namespace: str, name: str) -> dict[str, str]:
     base = f"{API}/namespaces/{namespace}/taskruns/{name}"
     return {"statusUrl": base, "waitUrl": f"{base}/wait", "streamUrl": f"{base}/stream"}
@@ -164,6 +171,42 @@ def summary(obj: Mapping[str, Any]) -> dict[str, Any]:
         "message": _clip(status.get("message")),
         "error": short_error,
         "finished": finished(status),
+    }
+
+
+def _field(obj: Any, key: str) -> Mapping[str, Any]:
+    """`obj[key]` when both are mappings (anyone may write a CronTaskRun's status)."""
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+def schedule_summary(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A CronTaskRun for the live page: when it ran, when it runs next, and whether it
+    can (its Ready condition)."""
+    meta, spec, status = _field(obj, "metadata"), _field(obj, "spec"), _field(obj, "status")
+    conditions = status.get("conditions")
+    ready: Mapping[str, Any] = next(
+        (
+            c
+            for c in (conditions if isinstance(conditions, list) else [])
+            if isinstance(c, Mapping) and c.get("type") == "Ready"
+        ),
+        {},
+    )
+    active = status.get("active")
+    return {
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "task": _clip(_field(_field(spec, "taskRunTemplate"), "spec").get("task")),
+        "schedule": _clip(spec.get("schedule")),
+        "timeZone": _clip(spec.get("timeZone") or "UTC"),
+        "suspend": bool(spec.get("suspend")),
+        "active": len(active) if isinstance(active, list) else 0,
+        "lastScheduleTime": status.get("lastScheduleTime"),
+        "nextScheduleTime": status.get("nextScheduleTime"),
+        "ready": ready.get("status"),
+        "reason": _clip(ready.get("reason")),
+        "message": _clip(ready.get("message")),
     }
 
 

@@ -8,6 +8,7 @@ const SUBPROTOCOL = "taskrun.v1";
 const TOKEN_PROTOCOL = "base64url.bearer.authorization.k8s.io.";
 const TERMINAL = new Set(["Succeeded", "Failed", "TimedOut", "Revoked"]);
 const RECONNECT_MS = 2000;
+const SCHEDULES_MS = 10000; // the schedules list is read again this often
 
 const state = {
   namespace: "",
@@ -299,6 +300,38 @@ function writeFragment() {
   history.replaceState(null, "", `#${params}`);
 }
 
+// -- schedules ------------------------------------------------------------------
+
+function scheduleRow(schedule) {
+  const tr = document.createElement("tr");
+  tr.dataset.name = schedule.name;
+  const state = schedule.suspend ? "Suspended"
+    : schedule.ready === "False" ? `${schedule.reason}: ${schedule.message}` : "Scheduled";
+  const zone = schedule.timeZone && schedule.timeZone !== "UTC" ? ` (${schedule.timeZone})` : "";
+  for (const text of [schedule.name, `${schedule.schedule}${zone}`, schedule.task,
+    schedule.nextScheduleTime || "-", schedule.lastScheduleTime || "-", schedule.active, state]) {
+    const td = document.createElement("td");
+    setText(td, text);
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+async function loadSchedules(generation) {
+  let body;
+  try {
+    body = await fetchJson(`${API}/${encodeURIComponent(state.namespace)}/crontaskruns?limit=500`);
+  } catch (error) {
+    body = { items: [] }; // no right to list them, or none: the section stays hidden
+  }
+  if (generation !== state.generation) return;
+  const rows = body.items.map(scheduleRow);
+  $("schedules").tBodies[0].replaceChildren(...rows);
+  $("schedules-section").hidden = rows.length === 0;
+  setTimeout(() => { if (generation === state.generation) loadSchedules(generation); },
+    SCHEDULES_MS);
+}
+
 async function start(namespace, token, run) {
   state.generation += 1;
   for (const socket of [state.listSocket, state.detailSocket]) if (socket) socket.close();
@@ -319,6 +352,7 @@ async function start(namespace, token, run) {
     return;
   }
   startList();
+  loadSchedules(state.generation);
   if (run) openDetail(run);
   else closeDetail();
 }
