@@ -303,4 +303,35 @@ def test_page_and_schema_are_served(app_without_api: TestClient) -> None:
         "/api/v1/namespaces/{namespace}/taskruns/{name}",
         "/api/v1/namespaces/{namespace}/taskruns/{name}/wait",
         "/api/v1/namespaces/{namespace}/taskruns/{name}/cancel",
+        "/api/v1/namespaces/{namespace}/crontaskruns",
     }
+
+
+@pytest.mark.parametrize(
+    ("obj", "shown"),
+    [
+        (
+            {
+                "metadata": {"name": "nightly", "namespace": "a"},
+                "spec": {"schedule": "0 2 * * *", "timeZone": "Europe/Berlin",
+                         "taskRunTemplate": {"spec": {"task": "reports.build"}}},
+                "status": {"nextScheduleTime": "2026-12-07T01:00:00Z", "active": [{"name": "x"}],
+                           "conditions": [{"type": "Ready", "status": "True"}]},
+            },
+            {"task": "reports.build", "schedule": "0 2 * * *", "timeZone": "Europe/Berlin",
+             "active": 1, "ready": "True", "nextScheduleTime": "2026-12-07T01:00:00Z"},
+        ),
+        (  # whatever anyone wrote into its status
+            {"metadata": {"name": "odd"}, "spec": {"schedule": "s" * 10_000, "taskRunTemplate": 7},
+             "status": {"active": "many", "conditions": {"Ready": True}}},
+            {"task": None, "timeZone": "UTC", "active": 0, "ready": None, "suspend": False},
+        ),
+        ({"metadata": {"name": "bare"}, "spec": None, "status": []}, {"active": 0, "task": None}),
+    ],
+)  # fmt: skip
+def test_a_schedules_summary_is_small_whatever_it_holds(
+    obj: dict[str, Any], shown: dict[str, Any]
+) -> None:
+    summary = views.schedule_summary(obj)
+    assert {key: summary[key] for key in shown} == shown
+    assert len(json.dumps(summary)) < 2000
