@@ -41,6 +41,14 @@ def test_lateness_benchmark_smoke() -> None:
     assert figures["deadline"]["n"] == figures["cancel"]["n"] == 1
 
 
+def test_schedules_benchmark_smoke() -> None:
+    figures = run_benchmark("schedules.py", "--schedules", "3", "--period", "2", "--periods", "2")
+    assert set(figures) == {"operator", "celery-beat"}
+    for row in figures.values():
+        assert row["expected"] == 6 and 0 < row["n"] <= 6, row
+    assert figures["operator"]["cpu_ms_per_slot"] > 0
+
+
 def test_scale_benchmark_smoke() -> None:
     figures = run_benchmark("scale.py", "--runs", "10", "--window", "2")
     assert figures["operator"]["runs"] == figures["seed-polling"]["runs"] == 10
