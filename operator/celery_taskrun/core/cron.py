@@ -35,9 +35,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# The spec's vocabulary and bounds are the API's (hostile input is normal input: the
+# schedule's bound also bounds what is parsed and quoted).
+from celery_taskrun.api.cron import MAX_SCHEDULE_CHARS, ConcurrencyPolicy, MissedRuns
+
 MAX_RUNS = 100  # never more runs than this at once, whatever was missed
 ON_TIME_SECONDS = 60.0  # late but on time, for Skip: longer than a leader change takes
-MAX_SCHEDULE_CHARS = 256  # hostile input is normal input: bound what is parsed and quoted
 MAX_PERIOD = 366 * 86400  # `@every` beyond a year is a calendar's job (`@yearly`)
 
 MACROS = {
@@ -66,22 +69,6 @@ class UnknownTimeZone(ScheduleError):
     """The time zone is not an IANA name this operator's time zone database has."""
 
     reason = "UnknownTimeZone"
-
-
-class MissedRuns(enum.StrEnum):
-    """What runs for slots that came while no operator acted (`spec.missedRuns`)."""
-
-    SKIP = "Skip"
-    LATEST = "Latest"
-    ALL = "All"
-
-
-class ConcurrencyPolicy(enum.StrEnum):
-    """What a slot does while an earlier run is active (`spec.concurrencyPolicy`)."""
-
-    ALLOW = "Allow"
-    FORBID = "Forbid"
-    REPLACE = "Replace"
 
 
 class Reason(enum.StrEnum):
