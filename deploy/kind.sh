@@ -25,8 +25,9 @@ docker build -t "$image" .
 # kind nodes cannot pull a local image: copy it in (the manifests use IfNotPresent).
 kind load docker-image "$image" --name "$cluster"
 
-kubectl apply --server-side --force-conflicts -f deploy/crd.yaml
-kubectl wait --for=condition=Established crd/taskruns.celery.taskrun.dev --timeout=60s
+kubectl apply --server-side --force-conflicts -f deploy/crd.yaml -f deploy/crontaskrun-crd.yaml
+kubectl wait --for=condition=Established crd/taskruns.celery.taskrun.dev \
+  crd/crontaskruns.celery.taskrun.dev --timeout=60s
 kubectl apply -f deploy/rbac.yaml
 # The operator first: its Secret holds the broker URLs the demo workers read too.
 kubectl apply -f deploy/operator.yaml

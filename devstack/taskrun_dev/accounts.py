@@ -39,21 +39,18 @@ class Accounts:
         self._say = say
 
     def install(self) -> None:
-        """Apply the CRD and RBAC, wait for the CRD, mint the operator's kubeconfig."""
-        crd = self._deploy_dir / "crd.yaml" if self._deploy_dir else None
-        if crd is not None and crd.is_file():
+        """Apply the CRDs and RBAC, wait for the CRDs, mint the operator's kubeconfig."""
+        for file, name in cp.CRD_FILES.items():
+            crd = self._deploy_dir / file if self._deploy_dir else None
+            if crd is None or not crd.is_file():
+                self._say(f"warning: {crd or f'deploy/{file}'} not found, {name} not installed")
+                continue
             self._kubectl.run(
                 "apply", "--server-side", "--force-conflicts", "-f", str(crd), check=True
             )
             self._kubectl.run(
-                "wait",
-                "--for=condition=Established",
-                f"crd/{cp.CRD_NAME}",
-                "--timeout=60s",
-                check=True,
+                "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s", check=True
             )
-        else:
-            self._say(f"warning: {crd or 'deploy/crd.yaml'} not found, TaskRun CRD not installed")
         rbac = self._deploy_dir / "rbac.yaml" if self._deploy_dir else None
         if rbac is None or not rbac.is_file():
             raise StackError(f"{rbac or 'deploy/rbac.yaml'} not found: cannot grant the operator")

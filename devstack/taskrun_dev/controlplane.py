@@ -32,6 +32,9 @@ HOST = "127.0.0.1"
 # A fixed issuer (not the URL with its port): tokens stay valid if the port changes.
 SA_ISSUER = "https://kubernetes.default.svc"
 CRD_NAME = "taskruns.celery.taskrun.dev"
+CRON_CRD_NAME = "crontaskruns.celery.taskrun.dev"
+# The CRDs deploy/ holds, each in its file (crd.yaml also holds the admission policies).
+CRD_FILES = {"crd.yaml": CRD_NAME, "crontaskrun-crd.yaml": CRON_CRD_NAME}
 OPERATOR_NAMESPACE = "celery-taskrun-system"
 OPERATOR_SERVICE_ACCOUNT = "celery-taskrun-operator"
 # Process names, and the ports' keys in stack.json (the API server's is its name).

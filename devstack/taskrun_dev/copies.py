@@ -42,6 +42,7 @@ KUSTOMIZE = "deploy/kustomize"
 CHART_FILES = "charts/celery-taskrun/files"
 COPIES = (
     Copy(f"{KUSTOMIZE}/base/crd.yaml", "deploy/crd.yaml"),
+    Copy(f"{KUSTOMIZE}/base/crontaskrun-crd.yaml", "deploy/crontaskrun-crd.yaml"),
     Copy(f"{KUSTOMIZE}/base/rbac.yaml", "deploy/rbac.yaml"),
     Copy(f"{KUSTOMIZE}/base/operator.yaml", "deploy/operator.yaml"),
     Copy(f"{KUSTOMIZE}/components/redis/redis.yaml", "deploy/worker.yaml", REDIS),

@@ -39,13 +39,15 @@ def _can_i(stack: Stack, *args: str) -> str:
     return result.stdout.strip()
 
 
-def test_crd_is_established(stack: Stack) -> None:
-    if not (REPO / "deploy" / "crd.yaml").is_file():
-        pytest.skip("deploy/crd.yaml not generated yet")
-    crd = stack.kubectl_json("get", "crd", cp.CRD_NAME)
+@pytest.mark.parametrize(("file", "name"), sorted(cp.CRD_FILES.items()))
+def test_crds_are_established(stack: Stack, file: str, name: str) -> None:
+    if not (REPO / "deploy" / file).is_file():
+        pytest.skip(f"deploy/{file} not generated yet")
+    crd = stack.kubectl_json("get", "crd", name)
     conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
     assert conditions.get("Established") == "True"
-    assert stack.kubectl("get", "taskruns", "-A", check=True).returncode == 0
+    plural = name.split(".", 1)[0]
+    assert stack.kubectl("get", plural, "-A", check=True).returncode == 0
 
 
 def test_server_is_the_pinned_version(stack: Stack) -> None:
@@ -78,13 +80,22 @@ def test_operator_kubeconfig_is_the_service_account(stack: Stack) -> None:
         ("watch", "namespaces", "yes"),
         ("list", "secrets", "no"),
         ("get", "configmaps", "no"),
-        ("create", "taskruns.celery.taskrun.dev", "no"),
+        ("create", "taskruns.celery.taskrun.dev", "yes"),  # a schedule's slots
+        ("watch", "crontaskruns.celery.taskrun.dev", "yes"),
+        ("patch", "crontaskruns.celery.taskrun.dev", "yes"),
+        ("create", "crontaskruns.celery.taskrun.dev", "no"),
+        ("delete", "crontaskruns.celery.taskrun.dev", "no"),
+        ("update", "crontaskruns.celery.taskrun.dev/status", "yes"),
+        ("update", "crontaskruns.celery.taskrun.dev/finalizers", "yes"),
         ("delete", "namespaces", "no"),
         ("create", "pods", "no"),
     ],
 )
 def test_operator_rbac(stack: Stack, verb: str, resource: str, allowed: str) -> None:
-    assert _can_i(stack, verb, resource, "--all-namespaces") == allowed
+    # `can-i VERB TYPE/NAME` would read a subresource as an object's name.
+    resource, _, subresource = resource.partition("/")
+    asked = [f"--subresource={subresource}"] if subresource else []
+    assert _can_i(stack, verb, resource, *asked, "--all-namespaces") == allowed
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """What tells the world a run's health, and the operator's own: kstatus (Flux's reader,
-sigs.k8s.io/cli-utils, run as the Go library itself) on TaskRuns from the real API
-server, and the operator's liveness endpoint when its tracker stops turning."""
+sigs.k8s.io/cli-utils, run as the Go library itself) on TaskRuns and CronTaskRuns from
+the real API server, and the operator's liveness endpoint when its tracker stops
+turning."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,9 @@ def kstatus() -> Path:
     return Path(built.stdout.strip())
 
 
-def read(kstatus: Path, stack: Stack, namespace: str, name: str) -> str:
+def read(kstatus: Path, stack: Stack, namespace: str, name: str, kind: str = "taskrun") -> str:
     """kstatus's verdict (Current, InProgress, Failed, ...) on the object as stored."""
-    body = stack.kubectl("get", "taskrun", name, "-n", namespace, "-o", "json", check=True)
+    body = stack.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=True)
     out = subprocess.run(
         [str(kstatus)], input=body.stdout, capture_output=True, text=True, check=True
     ).stdout
@@ -71,6 +72,45 @@ def test_kstatus_reads_a_run_as_in_progress_until_it_succeeds(
     assert read(kstatus, stack, runs.namespace, "ok") == "Current"
     assert read(kstatus, stack, runs.namespace, "bad") == "Failed"
     assert read(kstatus, stack, runs.namespace, "slow") == "InProgress"
+
+
+def test_kstatus_reads_a_crontaskrun_as_in_progress_until_observed(
+    stack: Stack, make_namespace: Callable[[str], str], kstatus: Path
+) -> None:
+    # No operator watches this namespace: the operator's writes are made here by hand.
+    namespace = make_namespace("unwatched")
+    cron = {
+        "apiVersion": "celery.taskrun.dev/v1alpha1",
+        "kind": "CronTaskRun",
+        "metadata": {"name": "nightly", "namespace": namespace},
+        "spec": {"schedule": "@daily", "taskRunTemplate": {"spec": {"task": "a.b"}}},
+    }
+    stack.kubectl("apply", "-f", "-", input=json.dumps(cron), check=True)
+    assert read(kstatus, stack, namespace, "nightly", "crontaskrun") == "InProgress"
+
+    def observed(generation: int) -> None:
+        ready = {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Scheduled",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+            "observedGeneration": generation,
+        }
+        status = {"status": {"observedGeneration": generation, "conditions": [ready]}}
+        stack.kubectl(
+            "patch", "crontaskrun", "nightly", "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", json.dumps(status), check=True,
+        )  # fmt: skip
+
+    observed(1)
+    assert read(kstatus, stack, namespace, "nightly", "crontaskrun") == "Current"
+    stack.kubectl(
+        "patch", "crontaskrun", "nightly", "-n", namespace, "--type=merge",
+        "-p", '{"spec": {"schedule": "@hourly"}}', check=True,
+    )  # fmt: skip
+    assert read(kstatus, stack, namespace, "nightly", "crontaskrun") == "InProgress"
+    observed(2)
+    assert read(kstatus, stack, namespace, "nightly", "crontaskrun") == "Current"
 
 
 @pytest.fixture

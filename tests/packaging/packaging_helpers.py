@@ -96,6 +96,26 @@ def one(docs: Iterable[Manifest], kind: str, name_suffix: str = "") -> Manifest:
     return found[0]
 
 
+AGGREGATE_TO = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def aggregated(docs: Iterable[Manifest]) -> list[Manifest]:
+    """People's ClusterRoles: those Kubernetes' view, edit and admin roles aggregate."""
+    return [
+        doc
+        for doc in by_kind(docs, "ClusterRole")
+        if any(label.startswith(AGGREGATE_TO) for label in doc["metadata"].get("labels", {}))
+    ]
+
+
+def operator_role(docs: Iterable[Manifest]) -> Manifest:
+    """The one ClusterRole of the operator's (not a person's)."""
+    docs = list(docs)
+    people = aggregated(docs)
+    (role,) = [doc for doc in by_kind(docs, "ClusterRole") if doc not in people]
+    return role
+
+
 def rule_set(rules: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
     """RBAC rules flattened to (apiGroup, resource, verb) for comparison."""
     return {

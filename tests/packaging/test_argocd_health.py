@@ -1,4 +1,5 @@
-"""deploy/argocd/health.lua, run in a real Lua 5.1 (lupa) as Argo CD runs it.
+"""deploy/argocd/health.lua (TaskRun) and crontaskrun-health.lua, run in a real Lua 5.1
+(lupa) as Argo CD runs them.
 
 Argo CD evaluates health scripts with gopher-lua, a Lua 5.1, with only the base,
 table, string and math libraries open and the resource in the global `obj`.  The
@@ -11,12 +12,20 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import yaml
 
-from celery_taskrun.api.model import EffectiveLimits, Phase, Progress, Reason, TaskRunStatus
+from celery_taskrun.api.cron import ActiveRun, CronTaskRunStatus
+from celery_taskrun.api.model import (
+    Condition,
+    EffectiveLimits,
+    Phase,
+    Progress,
+    Reason,
+    TaskRunStatus,
+)
 from celery_taskrun.core.changes import (
     Report,
     backend_unavailable,
@@ -35,8 +44,10 @@ lua51 = pytest.importorskip("lupa.lua51", reason="lupa (PyPI) embeds Lua: pip in
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTH_LUA = REPO / "deploy" / "argocd" / "health.lua"
+CRON_HEALTH_LUA = REPO / "deploy" / "argocd" / "crontaskrun-health.lua"
 README = REPO / "deploy" / "argocd" / "README.md"
 CM_KEY = "resource.customizations.health.celery.taskrun.dev_TaskRun"
+CRON_CM_KEY = "resource.customizations.health.celery.taskrun.dev_CronTaskRun"
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 # What gopher-lua opens for Argo CD's health scripts; everything else is removed.
 ARGO_LIBS = {"_G", "_VERSION", "table", "string", "math"}
@@ -56,15 +67,15 @@ def to_lua(runtime: Any, value: Any) -> Any:
     return value
 
 
-def health(obj: dict[str, Any]) -> dict[str, str]:
+def health(obj: dict[str, Any], script: Path = HEALTH_LUA) -> dict[str, str]:
     runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
     g = runtime.globals()
     for name in list(g.keys()):
         if name not in ARGO_LIBS | BASE_FUNCTIONS:
             g[name] = None
     g.obj = to_lua(runtime, obj)
-    result = runtime.execute(HEALTH_LUA.read_text())
-    assert result is not None, "health.lua must return a table"
+    result = runtime.execute(script.read_text())
+    assert result is not None, f"{script.name} must return a table"
     return {str(k): str(v) for k, v in result.items()}
 
 
@@ -252,3 +263,95 @@ def test_readme_snippet_is_health_lua_verbatim() -> None:
     config_map = yaml.safe_load(block.group(1))
     assert config_map["metadata"]["name"] == "argocd-cm"
     assert config_map["data"][CM_KEY] == HEALTH_LUA.read_text()
+    assert config_map["data"][CRON_CM_KEY] == CRON_HEALTH_LUA.read_text()
+
+
+# -- CronTaskRun ---------------------------------------------------------------------
+
+
+def cron(
+    status: CronTaskRunStatus | None, generation: int = 1, suspend: bool = False
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "celery.taskrun.dev/v1alpha1",
+        "kind": "CronTaskRun",
+        "metadata": {"name": "nightly", "namespace": "default", "generation": generation},
+        "spec": {
+            "schedule": "@daily",
+            "suspend": suspend,
+            "taskRunTemplate": {"spec": {"task": "taskrun_workers.tasks.calculate_sum"}},
+        },
+    }
+    if status is not None:
+        obj["status"] = status.model_dump(mode="json", exclude_none=True)
+    return obj
+
+
+def ready(
+    status: Literal["True", "False"], reason: str, message: str = "", generation: int = 1
+) -> Condition:
+    return Condition(
+        type="Ready",
+        status=status,
+        reason=reason,
+        message=message,
+        lastTransitionTime="2026-01-01T00:00:00Z",
+        observedGeneration=generation,
+    )
+
+
+SCHEDULED = CronTaskRunStatus(
+    observedGeneration=1,
+    conditions=[ready("True", "Scheduled")],
+    nextScheduleTime="2026-01-02T00:00:00Z",
+    active=[ActiveRun(name="nightly-1767225600", uid="u")],
+)
+REFUSED = CronTaskRunStatus(
+    observedGeneration=1,
+    conditions=[ready("False", "InvalidSchedule", "unknown time zone 'Mars/Olympus_Mons'")],
+)
+WAITING = "Waiting for the operator to read the CronTaskRun's spec"
+CRON_CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("no status", cron(None), "Progressing", WAITING),
+    (
+        "the schema's default status",
+        cron(CronTaskRunStatus(observedGeneration=0)),
+        "Progressing",
+        WAITING,
+    ),
+    ("an edit not yet read", cron(SCHEDULED, generation=2), "Progressing", WAITING),
+    (
+        "suspended, not yet read",
+        cron(SCHEDULED, generation=2, suspend=True),
+        "Progressing",
+        WAITING,
+    ),
+    (
+        "observed, no Ready yet",
+        cron(CronTaskRunStatus(observedGeneration=1)),
+        "Progressing",
+        "Waiting for the operator to accept the CronTaskRun",
+    ),
+    ("scheduled", cron(SCHEDULED), "Healthy", "Next run at 2026-01-02T00:00:00Z"),
+    (
+        "scheduled, no next time",
+        cron(CronTaskRunStatus(observedGeneration=1, conditions=[ready("True", "Scheduled")])),
+        "Healthy",
+        "Scheduled",
+    ),
+    ("suspended", cron(SCHEDULED, suspend=True), "Suspended", "Suspended: no slot makes a run"),
+    ("refused", cron(REFUSED), "Degraded", "unknown time zone 'Mars/Olympus_Mons'"),
+    (
+        "refused and suspended",
+        cron(REFUSED, suspend=True),
+        "Degraded",
+        "unknown time zone 'Mars/Olympus_Mons'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected", "message"), [c[1:] for c in CRON_CASES], ids=[c[0] for c in CRON_CASES]
+)
+def test_cron_health(obj: dict[str, Any], expected: str, message: str) -> None:
+    assert health(obj, CRON_HEALTH_LUA) == {"status": expected, "message": message}

@@ -23,6 +23,7 @@ from packaging_helpers import (
     by_kind,
     load_all,
     one,
+    operator_role,
     rule_set,
     run_helm,
 )
@@ -83,7 +84,7 @@ def env_of(c: dict[str, Any]) -> dict[str, str]:
 
 def deploy_rbac_rules() -> set[tuple[str, str, str]]:
     docs = load_all((DEPLOY / "rbac.yaml").read_text())
-    return rule_set(one(docs, "ClusterRole")["rules"])
+    return rule_set(operator_role(docs)["rules"])
 
 
 # -- no helm needed ----------------------------------------------------------------------
@@ -94,9 +95,10 @@ def test_chart_crd_is_a_copy_of_deploy_crd() -> None:
         [str(REPO / "charts" / "sync-crd.sh"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    chart_crd = load_all((CHART / "crds" / "taskruns.celery.taskrun.dev.yaml").read_text())
-    deploy_docs = load_all((DEPLOY / "crd.yaml").read_text())
-    assert chart_crd == by_kind(deploy_docs, "CustomResourceDefinition")
+    for source in ("crd.yaml", "crontaskrun-crd.yaml"):
+        deploy_crds = by_kind(load_all((DEPLOY / source).read_text()), "CustomResourceDefinition")
+        (name,) = [crd["metadata"]["name"] for crd in deploy_crds]
+        assert load_all((CHART / "crds" / f"{name}.yaml").read_text()) == deploy_crds
 
 
 def test_chart_version_follows_the_package() -> None:
@@ -137,13 +139,16 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
             "ConfigMap",
             "ClusterRole",
             "ClusterRoleBinding",
+            # People's rights, aggregated into view, edit and admin.
+            *["ClusterRole"] * 2,
             # Leader election's Lease.
             "Role",
             "RoleBinding",
             "Service",
             "Deployment",
-            # Bounded args/kwargs on create, frozen ones on update.
-            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 2,
+            # Bounded args/kwargs on create, frozen ones on update; bounded in a
+            # CronTaskRun's template.
+            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3,
         ]
     )
     deployment = one(docs, "Deployment")
@@ -183,7 +188,7 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     binding = one(docs, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == operator_role(docs)["metadata"]["name"]
     assert binding["subjects"] == [
         {
             "kind": "ServiceAccount",
@@ -194,7 +199,7 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
 
 
 def test_cluster_role_mirrors_deploy_rbac(render: Render) -> None:
-    assert rule_set(one(render(), "ClusterRole")["rules"]) == deploy_rbac_rules()
+    assert rule_set(operator_role(render())["rules"]) == deploy_rbac_rules()
 
 
 def lease_rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -213,7 +218,7 @@ def test_namespaced_rbac_splits_the_same_rules(render: Render) -> None:
     roles = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] != "ops"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert rule_set(roles[0]["rules"]) == rule_set(roles[1]["rules"])
-    cluster = one(docs, "ClusterRole")
+    cluster = operator_role(docs)
     # Together, what deploy/rbac.yaml grants; cluster-wide, only reading.
     assert rule_set(roles[0]["rules"]) | rule_set(cluster["rules"]) == deploy_rbac_rules()
     assert {g for g, _, _ in rule_set(cluster["rules"])} <= {"", "apiextensions.k8s.io"}
@@ -334,10 +339,13 @@ def test_refused_values(helm: Path, tmp_path: Path, values: dict[str, Any], mess
     assert message in result.stderr
 
 
-def test_include_crds_renders_the_crd_first(render: Render) -> None:
+def test_include_crds_renders_the_crds_first(render: Render) -> None:
     docs = render(include_crds=True)
-    assert docs[0]["kind"] == "CustomResourceDefinition"
-    assert docs[0]["metadata"]["name"] == "taskruns.celery.taskrun.dev"
+    assert [d["kind"] for d in docs[:2]] == ["CustomResourceDefinition"] * 2
+    assert {d["metadata"]["name"] for d in docs[:2]} == {
+        "taskruns.celery.taskrun.dev",
+        "crontaskruns.celery.taskrun.dev",
+    }
 
 
 def test_values_schema_knows_every_operator_setting() -> None:

@@ -21,7 +21,14 @@ from taskrun_dev.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-SHIPPED = ["crd.yaml", "rbac.yaml", "operator.yaml", "worker.yaml", "gateway.yaml"]
+SHIPPED = [
+    "crd.yaml",
+    "crontaskrun-crd.yaml",
+    "rbac.yaml",
+    "operator.yaml",
+    "worker.yaml",
+    "gateway.yaml",
+]
 WORKLOADS = ("Deployment",)
 # prometheus-operator's CRD is not installed in the local stack (it is neither built
 # here nor fetchable): ServiceMonitors are checked by test_chart.py's assertions only.

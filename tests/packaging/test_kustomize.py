@@ -20,14 +20,17 @@ from typing import Any
 import pytest
 import yaml
 from packaging_helpers import (
+    AGGREGATE_TO,
     DEPLOY,
     KUSTOMIZE,
     Manifest,
     Render,
+    aggregated,
     build_beside_repo,
     by_kind,
     load_all,
     one,
+    operator_role,
     readme_yaml,
     rule_set,
     server_side_apply,
@@ -65,10 +68,14 @@ def canonical(docs: list[Manifest]) -> list[str]:
 
 def key(doc: Manifest) -> Key:
     """What an object is for, whatever its name: its kind, and its component if any.
-    Admission policies are named by the CRD they guard, never by a release: their name."""
-    if doc["kind"].startswith("ValidatingAdmissionPolicy"):
+    CRDs and admission policies are named by the kind they define or guard, never by a
+    release: their name.  People's roles by the default roles that aggregate them."""
+    labels = doc["metadata"].get("labels", {})
+    if doc["kind"].startswith("ValidatingAdmissionPolicy") or doc["kind"].endswith("Definition"):
         return doc["kind"], doc["metadata"]["name"]
-    return doc["kind"], doc["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+    if doc in aggregated([doc]):
+        return doc["kind"], ",".join(sorted(k for k in labels if k.startswith(AGGREGATE_TO)))
+    return doc["kind"], labels.get("app.kubernetes.io/component", "")
 
 
 def essence(docs: list[Manifest]) -> dict[Key, Any]:
@@ -149,7 +156,7 @@ def test_a_copy_whose_source_lost_its_object_fails(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_base_and_with_worker_are_deploys_objects(stack: Stack) -> None:
-    operator = deploy_docs("crd.yaml", "rbac.yaml", "operator.yaml")
+    operator = deploy_docs("crd.yaml", "crontaskrun-crd.yaml", "rbac.yaml", "operator.yaml")
     assert canonical(built(stack, "base")) == canonical(operator)
     whole = operator + deploy_docs("worker.yaml")
     assert canonical(built(stack, "overlays/with-worker")) == canonical(whole)
@@ -161,13 +168,13 @@ def test_namespaced_overlay_watches_one_namespace(stack: Stack) -> None:
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace")] == [f"--namespace={WATCHED}"]
     (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == WATCHED]
-    cluster = one(docs, "ClusterRole")
+    cluster = operator_role(docs)
     assert {r for _, r, _ in rule_set(cluster["rules"])} == {
         "customresourcedefinitions",
         "namespaces",
     }
     assert all(verb in {"get", "list", "watch"} for *_, verb in rule_set(cluster["rules"]))
-    everything = rule_set(one(deploy_docs("rbac.yaml"), "ClusterRole")["rules"])
+    everything = rule_set(operator_role(deploy_docs("rbac.yaml"))["rules"])
     assert rule_set(role["rules"]) | rule_set(cluster["rules"]) == everything
     (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == WATCHED]
     assert binding["subjects"] == one(docs, "ClusterRoleBinding")["subjects"]
@@ -216,7 +223,7 @@ def test_chart_and_kustomize_render_the_same_objects(stack: Stack, render: Rende
         ("Service", "broker"),
     }
     assert set(chart) <= set(ours)
-    assert len(chart) == 15
+    assert len(chart) == 20
     for k in sorted(chart):
         assert chart[k] == ours[k], k
 
@@ -233,9 +240,7 @@ def test_namespaced_overlay_grants_what_the_chart_grants(stack: Stack, render: R
         return found
 
     assert rule_set(watched(ours, "Role")["rules"]) == rule_set(watched(chart, "Role")["rules"])
-    assert rule_set(one(ours, "ClusterRole")["rules"]) == rule_set(
-        one(chart, "ClusterRole")["rules"]
-    )
+    assert rule_set(operator_role(ours)["rules"]) == rule_set(operator_role(chart)["rules"])
     for docs in (ours, chart):
         assert watched(docs, "RoleBinding")["roleRef"]["kind"] == "Role"
     args = [one(d, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -1,7 +1,8 @@
-"""Generate the TaskRun CustomResourceDefinition from the pydantic models.
+"""Generate the TaskRun and CronTaskRun CustomResourceDefinitions from the pydantic models.
 
-`python -m celery_taskrun.api.crd > deploy/crd.yaml` writes it; a test fails when the
-committed file drifts from the models.  Pydantic's JSON Schema is turned into a
+`python -m celery_taskrun.api.crd deploy` writes `deploy/crd.yaml` (TaskRun, and the
+admission policies of both kinds) and `deploy/crontaskrun-crd.yaml`; a test fails when
+the committed files drift from the models.  Pydantic's JSON Schema is turned into a
 Kubernetes structural schema (no $ref, no anyOf-null, OpenAPI v3.0 exclusive
 bounds, preserve-unknown-fields for free-form JSON), and the cross-field rules
 that a schema cannot say are added as CEL (`x-kubernetes-validations`).
@@ -10,10 +11,14 @@ that a schema cannot say are added as CEL (`x-kubernetes-validations`).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
+from celery_taskrun.api import cron
 from celery_taskrun.api.model import (
     GROUP,
     KIND,
@@ -27,7 +32,8 @@ from celery_taskrun.api.model import (
 
 JSONSchema = dict[str, Any]
 
-# Cross-field rules on spec: (rule, message).  Each is one readable refusal.
+# Cross-field rules on a TaskRun spec, wherever one is written (a TaskRun, a
+# CronTaskRun's template): (rule, message).  Each is one readable refusal.
 SPEC_RULES: list[tuple[str, str]] = [
     (
         "!has(self.softTimeLimit) || !has(self.timeLimit) || self.softTimeLimit < self.timeLimit",
@@ -45,6 +51,9 @@ SPEC_RULES: list[tuple[str, str]] = [
         " || self.poll.initialInterval <= self.poll.maxInterval",
         "spec.poll.initialInterval must not exceed spec.poll.maxInterval",
     ),
+]
+# Transition rules (on update) of a TaskRun's own spec: a template may be edited.
+TRANSITION_RULES: list[tuple[str, str]] = [
     (
         "!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)",
         "spec.cancel cannot be undone once set to true",
@@ -66,6 +75,29 @@ PRINTER_COLUMNS: list[JSONSchema] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
 ]
+
+CRON_PRINTER_COLUMNS: list[JSONSchema] = [
+    {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+    {"name": "TimeZone", "type": "string", "jsonPath": ".spec.timeZone"},
+    {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+    # A column shows one value (the API server prints a JSONPath's first result): the
+    # first active run's name; `-o yaml` lists them all.
+    {"name": "Active", "type": "string", "jsonPath": ".status.active[*].name"},
+    {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+    {"name": "Next", "type": "date", "jsonPath": ".status.nextScheduleTime"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+# What `kubectl explain` says of the fields every object has.  The API server refuses
+# a description of metadata: explain shows ObjectMeta's own.
+ROOT_PROPERTIES: JSONSchema = {
+    "apiVersion": {
+        "type": "string",
+        "description": "The versioned schema of this representation of an object.",
+    },
+    "kind": {"type": "string", "description": "The REST resource this object represents."},
+    "metadata": {"type": "object"},
+}
 
 _DROPPED_KEYS = ("title", "default", "$defs")
 
@@ -95,9 +127,12 @@ def structural(schema: JSONSchema, defs: dict[str, JSONSchema]) -> JSONSchema:
         if bound in out:
             out[plain] = out.pop(bound)
             out[bound] = True
+    values = out.get("additionalProperties")
     if "properties" in out:
         out["type"] = "object"
         out["properties"] = {k: structural(v, defs) for k, v in out["properties"].items()}
+    elif isinstance(values, dict) and "type" in values:
+        out["additionalProperties"] = structural(values, defs)  # a map: labels, annotations
     elif out.get("type") == "object" or "additionalProperties" in out:
         # Free-form JSON (kwargs, progress info): kept as the user or the task wrote it.
         out.pop("additionalProperties", None)
@@ -112,15 +147,26 @@ def structural(schema: JSONSchema, defs: dict[str, JSONSchema]) -> JSONSchema:
     return out
 
 
-def model_schema(model: type[TaskRunSpec] | type[TaskRunStatus]) -> JSONSchema:
+def model_schema(model: type[BaseModel]) -> JSONSchema:
     raw = model.model_json_schema()
     return structural(raw, raw.get("$defs", {}))
 
 
-def spec_schema() -> JSONSchema:
+def taskrun_spec_schema() -> JSONSchema:
+    """A TaskRun spec's schema and cross-field rules, wherever one is written."""
     schema = model_schema(TaskRunSpec)
     schema["properties"]["kwargs"]["maxProperties"] = 256
-    rules = [{"rule": rule, "message": message} for rule, message in SPEC_RULES]
+    schema["x-kubernetes-validations"] = [
+        {"rule": rule, "message": message} for rule, message in SPEC_RULES
+    ]
+    return schema
+
+
+def spec_schema() -> JSONSchema:
+    """A TaskRun's own spec: a TaskRun spec, frozen once created but for `cancel`."""
+    schema = taskrun_spec_schema()
+    rules = schema["x-kubernetes-validations"]
+    rules += [{"rule": rule, "message": message} for rule, message in TRANSITION_RULES]
     for field in schema["properties"]:
         if field in MUTABLE_SPEC_FIELDS or field in FREE_FORM_SPEC_FIELDS:
             continue
@@ -132,33 +178,68 @@ def spec_schema() -> JSONSchema:
                 "message": f"spec.{field} is immutable; only spec.cancel may change",
             }
         )
-    schema["x-kubernetes-validations"] = rules
     return schema
 
 
-def status_schema() -> JSONSchema:
-    schema = model_schema(TaskRunStatus)
-    # Until the operator writes, a new TaskRun reads `status: {observedGeneration: 0}`,
+def cron_spec_schema() -> JSONSchema:
+    """A CronTaskRun's spec: its template's spec checked as a TaskRun's, the schedule's
+    shape and the zone's form checked at admission, the contract's defaults filled in."""
+    schema = model_schema(cron.CronTaskRunSpec)
+    declared = cron.CronTaskRunSpec.model_json_schema()["properties"]
+    for name, prop in schema["properties"].items():
+        if declared[name].get("default") is not None:
+            prop["default"] = declared[name]["default"]
+    template = schema["properties"]["taskRunTemplate"]["properties"]
+    template["spec"] = {**taskrun_spec_schema(), "description": template["spec"]["description"]}
+    schema["properties"]["schedule"]["x-kubernetes-validations"] = [
+        {
+            "rule": f"self.matches(r'{cron.SCHEDULE_SHAPE}')",
+            "message": "spec.schedule must be 5 cron fields (minute hour day-of-month month "
+            "day-of-week), a macro (@yearly, @monthly, @weekly, @daily, @hourly) or @every "
+            "DURATION (seconds, or e.g. 30s, 5m, 1h); the time zone goes in spec.timeZone",
+        },
+        {
+            "rule": f"!self.matches(r'{cron.ZERO_PERIOD}')",
+            "message": "spec.schedule: @every needs a period of at least 1s",
+        },
+    ]
+    return schema
+
+
+def status_schema(model: type[TaskRunStatus] | type[cron.CronTaskRunStatus]) -> JSONSchema:
+    schema = model_schema(model)
+    # Until the operator writes, a new object reads `status: {observedGeneration: 0}`,
     # so kstatus (Flux) sees generation 1 unobserved (InProgress), not Current.
     schema["default"] = {}
     schema["properties"]["observedGeneration"]["default"] = 0
     return schema
 
 
-def crd() -> JSONSchema:
+def definition(
+    *,
+    kind: str,
+    plural: str,
+    short_name: str,
+    description: str,
+    spec: JSONSchema,
+    status: JSONSchema,
+    columns: list[JSONSchema],
+) -> JSONSchema:
+    """The CustomResourceDefinition of one namespaced kind of the group, with a status
+    subresource."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": ["tr"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
                 "categories": ["celery"],
             },
             "versions": [
@@ -167,25 +248,43 @@ def crd() -> JSONSchema:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "A Celery task run, declared as a resource.",
+                            "description": description,
                             "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema(),
-                                "status": status_schema(),
-                            },
+                            "properties": {**ROOT_PROPERTIES, "spec": spec, "status": status},
                         }
                     },
                 }
             ],
         },
     }
+
+
+def crd() -> JSONSchema:
+    return definition(
+        kind=KIND,
+        plural=PLURAL,
+        short_name="tr",
+        description="A Celery task run, declared as a resource.",
+        spec=spec_schema(),
+        status=status_schema(TaskRunStatus),
+        columns=PRINTER_COLUMNS,
+    )
+
+
+def cron_crd() -> JSONSchema:
+    return definition(
+        kind=cron.KIND,
+        plural=cron.PLURAL,
+        short_name=cron.SHORT_NAME,
+        description="A schedule of TaskRuns: one TaskRun, from its template, per slot.",
+        spec=cron_spec_schema(),
+        status=status_schema(cron.CronTaskRunStatus),
+        columns=CRON_PRINTER_COLUMNS,
+    )
 
 
 def children(var: str, level: int) -> str:
@@ -221,8 +320,11 @@ def size_rule(root: str, depth: int) -> str:
     return f"[{root}].map(v0, {total}).sum()"
 
 
-def _policy(name: str, operations: list[str], validations: list[JSONSchema]) -> list[JSONSchema]:
-    """A ValidatingAdmissionPolicy on TaskRuns and the binding that enforces it."""
+def _policy(
+    name: str, plural: str, operations: list[str], validations: list[JSONSchema]
+) -> list[JSONSchema]:
+    """A ValidatingAdmissionPolicy on one kind of the group and the binding that enforces
+    it."""
     return [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -236,7 +338,7 @@ def _policy(name: str, operations: list[str], validations: list[JSONSchema]) -> 
                             "apiGroups": [GROUP],
                             "apiVersions": [VERSION],
                             "operations": operations,
-                            "resources": [PLURAL],
+                            "resources": [plural],
                         }
                     ]
                 },
@@ -252,14 +354,15 @@ def _policy(name: str, operations: list[str], validations: list[JSONSchema]) -> 
     ]
 
 
-def admission_policy() -> list[JSONSchema]:
-    """ValidatingAdmissionPolicies for what the CRD's CEL cannot see (free-form args and
-    kwargs): bounded nesting and size on create, immutability on update."""
+def bounded_input(spec: str) -> list[JSONSchema]:
+    """Validations: the free-form args and kwargs of the TaskRun spec at `spec` (a CEL
+    path from `object`) are bounded in nesting and size."""
+    shown = spec.removeprefix("object.")
     bounded = [
         {
-            "expression": f"!has(object.spec.{field}) || "
-            + nesting_rule(f"object.spec.{field}", MAX_ARGS_DEPTH),
-            "message": f"spec.{field} nests deeper than {MAX_ARGS_DEPTH} levels",
+            "expression": f"!has({spec}.{field}) || "
+            + nesting_rule(f"{spec}.{field}", MAX_ARGS_DEPTH),
+            "message": f"{shown}.{field} nests deeper than {MAX_ARGS_DEPTH} levels",
             "reason": "Invalid",
         }
         for field in FREE_FORM_SPEC_FIELDS
@@ -267,16 +370,23 @@ def admission_policy() -> list[JSONSchema]:
     bounded.append(
         {
             "expression": " + ".join(
-                f"(has(object.spec.{field}) ? {size_rule(f'object.spec.{field}', MAX_ARGS_DEPTH)}"
-                " : 0)"
+                f"(has({spec}.{field}) ? {size_rule(f'{spec}.{field}', MAX_ARGS_DEPTH)} : 0)"
                 for field in FREE_FORM_SPEC_FIELDS
             )
             + f" <= {MAX_ARGS_CHARS}",
-            "message": f"spec.args and spec.kwargs together exceed {MAX_ARGS_CHARS} characters:"
-            " pass a reference to the data instead",
+            "message": f"{shown}.args and {shown}.kwargs together exceed {MAX_ARGS_CHARS}"
+            " characters: pass a reference to the data instead",
             "reason": "Invalid",
         }
     )
+    return bounded
+
+
+def admission_policy() -> list[JSONSchema]:
+    """ValidatingAdmissionPolicies for what the CRD's CEL cannot see (free-form args and
+    kwargs): bounded nesting and size on create, immutability on update; a
+    CronTaskRun's template is bounded alike, on create and on update (it may be
+    edited)."""
     frozen = [
         {
             "expression": f"has(object.spec.{field}) == has(oldObject.spec.{field})"
@@ -286,9 +396,15 @@ def admission_policy() -> list[JSONSchema]:
         }
         for field in FREE_FORM_SPEC_FIELDS
     ]
+    template = bounded_input("object.spec.taskRunTemplate.spec")
     return [
-        *_policy(f"{PLURAL}.{GROUP}-bounded-input", ["CREATE"], bounded),
-        *_policy(f"{PLURAL}.{GROUP}-immutable-input", ["UPDATE"], frozen),
+        *_policy(
+            f"{PLURAL}.{GROUP}-bounded-input", PLURAL, ["CREATE"], bounded_input("object.spec")
+        ),
+        *_policy(f"{PLURAL}.{GROUP}-immutable-input", PLURAL, ["UPDATE"], frozen),
+        *_policy(
+            f"{cron.PLURAL}.{GROUP}-bounded-input", cron.PLURAL, ["CREATE", "UPDATE"], template
+        ),
     ]
 
 
@@ -297,14 +413,37 @@ class _Dumper(yaml.SafeDumper):
         return True  # a manifest reads better without YAML anchors
 
 
-def render() -> str:
-    header = (
-        "# Generated from operator/celery_taskrun/api/model.py"
-        " by `python -m celery_taskrun.api.crd`.\n"
-    )
-    documents = [crd(), *admission_policy()]
+COMMAND = "python -m celery_taskrun.api.crd deploy"
+
+
+def _render(source: str, documents: list[JSONSchema]) -> str:
+    header = f"# Generated from operator/celery_taskrun/api/{source} by `{COMMAND}`.\n"
     return header + yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, width=100)
 
 
+def render() -> str:
+    return _render("model.py", [crd(), *admission_policy()])
+
+
+def render_cron() -> str:
+    return _render("cron.py", [cron_crd()])
+
+
+# The files generated into deploy/, and what each holds.
+GENERATED: dict[str, Callable[[], str]] = {
+    "crd.yaml": render,
+    "crontaskrun-crd.yaml": render_cron,
+}
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 1:
+        sys.stderr.write(f"usage: {COMMAND.removesuffix(' deploy')} DIRECTORY\n")
+        return 2
+    for name, make in GENERATED.items():
+        (Path(argv[0]) / name).write_text(make())
+    return 0
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.exit(main(sys.argv[1:]))

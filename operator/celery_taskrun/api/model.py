@@ -116,9 +116,15 @@ class PollSpec(_Model):
     from the Redis backend's publish make most reads unnecessary; polling is the net.
     """
 
-    initialInterval: float | None = Field(None, gt=0, le=3600)
-    factor: float | None = Field(None, ge=1, le=10)
-    maxInterval: float | None = Field(None, gt=0, le=3600)
+    initialInterval: float | None = Field(
+        None, gt=0, le=3600, description="Seconds before the first read (default 0.5)."
+    )
+    factor: float | None = Field(
+        None, ge=1, le=10, description="Each interval is the previous one times this (1.5)."
+    )
+    maxInterval: float | None = Field(
+        None, gt=0, le=3600, description="Seconds between reads at most (default 5)."
+    )
 
 
 class SizeBasedLimits(_Model):
@@ -131,23 +137,54 @@ class SizeBasedLimits(_Model):
     inputBytes: int = Field(
         ge=0, le=2**50, description="Size of the input the task will process (at most 1 PiB)."
     )
-    secondsPerMiB: float = Field(60, gt=0, le=86400)
-    minSeconds: float = Field(60, gt=0, le=MAX_SECONDS)
-    maxSeconds: float = Field(3600, gt=0, le=MAX_SECONDS)
-    softLimitRatio: float = Field(0.9, gt=0, lt=1)
+    secondsPerMiB: float = Field(
+        60, gt=0, le=86400, description="Hard limit seconds per MiB of input (default 60)."
+    )
+    minSeconds: float = Field(
+        60, gt=0, le=MAX_SECONDS, description="The hard limit at least (default 60)."
+    )
+    maxSeconds: float = Field(
+        3600, gt=0, le=MAX_SECONDS, description="The hard limit at most (default 3600)."
+    )
+    softLimitRatio: float = Field(
+        0.9, gt=0, lt=1, description="The soft limit as a fraction of the hard one (0.9)."
+    )
 
 
 class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes with its **kwargs
+    """What to run: a Celery task by name, its arguments, and the options it is sent with.
+
+    Every field but `task` is optional.  Once created, only `cancel` may change.
+    """
+
     task: str = Field(
         min_length=1,
         max_length=MAX_NAME_LENGTH,
         pattern=NAME_PATTERN,
         description="Celery task name.",
     )
-    args: list[Any] = Field(default_factory=list, max_length=1000)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    queue: str | None = Field(None, min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    priority: int | None = Field(None, ge=0, le=255)
+    args: list[Any] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="The task's positional arguments (JSON values, at most 1000).",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="The task's keyword arguments (at most 256 keys)."
+    )
+    queue: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description="The Celery queue to send to (default: the operator's defaultQueue).",
+    )
+    priority: int | None = Field(
+        None,
+        ge=0,
+        le=255,
+        description="Message priority as the broker reads it: Redis 0 (first) to 9, "
+        "RabbitMQ 0-255 (highest first).",
+    )
     countdown: float | None = Field(
         None, ge=0, le=MAX_SECONDS, description="Seconds to wait before running."
     )
@@ -160,7 +197,9 @@ class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes w
     sizeBasedLimits: SizeBasedLimits | None = None
     retries: int | None = Field(None, ge=0, le=100, description="Resubmissions after failure.")
     cancel: bool | None = Field(None, description="Revoke the task; cannot be undone.")
-    ttlSecondsAfterFinished: int | None = Field(None, ge=0, le=MAX_SECONDS)
+    ttlSecondsAfterFinished: int | None = Field(
+        None, ge=0, le=MAX_SECONDS, description="Delete the TaskRun this long after it finishes."
+    )
     poll: PollSpec | None = None
 
     @field_validator("args", "kwargs")
@@ -173,68 +212,94 @@ class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes w
 
 
 class ErrorInfo(_Model):
-    type: str
-    message: str = ""
-    traceback: str | None = None
+    """The failure the task (or the operator) reported."""
+
+    type: str = Field(description="The exception's type name, e.g. ValueError.")
+    message: str = Field("", description="The exception's message.")
+    traceback: str | None = Field(None, description="The traceback's tail.")
 
 
 LimitSource = Literal["spec", "sizeBasedLimits", "taskDefault", "globalDefault"]
 
 
 class EffectiveLimit(_Model):
-    seconds: float
-    source: LimitSource
+    """One limit applied to the run, and where it came from."""
+
+    seconds: float = Field(description="The limit in seconds.")
+    source: LimitSource = Field(
+        description="Where it came from: spec, sizeBasedLimits, taskDefault or globalDefault."
+    )
 
 
 class EffectiveLimits(_Model):
-    timeLimit: EffectiveLimit | None = None
-    softTimeLimit: EffectiveLimit | None = None
-    timeout: EffectiveLimit | None = None
-    expires: EffectiveLimit | None = None
+    """The limits the run was sent with, each with its source."""
+
+    timeLimit: EffectiveLimit | None = Field(None, description="The hard time limit applied.")
+    softTimeLimit: EffectiveLimit | None = Field(None, description="The soft time limit applied.")
+    timeout: EffectiveLimit | None = Field(None, description="The whole run's deadline applied.")
+    expires: EffectiveLimit | None = Field(None, description="The expiry applied.")
 
 
 class Progress(_Model):
-    percent: float | None = None
-    current: float | None = None
-    total: float | None = None
+    """What the task reported with a custom state (update_state(state="PROGRESS", meta=...))."""
+
+    percent: float | None = Field(None, description="Percent done, from the task's meta.")
+    current: float | None = Field(None, description="Units done, from the task's meta.")
+    total: float | None = Field(None, description="Units in all, from the task's meta.")
     state: str | None = Field(None, description="The Celery state that carried the progress.")
     info: dict[str, Any] | None = Field(None, description="The task's own progress metadata.")
 
 
 class AttemptRecord(_Model):
-    attempt: int
-    taskId: str
-    phase: Phase
-    reason: KnownReason = None
-    message: str | None = None
-    submittedAt: str | None = None
-    completedAt: str | None = None
+    """An earlier attempt of the run: a submission that ended and was resubmitted."""
+
+    attempt: int = Field(description="Which execution it was.")
+    taskId: str = Field(description="Its Celery task id.")
+    phase: Phase = Field(description="How it ended.")
+    reason: KnownReason = Field(None, description="Why it ended so.")
+    message: str | None = Field(None, description="Why it ended so, in a sentence.")
+    submittedAt: str | None = Field(None, description="When it was sent (RFC 3339).")
+    completedAt: str | None = Field(None, description="When it ended (RFC 3339).")
 
 
 class Condition(_Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    lastTransitionTime: str
-    observedGeneration: int | None = None
+    """A condition, as Kubernetes writes them (kstatus, kubectl wait)."""
+
+    type: str = Field(description="The condition's name.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Why, in one word.")
+    message: str = Field("", description="Why, in a sentence.")
+    lastTransitionTime: str = Field(description="When the status last changed (RFC 3339).")
+    observedGeneration: int | None = Field(
+        None, description="The metadata.generation the condition was written for."
+    )
 
 
 class TaskRunStatus(_Model):
-    phase: Phase | None = None
+    """What the operator saw of the run; written by the operator only."""
+
+    phase: Phase | None = Field(
+        None,
+        description="Pending, Queued, Running, Retrying, or the terminal Succeeded, Failed, "
+        "TimedOut, Revoked.",
+    )
     state: str | None = Field(None, description="The raw Celery state.")
-    reason: KnownReason = None
-    message: str | None = None
-    taskId: str | None = None
-    attempt: int | None = None
-    worker: str | None = None
-    submittedAt: str | None = None
-    startedAt: str | None = None
-    completedAt: str | None = None
+    reason: KnownReason = Field(None, description="Why the run is in its phase, in one word.")
+    message: str | None = Field(None, description="Why the run is in its phase, in a sentence.")
+    taskId: str | None = Field(None, description="The Celery task id: tr-<uid>-<n>.")
+    attempt: int | None = Field(None, description="Which execution this is, from 1.")
+    worker: str | None = Field(None, description="The hostname of the worker running it.")
+    submittedAt: str | None = Field(None, description="When it was first sent (RFC 3339).")
+    startedAt: str | None = Field(
+        None, description="When the operator first saw it running (RFC 3339)."
+    )
+    completedAt: str | None = Field(None, description="When it ended (RFC 3339).")
     duration: str | None = Field(None, description="Submission to completion, e.g. 1m3s.")
     progress: Progress | None = None
-    result: Any = None
-    resultTruncated: bool | None = None
+    result: Any = Field(None, description="The task's return value (or a preview of it).")
+    resultTruncated: bool | None = Field(
+        None, description="True when result is a preview of a larger result."
+    )
     resultBytes: int | None = Field(None, description="Size of the full JSON result.")
     resultKey: str | None = Field(
         None, description="Where the full result is, when status holds a preview: its backend key."
@@ -242,5 +307,9 @@ class TaskRunStatus(_Model):
     error: ErrorInfo | None = None
     limits: EffectiveLimits | None = None
     attempts: list[AttemptRecord] | None = Field(None, description="Earlier attempts, newest last.")
-    conditions: list[Condition] | None = None
-    observedGeneration: int | None = None
+    conditions: list[Condition] | None = Field(
+        None, description="Succeeded, Finished, and kstatus' Reconciling, Ready and Stalled."
+    )
+    observedGeneration: int | None = Field(
+        None, description="The metadata.generation the status was written for (0: not yet)."
+    )

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from celery_taskrun.api.cron import ConcurrencyPolicy, MissedRuns
+# The spec's vocabulary and bounds are the API's (hostile input is normal input: the
+# schedule's bound also bounds what is parsed and quoted).
+from celery_taskrun.api.cron import MAX_SCHEDULE_CHARS, ConcurrencyPolicy, MissedRuns
 
 MAX_RUNS = 100  # never more runs than this at once, whatever was missed
-MAX_SCHEDULE_CHARS = 256  # hostile input is normal input: bound what is parsed and quoted
 MAX_PERIOD = 366 * 86400  # `@every` beyond a year is a calendar's job (`@yearly`)
 
 MACROS = {

@@ -27,12 +27,15 @@ from pydantic import ValidationError
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.cron import (
-    CRON_KIND,
     CRON_LABEL,
     SCHEDULED_AT_ANNOTATION,
     ActiveRun,
     CronTaskRunSpec,
     CronTaskRunStatus,
+    TaskRunMetadata,
+)
+from celery_taskrun.api.cron import (
+    KIND as CRON_KIND,
 )
 from celery_taskrun.api.model import GROUP, KIND, VERSION, Condition, Phase
 from celery_taskrun.core import cron
@@ -359,15 +362,18 @@ def run_body(view: CronView, name: str, slot: int) -> dict[str, Any]:
     its time and owned by the cron (a slot's, or one triggered by hand)."""
     spec = view.spec
     assert spec is not None
-    meta = spec.taskRunTemplate.metadata
+    meta = spec.taskRunTemplate.metadata or TaskRunMetadata()
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {
             "name": name,
             "namespace": view.namespace,
-            "labels": {**meta.labels, CRON_LABEL: view.name},
-            "annotations": {**meta.annotations, SCHEDULED_AT_ANNOTATION: cron.scheduled_at(slot)},
+            "labels": {**(meta.labels or {}), CRON_LABEL: view.name},
+            "annotations": {
+                **(meta.annotations or {}),
+                SCHEDULED_AT_ANNOTATION: cron.scheduled_at(slot),
+            },
             "ownerReferences": [
                 {
                     "apiVersion": f"{GROUP}/{VERSION}",

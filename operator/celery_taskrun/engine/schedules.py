@@ -19,10 +19,14 @@ from typing import Any
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.cron import (
-    CRON_KIND,
     CRON_LABEL,
-    CRON_PLURAL,
     CronTaskRunStatus,
+)
+from celery_taskrun.api.cron import (
+    KIND as CRON_KIND,
+)
+from celery_taskrun.api.cron import (
+    PLURAL as CRON_PLURAL,
 )
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, KubeError
 from celery_taskrun.clients.kube import Kube
