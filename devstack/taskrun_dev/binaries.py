@@ -163,7 +163,7 @@ def build(source: Path, target: Path, say: Say) -> None:
         if kube:
             say(
                 f"building {', '.join(kube)} {kube_version} with go build "
-                f"(first run: ~10+ minutes on 2 cores; log {log})"
+                f"(minutes on 2 cores when Go's build cache is cold; log {log})"
             )
             _run_go_build(
                 [
