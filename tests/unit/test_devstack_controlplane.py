@@ -58,8 +58,23 @@ def test_a_new_ca_replaces_the_manager_certificate_of_the_old_one(tmp_path: Path
     ).verify_directly_issued_by(ca)
 
 
-def test_a_cache_without_the_manager_builds_only_the_manager(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("cached", "built"),
+    [
+        # A fresh machine: the three Kubernetes binaries in one go build, then etcd.
+        (
+            (),
+            [("kube", ["kube-apiserver", "kube-controller-manager", "kubectl"]), ("etcd", [])],
+        ),
+        # A cache made before the stack ran kube-controller-manager: just that one.
+        (("kube-apiserver", "kubectl", "etcd"), [("kube", ["kube-controller-manager"])]),
+    ],
+)
+def test_the_build_makes_what_the_cache_lacks(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cached: tuple[str, ...],
+    built: list[tuple[str, list[str]]],
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
@@ -68,23 +83,27 @@ def test_a_cache_without_the_manager_builds_only_the_manager(
         (source / module).mkdir(parents=True)
         shutil.copy(REPO_CONTROLPLANE / module / "go.mod", source / module / "go.mod")
     monkeypatch.setattr(binaries, "controlplane_source", lambda: source)
-    cached = binaries.cache_dir(source)
-    _executables(cached, "kube-apiserver", "kubectl", "etcd")  # the cache before
-    builds: list[list[str]] = []
+    target = binaries.cache_dir(source)
+    _executables(target, *cached)
+    builds: list[tuple[str, list[str]]] = []
 
     def go_build(args: list[str], cwd: Path, log: Path, say: object) -> None:
-        builds.append(args)
-        _executables(Path(args[args.index("-o") + 1]), "kube-controller-manager")
+        """Records (module, Kubernetes commands) and makes what `go build` would."""
+        out = Path(args[args.index("-o") + 1])
+        commands = [a.rsplit("/", 1)[1] for a in args if a.startswith("k8s.io/kubernetes/cmd/")]
+        builds.append((cwd.name, commands))
+        if cwd.name == "etcd":
+            _executables(out.parent, out.name)
+        else:
+            _executables(out, *commands)
 
     monkeypatch.setattr(binaries, "_go", lambda: "go")
     monkeypatch.setattr(binaries, "_run_go_build", go_build)
 
     found = ensure_binaries(lambda _: None)
 
-    assert found.dir == cached and not found.missing()
-    assert len(builds) == 1
-    packages = [arg for arg in builds[0] if arg.startswith("k8s.io/kubernetes/cmd/")]
-    assert packages == ["k8s.io/kubernetes/cmd/kube-controller-manager"]
+    assert found.dir == target and not found.missing()
+    assert builds == built
 
 
 def test_envtest_assets_without_a_manager_serve_without_one(
