@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for celery-taskrun: redis-server (Debian package),
-# the locked Python packages in .venv, and a real kube-apiserver + etcd + kubectl built with Go from the
-# module proxy (cached in ~/.cache/celery-taskrun; about 8 min the first time on 2 cores,
-# seconds after that).  That is all `make demo` needs.
+# the locked Python packages in .venv, and a real kube-apiserver + kube-controller-manager
+# + etcd + kubectl built with Go from the module proxy (cached in ~/.cache/celery-taskrun;
+# about 10 min the first time on 2 cores, seconds after that).  That is all `make demo`
+# needs.
 #
 #   devstack/setup.sh              # what the demo needs
 #   devstack/setup.sh --for-tests  # and what only the tests use: helm and promtool built

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real local stack (kube-apiserver + etcd + redis) for e2e tests.
+"""Shared fixtures: a real local stack (kube-apiserver + etcd, kube-controller-manager,
+redis) for e2e tests.
 
 - `stack` (session): control plane + redis, started once under a pytest tmp dir, with
   deploy/crd.yaml and deploy/rbac.yaml installed. No worker, no operator: take the
@@ -125,8 +126,8 @@ MakeNamespace = Callable[[str], str]
 def make_namespace(stack: Stack) -> Iterator[MakeNamespace]:
     """Fresh namespaces for this test: `make(prefix)` creates `<prefix>-<hex>`.
 
-    Teardown deletes their TaskRuns and the namespaces without waiting: no
-    controller-manager runs here, so a namespace itself stays Terminating.
+    Teardown deletes their TaskRuns and the namespaces without waiting: the
+    namespace controller removes each once its content is gone.
     """
     made: list[str] = []
 

@@ -1,9 +1,12 @@
-"""Locate or build the control-plane binaries: kube-apiserver, kubectl, etcd.
+"""Locate or build the control-plane binaries: kube-apiserver, kube-controller-manager,
+kubectl, etcd.
 
-`KUBEBUILDER_ASSETS` wins when set (the directory envtest users already have).
-Otherwise the two Go modules under devstack/controlplane/ are built with `go build`
-into a per-version cache outside the repo. The versions come from their go.mod files,
-so bumping a version there also moves the cache.
+`KUBEBUILDER_ASSETS` wins when set (the directory envtest users already have; it may
+lack kube-controller-manager, and the stack then runs without one).  Otherwise the two
+Go modules under devstack/controlplane/ are built with `go build` into a per-version
+cache outside the repo. The versions come from their go.mod files, so bumping a version
+there also moves the cache; a cache missing a binary (made before the stack ran it)
+gets just that one built.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from pathlib import Path
 
 from taskrun_dev.processes import StackError
 
-BINARIES = ("kube-apiserver", "kubectl", "etcd")
+# The binaries built from k8s.io/kubernetes, and their packages.
+KUBE_COMMANDS = {
+    "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+    "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+}
+BINARIES = (*KUBE_COMMANDS, "etcd")
+# envtest's assets have no controller-manager: without it the stack still runs.
+OPTIONAL = ("kube-controller-manager",)
 
 Say = Callable[[str], None]
 
@@ -34,6 +45,11 @@ class Binaries:
     @property
     def kube_apiserver(self) -> Path:
         return self.dir / "kube-apiserver"
+
+    @property
+    def kube_controller_manager(self) -> Path | None:
+        path = self.dir / "kube-controller-manager"
+        return path if os.access(path, os.X_OK) else None
 
     @property
     def kubectl(self) -> Path:
@@ -57,7 +73,7 @@ def controlplane_source() -> Path:
     raise StackError(
         "cannot find devstack/controlplane (the Go modules that build the control plane): "
         "run from the celery-taskrun repository, or set KUBEBUILDER_ASSETS to a directory "
-        "holding kube-apiserver, etcd and kubectl"
+        "holding kube-apiserver, etcd and kubectl (and kube-controller-manager)"
     )
 
 
@@ -105,7 +121,8 @@ def _go() -> str:
     if go is None:
         raise StackError(
             "`go` is not on PATH: install Go (1.26+) to build the control plane, or set "
-            "KUBEBUILDER_ASSETS to a directory with kube-apiserver, etcd and kubectl"
+            "KUBEBUILDER_ASSETS to a directory with kube-apiserver, etcd and kubectl "
+            "(and kube-controller-manager)"
         )
     return go
 
@@ -133,7 +150,7 @@ def _run_go_build(args: list[str], cwd: Path, log: Path, say: Say) -> None:
 
 
 def build(source: Path, target: Path, say: Say) -> None:
-    """Build all three binaries into `target` (atomically per binary)."""
+    """Build the binaries `target` lacks into it (atomically per binary)."""
     go = _go()
     kube_version, etcd_version = versions(source)
     target.mkdir(parents=True, exist_ok=True)
@@ -141,10 +158,12 @@ def build(source: Path, target: Path, say: Say) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         out = Path(tmp)
         missing = Binaries(target).missing()
-        if "kube-apiserver" in missing or "kubectl" in missing:
+        # One `go build` for all of them: they share most of their packages.
+        kube = [name for name in KUBE_COMMANDS if name in missing]
+        if kube:
             say(
-                f"building kube-apiserver and kubectl {kube_version} with go build "
-                f"(first run: ~10+ minutes on 2 cores; log {log})"
+                f"building {', '.join(kube)} {kube_version} with go build "
+                f"(minutes on 2 cores when Go's build cache is cold; log {log})"
             )
             _run_go_build(
                 [
@@ -155,8 +174,7 @@ def build(source: Path, target: Path, say: Say) -> None:
                     _version_ldflags(kube_version),
                     "-o",
                     f"{out}/",
-                    "k8s.io/kubernetes/cmd/kube-apiserver",
-                    "k8s.io/kubernetes/cmd/kubectl",
+                    *(KUBE_COMMANDS[name] for name in kube),
                 ],
                 source / "kube",
                 log,
@@ -176,8 +194,9 @@ def ensure_binaries(say: Say) -> Binaries:
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if assets:
         found = Binaries(Path(assets).expanduser().resolve())
-        if found.missing():
-            raise StackError(f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(found.missing())}")
+        lacking = [name for name in found.missing() if name not in OPTIONAL]
+        if lacking:
+            raise StackError(f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(lacking)}")
         return found
     source = controlplane_source()
     target = cache_dir(source)

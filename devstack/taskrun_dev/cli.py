@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(
         prog="taskrun-dev",
-        description="Local celery-taskrun stack: kube-apiserver + etcd, redis, worker, operator.",
+        description="Local celery-taskrun stack: kube-apiserver + etcd, kube-controller-manager, "
+        "redis, worker, operator.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

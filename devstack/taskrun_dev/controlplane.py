@@ -1,8 +1,12 @@
-"""etcd + kube-apiserver on loopback, as controller-runtime's envtest runs them.
+"""etcd + kube-apiserver on loopback, as controller-runtime's envtest runs them, and
+kube-controller-manager with the two controllers that make the API behave as a
+cluster's does: the garbage collector (owner references cascade) and the namespace
+controller (a deleted namespace empties and goes away).
 
 The API server serves HTTPS only, authenticates clients by certificate (the admin,
-O=system:masters) or service-account token (the operator), and authorizes with RBAC,
-so the operator's permissions are the ones deploy/rbac.yaml grants.
+O=system:masters; the controller-manager) or service-account token (the operator, and
+each controller), and authorizes with RBAC, so the operator's permissions are the ones
+deploy/rbac.yaml grants and the controllers' their bootstrap roles.
 
 Here: their command lines, checks and kubeconfigs; `ControlPlane`, which runs them as
 processes of the stack; `Kubectl`, the client the stack uses.
@@ -40,10 +44,18 @@ OPERATOR_SERVICE_ACCOUNT = "celery-taskrun-operator"
 # Process names, and the ports' keys in stack.json (the API server's is its name).
 ETCD = "etcd"
 APISERVER = "kube-apiserver"
+CONTROLLER_MANAGER = "kube-controller-manager"
 ETCD_CLIENT_PORT = "etcd-client"
 # kube-apiserver waits up to a minute for open watches on SIGTERM; its state is all in
 # etcd, so a short grace is enough.
 APISERVER_STOP_TIMEOUT = 3.0
+# What owner references and namespace deletion need; the other controllers act on
+# pods, nodes, services... that nothing here runs.
+CONTROLLERS = ("garbagecollector", "namespace")
+# Logged once the garbage collector watches every resource: from then on a deleted
+# owner's dependents go at once (the CRD is installed before, so TaskRuns are among
+# them; a resource added later is watched within the collector's 30 s rediscovery).
+GC_SYNCED = "Garbage collector: all resource monitors have synced"
 
 
 def etcd_argv(binaries: Binaries, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
@@ -112,13 +124,33 @@ def apiserver_argv(
         "--authorization-mode=RBAC",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
-        # As envtest: no controller-manager creates `default` service accounts, so the
-        # admission plugin that requires them would reject pods.
+        # As envtest: no serviceaccount controller creates `default` service accounts
+        # (the controller-manager runs only CONTROLLERS), so the admission plugin that
+        # requires them would reject pods.
         "--disable-admission-plugins=ServiceAccount",
         # Endpoints may not be loopback addresses, and no pod needs the `kubernetes`
         # Service here: without this the server logs an error every few seconds.
         "--endpoint-reconciler-type=none",
         *extra,
+    ]
+
+
+def controller_manager_argv(binary: Path, kubeconfig: Path) -> list[str]:
+    return [
+        str(binary),
+        f"--kubeconfig={kubeconfig}",
+        f"--controllers={','.join(CONTROLLERS)}",
+        # Each controller acts as its own ServiceAccount in kube-system, with a token it
+        # asks the TokenRequest API for (signed by the API server's key: no
+        # --service-account-private-key-file, which only the legacy token controller
+        # needs), so it has just its bootstrap role system:controller:<name>.  The
+        # manager's own user may read, and mint those tokens, but delete nothing.
+        "--use-service-account-credentials=true",
+        # The only instance: no Lease to hold.
+        "--leader-elect=false",
+        # No HTTPS (its /healthz and /metrics) at all, so no port: the log says when the
+        # garbage collector is ready (GC_SYNCED).
+        "--secure-port=0",
     ]
 
 
@@ -193,12 +225,11 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_admin_kubeconfig(path: Path, server: str, pki: Pki) -> None:
-    creds = {
-        "client-certificate-data": _b64(pki.admin_cert),
-        "client-key-data": _b64(pki.admin_key),
-    }
-    _write_private(path, yaml.safe_dump(_kubeconfig(server, pki, "admin", creds), sort_keys=False))
+def write_cert_kubeconfig(
+    path: Path, server: str, pki: Pki, user: str, cert: Path, key: Path
+) -> None:
+    creds = {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)}
+    _write_private(path, yaml.safe_dump(_kubeconfig(server, pki, user, creds), sort_keys=False))
 
 
 def write_token_kubeconfig(path: Path, server: str, pki: Pki, user: str, token: str) -> None:
@@ -314,7 +345,9 @@ class ControlPlane:
             url=url,
             stop_timeout=APISERVER_STOP_TIMEOUT,
         )
-        write_admin_kubeconfig(self._dir.admin_kubeconfig, url, pki)
+        write_cert_kubeconfig(
+            self._dir.admin_kubeconfig, url, pki, "admin", pki.admin_cert, pki.admin_key
+        )
         if started:
             self._say(f"kube-apiserver on {url}")
         if wait:
@@ -332,3 +365,41 @@ class ControlPlane:
             return apiserver_ready(port, pki)
 
         self._supervisor.wait(proc, ready, "report /readyz ok", timeout, interval=0.25)
+
+    def start_controller_manager(self) -> ManagedProcess | None:
+        """Start kube-controller-manager (CONTROLLERS) with its own client certificate;
+        None when the binaries have none (KUBEBUILDER_ASSETS from envtest)."""
+        binary = self._binaries().kube_controller_manager
+        if binary is None:
+            self._say(
+                "warning: no kube-controller-manager beside kube-apiserver: owner references "
+                "will not cascade and deleted namespaces stay Terminating"
+            )
+            return None
+        pki = ensure_pki(self._dir.pki.dir)
+        kubeconfig = self._dir.controller_manager_kubeconfig
+        write_cert_kubeconfig(
+            kubeconfig,
+            self.apiserver_url,
+            pki,
+            CONTROLLER_MANAGER,
+            pki.controller_manager_cert,
+            pki.controller_manager_key,
+        )
+        proc, started = self._supervisor.ensure(
+            CONTROLLER_MANAGER,
+            CONTROLLER_MANAGER,
+            controller_manager_argv(binary, kubeconfig),
+            settings={},
+        )
+        if started:
+            self._say(f"kube-controller-manager ({', '.join(CONTROLLERS)})")
+        return proc
+
+    def wait_controller_manager(self, proc: ManagedProcess, timeout: float = 60.0) -> None:
+        """Wait until the garbage collector watches every resource."""
+
+        def synced() -> bool:
+            return GC_SYNCED in proc.log_text()
+
+        self._supervisor.wait(proc, synced, "log that the garbage collector synced", timeout, 0.2)

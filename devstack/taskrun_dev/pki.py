@@ -1,9 +1,11 @@
 """Certificates and keys for the local API server, made with `cryptography`.
 
-One self-signed CA signs the API server's serving certificate and the admin client
-certificate (O=system:masters); a separate key signs service-account tokens. They
-are made once per state directory and reused, so tokens and kubeconfigs stay valid
-across restarts. ECDSA P-256 keys: fast to generate, accepted by every part involved.
+One self-signed CA signs the API server's serving certificate and the client
+certificates of the admin (O=system:masters) and of kube-controller-manager
+(CN=system:kube-controller-manager, the user the bootstrap RBAC binds); a separate key
+signs service-account tokens. They are made once per state directory and reused, so
+tokens and kubeconfigs stay valid across restarts. ECDSA P-256 keys: fast to
+generate, accepted by every part involved.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=3650)
 ADMIN_USER = "taskrun-dev-admin"
+# The bootstrap ClusterRoleBinding system:kube-controller-manager names this user.
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 # The apiserver's first service IP (10.0.0.1 for 10.0.0.0/24) is in the serving cert
 # because the `kubernetes` Service points at it.
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
@@ -54,6 +58,14 @@ class Pki:
     @property
     def admin_key(self) -> Path:
         return self.dir / "admin.key"
+
+    @property
+    def controller_manager_cert(self) -> Path:
+        return self.dir / "controller-manager.crt"
+
+    @property
+    def controller_manager_key(self) -> Path:
+        return self.dir / "controller-manager.key"
 
     @property
     def sa_key(self) -> Path:
@@ -138,12 +150,45 @@ def _issue(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def _client_name(user: str, group: str | None = None) -> x509.Name:
+    # The API server reads a client certificate's CN as the user, each O as a group.
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group)] if group else []
+    return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, user)])
+
+
 def ensure_pki(directory: Path) -> Pki:
-    """Create the CA, serving cert, admin cert and SA key unless all exist already."""
+    """Create the CA, serving cert, client certs and SA key unless they exist already."""
     pki = Pki(directory)
-    if pki.complete():
-        return pki
-    directory.mkdir(parents=True, exist_ok=True)
+    if not pki.complete():
+        _create(pki)
+        # A new CA: a client certificate of the old one would be refused.
+        pki.controller_manager_cert.unlink(missing_ok=True)
+    if not (pki.controller_manager_cert.is_file() and pki.controller_manager_key.is_file()):
+        # Issued by the existing CA: a state directory made before the controller-manager
+        # ran here keeps its CA, SA key and the tokens they signed.
+        _issue_client(
+            pki,
+            pki.controller_manager_cert,
+            pki.controller_manager_key,
+            _client_name(CONTROLLER_MANAGER_USER),
+        )
+    return pki
+
+
+def _issue_client(pki: Pki, cert_path: Path, key_path: Path, subject: x509.Name) -> None:
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _new_key()
+    cert = _issue(
+        subject, key, ca_cert.subject, ca_key, ca=False, usage=[ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    _write(key_path, _key_pem(key), private=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _create(pki: Pki) -> None:
+    pki.dir.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
 
     ca_key = _new_key()
@@ -164,12 +209,7 @@ def ensure_pki(directory: Path) -> Pki:
 
     admin_key = _new_key()
     admin_cert = _issue(
-        x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-                x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
-            ]
-        ),
+        _client_name(ADMIN_USER, "system:masters"),
         admin_key,
         ca_name,
         ca_key,
@@ -189,4 +229,3 @@ def ensure_pki(directory: Path) -> Pki:
     _write(pki.admin_cert, admin_cert.public_bytes(pem))
     # The CA cert last: complete() keys off all files, and a crash midway regenerates all.
     _write(pki.ca_cert, ca_cert.public_bytes(pem))
-    return pki

@@ -1,4 +1,5 @@
-"""The whole local stack: etcd, kube-apiserver, redis, Celery workers, operators.
+"""The whole local stack: etcd, kube-apiserver, kube-controller-manager, redis, Celery
+workers, operators.
 
 State lives in one directory (default ./.taskrun-dev or $TASKRUN_DEV_DIR), laid out
 as state.py tells.
@@ -10,7 +11,8 @@ parts they concern.
 `Stack` is the one object users hold; each of its jobs is done by a part:
   state.StateDir, StateFile   the directory's paths and lock; the remembered ports
   supervisor.Supervisor       finding, starting, waiting for and stopping processes
-  controlplane.ControlPlane   etcd and kube-apiserver (controlplane.Kubectl: kubectl)
+  controlplane.ControlPlane   etcd, kube-apiserver, kube-controller-manager
+                              (controlplane.Kubectl: kubectl)
   accounts.Accounts           the CRD, RBAC and the ServiceAccounts' kubeconfigs
   services.Services           redis, workers, operators, the gateway
   environment.Environment     the exports and env.sh
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from taskrun_dev.accounts import Accounts
 from taskrun_dev.binaries import Binaries, Say, ensure_binaries
-from taskrun_dev.controlplane import APISERVER, ETCD, ControlPlane, Kubectl
+from taskrun_dev.controlplane import APISERVER, CONTROLLER_MANAGER, ETCD, ControlPlane, Kubectl
 from taskrun_dev.environment import Environment
 from taskrun_dev.examples import run_examples
 from taskrun_dev.processes import ManagedProcess, StackError, port_answers
@@ -38,7 +40,7 @@ from taskrun_dev.supervisor import Supervisor
 
 # Stop order for `down`: what depends on others goes first.
 _STOP_PHASES: tuple[tuple[str, ...], ...] = (
-    ("operator", GATEWAY),
+    ("operator", GATEWAY, CONTROLLER_MANAGER),
     ("worker",),
     (APISERVER,),
     (ETCD, REDIS),
@@ -125,6 +127,8 @@ class Stack:
         self.start_etcd = self._control_plane.start_etcd
         self.start_apiserver = self._control_plane.start_apiserver
         self.wait_apiserver = self._control_plane.wait_apiserver
+        self.start_controller_manager = self._control_plane.start_controller_manager
+        self.wait_controller_manager = self._control_plane.wait_controller_manager
         self.install = accounts.install
         self.mint_token = accounts.mint_token
         self.write_operator_kubeconfig = accounts.write_operator_kubeconfig
@@ -161,7 +165,8 @@ class Stack:
 
     @property
     def binaries(self) -> Binaries:
-        """kube-apiserver, etcd, kubectl: from KUBEBUILDER_ASSETS or the build cache."""
+        """kube-apiserver, kube-controller-manager, etcd, kubectl: from KUBEBUILDER_ASSETS
+        or the build cache."""
         return self._binaries()
 
     @property
@@ -202,12 +207,17 @@ class Stack:
                 worker_proc = self.start_worker(imports=worker_imports, wait=False)
             self.wait_apiserver()
             self.install()
+            # After the CRD: the garbage collector's first discovery finds TaskRuns.  It
+            # syncs while the rest starts.
+            controller_manager = self.start_controller_manager()
             if worker_proc is not None:
                 self.wait_worker(worker_proc)
             if operator:
                 self.start_operator(config_path=operator_config)
             if gateway:
                 self.start_gateway()
+            if controller_manager is not None:
+                self.wait_controller_manager(controller_manager)
             self.write_env_file()
         self.say(f"stack up in {time.monotonic() - started_at:.1f}s ({self.dir})")
         return self

@@ -4,10 +4,13 @@ Layout (default ./.taskrun-dev or $TASKRUN_DEV_DIR):
   stack.json           ports and the binaries directory
   pids/NAME.json       one per running process (see processes.py)
   logs/NAME.log        each process's output (the previous run's in NAME.log.prev)
-  pki/                 CA, API server and admin certificates, service-account key
+  pki/                 CA, API server, admin and controller-manager certificates,
+                       service-account key
   etcd/, redis/        data directories
   audit/               the API server's audit log of writes (with `up --audit-log`)
   admin.kubeconfig     cluster admin (O=system:masters)
+  controller-manager.kubeconfig
+                       kube-controller-manager's client certificate
   operator.kubeconfig  the operator's ServiceAccount token: RBAC as deployed
   gateway.kubeconfig   the gateway's ServiceAccount token (with `up --gateway`)
   env.sh               exports for a shell
@@ -58,6 +61,10 @@ class StateDir:
         return self.dir / "admin.kubeconfig"
 
     @property
+    def controller_manager_kubeconfig(self) -> Path:
+        return self.dir / "controller-manager.kubeconfig"
+
+    @property
     def operator_kubeconfig(self) -> Path:
         return self.dir / "operator.kubeconfig"
 
@@ -89,6 +96,7 @@ class StateDir:
         for file in (
             self.state_file,
             self.admin_kubeconfig,
+            self.controller_manager_kubeconfig,
             self.operator_kubeconfig,
             self.gateway_kubeconfig,
         ):

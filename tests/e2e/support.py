@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -36,6 +37,16 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: f
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_revoked(stack: Stack, task_id: str) -> None:
+    """The operator stored REVOKED for the task in the result backend (workers check it)."""
+    backend = redis.Redis.from_url(stack.result_backend)
+    wait_for(
+        lambda: b'"REVOKED"' in (backend.get(f"celery-task-meta-{task_id}") or b""),
+        timeout=15,
+        what=f"{task_id} REVOKED in the result backend",
+    )
 
 
 @dataclass

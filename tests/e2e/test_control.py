@@ -21,7 +21,7 @@ from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
 from taskrun_workers.ledger import read_ledger
 
-from support import TaskRuns, wait_for
+from support import TaskRuns, wait_for, wait_revoked
 
 pytestmark = pytest.mark.e2e
 
@@ -60,15 +60,6 @@ def wait_discarded(stack: Stack, worker: ManagedProcess, queue: str, task_id: st
     wait_for(lambda: client.llen(queue) == 0, timeout=30, what=f"{queue} drained")
     assert worker.wait_for_log(rf"(Discarding revoked task|skipped).*{task_id}", 30), worker.tail(
         30
-    )
-
-
-def wait_revoked(stack: Stack, task_id: str) -> None:
-    backend = redis.Redis.from_url(stack.result_backend)
-    wait_for(
-        lambda: b'"REVOKED"' in (backend.get(f"celery-task-meta-{task_id}") or b""),
-        timeout=15,
-        what=f"{task_id} REVOKED in the result backend",
     )
 
 

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_USER = "system:serviceaccount:celery-taskrun-system:celery-taskrun-operator"
+MANAGER_USER = "system:kube-controller-manager"
+GARBAGE_COLLECTOR = "system:serviceaccount:kube-system:generic-garbage-collector"
+NAMESPACE_CONTROLLER = "system:serviceaccount:kube-system:namespace-controller"
 
 # A Celery app of our own for process tests, so they do not depend on the product's tasks.
 PROBE_APP = """
@@ -57,6 +60,10 @@ def test_server_is_the_pinned_version(stack: Stack) -> None:
     info = json.loads(stack.kubectl("version", "-o", "json", check=True).stdout)
     assert info["serverVersion"]["gitVersion"] == kube_version
     assert info["clientVersion"]["gitVersion"] == kube_version
+    manager = stack.binaries.kube_controller_manager
+    assert manager is not None
+    built = subprocess.run([manager, "--version"], capture_output=True, text=True, timeout=30)
+    assert built.stdout.split() == ["Kubernetes", kube_version]
 
 
 def test_operator_kubeconfig_is_the_service_account(stack: Stack) -> None:
@@ -124,6 +131,36 @@ def test_operator_is_really_forbidden_secrets(stack: Stack) -> None:
 
 def test_admin_is_cluster_admin(stack: Stack) -> None:
     assert stack.kubectl("auth", "can-i", "*", "*", "--all-namespaces").stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize(
+    ("user", "verb", "resource", "allowed"),
+    [
+        # The manager's own user reads everything and mints its controllers' tokens ...
+        (MANAGER_USER, "watch", "taskruns.celery.taskrun.dev", "yes"),
+        (MANAGER_USER, "create", "serviceaccounts/token", "yes"),
+        (MANAGER_USER, "delete", "configmaps", "no"),
+        (MANAGER_USER, "delete", "taskruns.celery.taskrun.dev", "no"),
+        # ... which act with their own bootstrap roles only.
+        (GARBAGE_COLLECTOR, "delete", "taskruns.celery.taskrun.dev", "yes"),
+        (GARBAGE_COLLECTOR, "create", "taskruns.celery.taskrun.dev", "no"),
+        (NAMESPACE_CONTROLLER, "delete", "namespaces", "yes"),
+    ],
+)
+def test_controller_manager_rbac(
+    stack: Stack, user: str, verb: str, resource: str, allowed: str
+) -> None:
+    result = stack.kubectl("auth", "can-i", verb, resource, "-A", f"--as={user}")
+    assert result.stdout.strip() == allowed
+
+
+def test_controllers_run_as_their_service_accounts(stack: Stack) -> None:
+    if stack.process(cp.CONTROLLER_MANAGER) is None:
+        pytest.skip("no kube-controller-manager (KUBEBUILDER_ASSETS without one)")
+    # The manager made them to ask the TokenRequest API for each controller's token.
+    accounts = stack.kubectl_json("get", "serviceaccounts", "-n", "kube-system")
+    names = {item["metadata"]["name"] for item in accounts["items"]}
+    assert {"generic-garbage-collector", "namespace-controller"} <= names
 
 
 def test_env_exports(stack: Stack) -> None:
@@ -230,6 +267,8 @@ def _dead(pid: int) -> bool:
 
 def test_cli_lifecycle_leaves_no_process_behind(tmp_path: Path) -> None:
     state = tmp_path / "state"
+    # Built (minutes, the first time) here rather than within the CLI's time budget.
+    Stack(state).binaries  # noqa: B018
     try:
         _cli_lifecycle(state, tmp_path)
     finally:
@@ -254,7 +293,10 @@ def _cli_lifecycle(state: Path, tmp_path: Path) -> None:
 
     stack = Stack(state)
     first_pids = {name: proc.pid for name, proc in stack.processes().items()}
-    assert set(first_pids) == {"etcd", "kube-apiserver", "redis"}
+    control_plane = {"etcd", "kube-apiserver", "redis"}
+    if stack.binaries.kube_controller_manager is not None:
+        control_plane.add(cp.CONTROLLER_MANAGER)
+    assert set(first_pids) == control_plane
 
     again = _run_cli("up", "--no-operator", "--no-worker", "--dir", str(state))
     assert again.returncode == 0, again.stderr

@@ -4,7 +4,8 @@
   a kustomization's directory): in sync, and `kubectl kustomize` of them gives exactly
   deploy/'s objects.
 - `kubectl apply --server-side -k` of each overlay passes the real API server (a
-  server-side dry run: no controller-manager runs here to make pods anyway).
+  server-side dry run: no deployment controller, scheduler or kubelet runs here to make
+  pods anyway).
 - The Helm chart, given values that say what the base says, renders the same objects
   wherever both have one: specs compared with names, labels and references made
   neutral.  The namespaced overlay grants what the chart's `watchNamespaces` grants.
