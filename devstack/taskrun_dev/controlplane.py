@@ -49,9 +49,10 @@ ETCD_CLIENT_PORT = "etcd-client"
 # kube-apiserver waits up to a minute for open watches on SIGTERM; its state is all in
 # etcd, so a short grace is enough.
 APISERVER_STOP_TIMEOUT = 3.0
-# What owner references and namespace deletion need; the other controllers act on
-# pods, nodes, services... that nothing here runs.
-CONTROLLERS = ("garbagecollector", "namespace")
+# What owner references, namespace deletion and aggregated ClusterRoles (the `edit`
+# role a team is given holds TaskRuns and CronTaskRuns) need; the other controllers act
+# on pods, nodes, services... that nothing here runs.
+CONTROLLERS = ("garbagecollector", "namespace", "clusterrole-aggregation")
 # Logged once the garbage collector watches every resource: from then on a deleted
 # owner's dependents go at once (the CRD is installed before, so TaskRuns are among
 # them; a resource added later is watched within the collector's 30 s rediscovery).

@@ -122,16 +122,26 @@ async def tracker_health(memo: kopf.Memo, **_: Any) -> str:
     return "leading" if elector.leading else "standing by"
 
 
+def namespace_of(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata")
+    return str(meta.get("namespace", "")) if isinstance(meta, dict) else ""
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def on_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     tracker: Tracker = memo["tracker"]
     schedules: Schedules = memo["schedules"]
     obj = dict(event["object"])
-    schedules.observe_run(event.get("type"), obj)
+    if tracker.handles(namespace_of(obj)):
+        schedules.observe_run(event.get("type"), obj)
     await tracker.observe(event.get("type"), obj)
 
 
 @kopf.on.event(GROUP, VERSION, CRON_PLURAL)
 async def on_cron_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    tracker: Tracker = memo["tracker"]
     schedules: Schedules = memo["schedules"]
-    schedules.observe(event.get("type"), dict(event["object"]))
+    obj = dict(event["object"])
+    # A cluster-wide watch serves namespace globs (see main): only ours are followed.
+    if tracker.handles(namespace_of(obj)):
+        schedules.observe(event.get("type"), obj)
