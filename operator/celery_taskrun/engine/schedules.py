@@ -202,6 +202,12 @@ class Schedules:
         try:
             made = await self.kube.create(body)
             return str(made["metadata"]["uid"])
+        except Invalid as error:  # the template's labels or annotations, say
+            message = f"cannot make {name}: the API server refused it: {error}"
+            await self.kube.event(
+                view.namespace, view.name, view.uid, "Warning", "RunRefused", message, of=CRON_KIND
+            )
+            return ""
         except Conflict:
             pass
         found: dict[str, Any] = dict(await self.kube.get(view.namespace, name))
