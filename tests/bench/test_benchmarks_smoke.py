@@ -45,7 +45,7 @@ def test_schedules_benchmark_smoke() -> None:
     figures = run_benchmark("schedules.py", "--schedules", "3", "--period", "2", "--periods", "2")
     assert set(figures) == {"operator", "celery-beat"}
     for row in figures.values():
-        assert row["expected"] == 6 and 0 < row["n"] <= 6, row
+        assert row["expected"] == 6 and 0 < row["n"] <= 9, row  # a window holds 2-3 periods
     assert figures["operator"]["cpu_ms_per_slot"] > 0
 
 
