@@ -242,11 +242,11 @@ def own(stack: Stack, make_namespace: Any, tmp_path: Path) -> Iterator[tuple[Cro
     lease = f"celery-taskrun-{namespace}"
     started: list[ManagedProcess] = []
 
-    def start(name: str) -> ManagedProcess:
+    def start(name: str, **env: str) -> ManagedProcess:
         proc = stack.start_operator(
             f"{namespace}-{name}",
             config_path=config,
-            env_overrides={"TASKRUN_LEASE_NAME": lease},
+            env_overrides={"TASKRUN_LEASE_NAME": lease, **env},
             extra_args=["--namespace", namespace],
         )
         started.append(proc)
@@ -319,3 +319,26 @@ def test_two_operators_make_each_slot_once(own: tuple[Crons, Any], worker: Manag
     assert all(b - a == 1 for a, b in pairwise(after[1:])), after
     assert missed_counts(crons, "pair", "Superseded") == after[0] - killed - 1
     assert standby.alive
+
+
+def test_killed_between_a_runs_create_and_the_status_write_the_slot_still_has_one_run(
+    own: tuple[Crons, Any], worker: ManagedProcess
+) -> None:
+    """The operator exits (as kill -9 would) right after it created a slot's run, before
+    the CronTaskRun records the slot (TASKRUN_FAULT=exit-after-create); the next one
+    finds the slot due, meets the run's name, and takes the run as the slot's."""
+    crons, start = own
+    crashing = start("crash", TASKRUN_FAULT="exit-after-create")
+    # All: the slot of the run already made is among those the next operator makes.
+    crons.apply("crash", "@every 2s", missedRuns="All", successfulRunsHistoryLimit=100)
+    [first] = crons.wait_made("crash", 1, timeout=30)
+    wait_for(lambda: not crashing.alive, timeout=10, what="the operator exited")
+    assert not crons.status("crash").get("lastScheduleTime")  # not recorded
+    start("again")
+    made = crons.wait_made("crash", 3, timeout=60)
+    slots = [slot(item) for item in made]
+    assert slots[0] == slot(first) and all(b - a == 2 for a, b in pairwise(slots)), slots
+    assert made[0]["metadata"]["uid"] == first["metadata"]["uid"]  # the same run, taken
+    active_or_done = crons.status("crash")
+    assert active_or_done.get("lastScheduleTime"), active_or_done
+    assert crons.runs.finished(first["metadata"]["name"])["phase"] == "Succeeded"

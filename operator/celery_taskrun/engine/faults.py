@@ -3,6 +3,8 @@
 - `TASKRUN_FAULT=exit-after-send` makes the operator exit at once, as `kill -9` would,
   right after it sent a task and before it recorded that in status: the window the
   submission protocol exists for.
+- `TASKRUN_FAULT=exit-after-create` makes it exit likewise right after it created a
+  slot's TaskRun and before the CronTaskRun's status records the slot.
 - `TASKRUN_FAULT=stall-loop` stops the tracker's loop from turning (as a bug would),
   so the liveness endpoint can be seen to fail.
 - `TASKRUN_FAULT=slow-send` holds each send for 3 s after its intent is recorded, so

@@ -31,7 +31,7 @@ from celery_taskrun.api.cron import (
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, KubeError
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.cron_step import CronPlan, CronView, cron_view, decide, owner_of, run_view
-from celery_taskrun.engine import metrics
+from celery_taskrun.engine import faults, metrics
 from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.runs import newer
 from celery_taskrun.engine.tasks import Tasks, supervised
@@ -201,6 +201,7 @@ class Schedules:
         name = body["metadata"]["name"]
         try:
             made = await self.kube.create(body)
+            faults.crash_point("after-create")
             return str(made["metadata"]["uid"])
         except Invalid as error:  # the template's labels or annotations, say
             message = f"cannot make {name}: the API server refused it: {error}"
