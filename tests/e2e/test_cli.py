@@ -173,3 +173,35 @@ def test_rbac_refusal_exits_2(accounts: dict[str, Account]) -> None:
     refused = cli(accounts["reader"], "run", f"{TASKS}.calculate_sum", "[1]")
     assert refused.returncode == 2
     assert "403 Forbidden" in refused.stderr
+
+
+def test_trigger_suspend_and_resume_a_schedule(accounts: dict[str, Account], stack: Stack) -> None:
+    submitter = accounts["submitter"]
+    namespace = submitter.namespace
+    cron = {
+        "apiVersion": "celery.taskrun.dev/v1alpha1",
+        "kind": "CronTaskRun",
+        "metadata": {"name": "yearly-sum", "namespace": namespace},
+        "spec": {
+            "schedule": "@yearly",
+            "taskRunTemplate": {"spec": {"task": f"{TASKS}.calculate_sum", "args": [[2, 3]]}},
+        },
+    }
+    stack.kubectl("apply", "-f", "-", input=json.dumps(cron), check=True)
+    # A run now, from the template, waited for like `run --wait`.
+    done = cli(submitter, "trigger", "yearly-sum", "--wait", "--for", "30s")
+    assert (done.returncode, done.stdout) == (0, "5\n"), done.stderr
+    made = stack.kubectl_json(
+        "get", "taskruns", "-n", namespace, "-l", "celery.taskrun.dev/cron=yearly-sum"
+    )["items"]
+    [run] = made
+    assert run["metadata"]["name"].startswith("yearly-sum-manual-")
+    assert run["metadata"]["ownerReferences"][0]["kind"] == "CronTaskRun"
+
+    for command, suspended in (("suspend", True), ("resume", False)):
+        answer = cli(submitter, command, "yearly-sum")
+        assert answer.returncode == 0, answer.stderr
+        spec = stack.kubectl_json("get", "crontaskrun", "yearly-sum", "-n", namespace)["spec"]
+        assert spec["suspend"] is suspended
+    missing = cli(submitter, "trigger", "no-such-schedule")
+    assert missing.returncode == 2 and "404" in missing.stderr, missing.stderr
