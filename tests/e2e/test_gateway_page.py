@@ -8,6 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from taskrun_dev.stack import Stack
+
 from accounts import Account
 from browser import chromium, find_chromium
 from support import TASKS
@@ -39,7 +41,7 @@ OBSERVER = """
 
 
 def test_page_shows_a_run_live_and_its_detail(
-    gateway: str, accounts: dict[str, Account], tmp_path: Path
+    gateway: str, accounts: dict[str, Account], tmp_path: Path, stack: Stack
 ) -> None:
     executable = find_chromium()
     if executable is None:
@@ -112,3 +114,19 @@ def test_page_shows_a_run_live_and_its_detail(
         )
         # Task output is shown as text, never as markup.
         assert page.evaluate("document.querySelectorAll('#runs b, #detail b').length") == 0
+
+        # The namespace's schedules, with their next run (read again every 10 s).
+        cron = {
+            "apiVersion": "celery.taskrun.dev/v1alpha1",
+            "kind": "CronTaskRun",
+            "metadata": {"name": "yearly", "namespace": reader.namespace},
+            "spec": {"schedule": "@yearly", "taskRunTemplate": {"spec": {"task": TASKS + ".echo"}}},
+        }
+        stack.kubectl("apply", "-f", "-", input=json.dumps(cron), check=True)
+        row = "document.querySelector('#schedules tr[data-name=\"yearly\"]')"
+        page.wait(
+            f"{row} && {row}.textContent.includes('@yearly')"
+            f" && {row}.textContent.includes('-01-01T00:00:00')",
+            timeout=40,
+            what="the schedule and its next run on the page",
+        )
