@@ -125,6 +125,9 @@ class Schedules:
             try:
                 async with limit:
                     await self.look(key)
+            except Exception:  # a bug: this schedule is looked at again, the others go on
+                log.exception("schedule %s/%s: look failed; again in %.0fs", *key, RETRY_SECONDS)
+                self._look(key, self.clock() + RETRY_SECONDS)
             finally:
                 looking.discard(key)
 
