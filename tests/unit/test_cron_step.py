@@ -213,3 +213,13 @@ def test_skip_runs_no_slot_missed_before_this_operator_acted() -> None:
     assert [(m.reason.value, m.count) for m in missed.missed] == [("Skipped", 3)]
     late = decide(view(status=observed(T0 + 30), **spec), [], T0 + 52, CONFIG, acting_since=T0 + 49)
     assert names(late) == [f"nightly-{T0 + 50}"]
+
+
+def test_the_active_runs_shown_are_bounded_to_the_newest() -> None:
+    runs = [run(T0 + i, Phase.RUNNING) for i in range(1, 151)]
+    plan = decide(view(status=observed(T0 + 160)), runs, T0 + 160.5, CONFIG)
+    shown = [a.name for a in plan.status.active or []]
+    assert len(shown) == 100 and shown[-1] == f"nightly-{T0 + 150}"
+    recorded = plan.recorded({f"nightly-{T0 + 160}": "u"})
+    assert len(recorded.active or []) == 100
+    assert (recorded.active or [])[-1].name == f"nightly-{T0 + 160}"

@@ -43,6 +43,9 @@ from celery_taskrun.core.policy import refusal
 from celery_taskrun.core.timing import parse_time, timestamp
 
 MAX_LABEL_VALUE = 63  # the cron label carries the CronTaskRun's name
+# Active runs listed in status, the newest (Allow with runs that never end could
+# otherwise grow the status without bound).
+MAX_ACTIVE_SHOWN = 100
 
 
 class ReadyReason(StrEnum):
@@ -120,10 +123,8 @@ class CronPlan:
         """The status once the runs named in `created` (name -> uid) exist."""
         if not created:
             return self.status
-        active = [
-            *(self.status.active or []),
-            *(ActiveRun(name=n, uid=u) for n, u in created.items()),
-        ]
+        made = [ActiveRun(name=name, uid=uid) for name, uid in created.items()]
+        active = [*(self.status.active or []), *made][-MAX_ACTIVE_SHOWN:]
         return self.status.model_copy(update={"active": active})
 
 
@@ -199,10 +200,11 @@ def decide(
     at = datetime.fromtimestamp(now, UTC)
     stamp = timestamp(at)
     kept = _history(view, runs)
-    active = [r for r in runs if r.active]
+    active = sorted((r for r in runs if r.active), key=lambda r: (r.slot or 0, r.name))
     base = view.status.model_copy(
         update={
-            "active": [ActiveRun(name=r.name, uid=r.uid) for r in active] or None,
+            "active": [ActiveRun(name=r.name, uid=r.uid) for r in active[-MAX_ACTIVE_SHOWN:]]
+            or None,
             "lastSuccessfulTime": _last_success(view.status, runs),
             "observedGeneration": view.generation,
         }
