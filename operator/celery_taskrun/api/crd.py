@@ -258,7 +258,10 @@ def level_variables(values: int, depth: int) -> list[JSONSchema]:
             },
             {
                 "name": f"level{k + 1}",
-                "expression": f"variables.values{k + 1} > {values} ? [] : variables.level{k}"
+                # Not built past the bound, nor when it is empty (scalars and empty
+                # containers only above it): a wide level is walked once, not twice.
+                "expression": f"variables.values{k + 1} > {values}"
+                f" || variables.values{k + 1} == variables.values{k} ? [] : variables.level{k}"
                 ".map(x, type(x) == map ? x.map(y, x[y]) : type(x) == list ? x : []).flatten(1)",
             },
         ]
