@@ -1,10 +1,10 @@
 """What runs at the admission bounds cost the processes that list them (issue 16).
 
 Runs as large as the admission policy lets in (2,048 values, 256 KiB of args as CEL
-renders them, in characters outside the BMP so that a page's JSON decodes to a str of
-4 bytes a character), listed by a restarted operator (Kopf's list and its own) and by
-the gateway's list endpoint: the peak resident memory of each process (VmHWM) must
-stay below its limit in the chart's values.
+renders them; half in characters outside the BMP, so that each page's JSON decodes to
+a str of 4 bytes a character), listed by a restarted operator (Kopf's list and its
+own) and by the gateway's list endpoint: the peak resident memory of each process
+(VmHWM) must stay below its limit in the chart's values.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ So a page's size follows from the worst TaskRun the admission policy lets in:
 - its status, as the operator bounds it: result, progress, error, messages, earlier
   attempts, about 0.2 MiB with the default `maxResultBytes`.
 
-About 0.9 MiB of JSON, up to 5 MiB while it is decoded (3.6 MiB of str), 1.2 MiB
-once decoded: a page of 20 stays near 100 MiB at its peak, the operator's limit in the
+About 0.9 MiB of JSON, under 6 MiB while it is decoded (up to 3.6 MiB of str), 1.2 MiB
+once decoded: a page of 20 stays under 120 MiB at its peak, the operator's limit in the
 chart is 512 MiB; the gateway reads at most 2 pages of 10 at once (its limit: 256 MiB).
 """
 
