@@ -31,6 +31,7 @@ test: setup-tests lint
 
 bench: setup
 	python benchmarks/suite.py $(BENCH_ARGS)
+	python benchmarks/admission.py
 
 # Refresh requirements.lock from pyproject.toml (newest versions its ranges allow), then
 # `make setup` installs it.

@@ -35,18 +35,12 @@ from figures import prometheus_samples
 from kubernetes import client, config
 from latency import GROUP, PLURAL, VERSION
 
+from taskrun_dev.procfs import memory_mib
 from taskrun_dev.stack import Stack
 
 NAMESPACE = "scale"
 QUEUE = "held"
 TASK = "taskrun_workers.tasks.calculate_sum"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -155,7 +149,7 @@ def load(r: redis.Redis, window: float, pid: int | None = None) -> dict[str, Any
     }
     if pid:
         out["operator_cpu_percent"] = round(100 * (cpu_seconds(pid) - cpu_before) / elapsed, 1)
-        out["operator_rss_mib"] = rss_mib(pid)
+        out["operator_rss_mib"] = memory_mib(pid)
     return out
 
 
@@ -164,7 +158,7 @@ def operator_side(stack: Stack, runs: int, window: float) -> dict[str, Any]:
     stack.kubectl("create", "namespace", NAMESPACE)
     operator = stack.start_operator(extra_args=["--namespace", NAMESPACE])
     backend = redis.Redis.from_url(stack.result_backend)
-    idle_rss = rss_mib(operator.pid)
+    idle_rss = memory_mib(operator.pid)
     created = create_held(api, NAMESPACE, runs)
     queued = wait_all(api, "Queued", runs, timeout=max(120, runs / 5)) + created
     quiet = load(backend, window, operator.pid)

@@ -88,7 +88,6 @@ from scale import (
     create_held,
     load,
     metric,
-    rss_mib,
     seed_side,
     trivial_run,
     wait_all,
@@ -96,6 +95,7 @@ from scale import (
 
 from taskrun_dev.audit import AuditLog, Write
 from taskrun_dev.processes import ManagedProcess
+from taskrun_dev.procfs import memory_mib
 from taskrun_dev.stack import DEFAULT_WORKER, Stack
 
 HERE = Path(__file__).resolve().parent
@@ -408,7 +408,7 @@ def scale(bench: Bench, runs: int, window: float) -> dict[str, Any]:
     if worker is not None:  # its own polling of the broker would count as the operator's
         worker.stop()
     namespace = bench.namespace(NAMESPACES["scale"])
-    idle_rss = rss_mib(bench.operator.pid)
+    idle_rss = memory_mib(bench.operator.pid)
     created = create_held(bench.api, namespace, runs)
     queued = created + wait_all(
         bench.api, "Queued", runs, max(300.0, runs / 5), namespace=namespace, interval=2.0

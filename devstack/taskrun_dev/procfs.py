@@ -34,6 +34,19 @@ def proc_info(pid: int) -> ProcInfo | None:
     )
 
 
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of /proc/PID/status in MiB: `VmRSS` (resident now) or `VmHWM`
+    (the resident peak of its life); 0 when the process or the field is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0.0
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def all_procs() -> list[ProcInfo]:
     infos = []
     for entry in os.listdir("/proc"):

@@ -55,6 +55,15 @@ def test_scale_benchmark_smoke() -> None:
     assert figures["operator"]["api_writes_per_run_total"] > 0
 
 
+def test_admission_benchmark_smoke() -> None:
+    figures = run_benchmark("admission.py", "--reps", "1")
+    assert set(figures["now"]) == set(figures["none"]), figures
+    # The bounds answer as the e2e tests find them; without the policy all get in.
+    assert figures["now"]["zeros at the values bound"]["status"] == 201
+    assert figures["now"]["zeros one past it"]["status"] == 422
+    assert figures["none"]["zeros one past it"]["status"] == 201
+
+
 def test_suite_smoke(tmp_path: Path) -> None:
     """The suite end to end at a small scale: every phase measures, counts agree."""
     figures_path, chart = tmp_path / "bench.json", tmp_path / "bench.png"

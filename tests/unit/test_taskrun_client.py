@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from celery_taskrun.clients.errors import KubeError
+from celery_taskrun.clients.paging import continue_of, pages
 from celery_taskrun.clients.taskruns import TaskRunClient, wait
 
 
@@ -160,3 +161,30 @@ async def test_wait_returns_the_end_or_the_last_state_when_time_runs_out() -> No
     look = FakeObjects([run("1", "Running")], [])
     obj, done = await wait(client_with(look), "ns", "r", 0)
     assert (obj["status"]["phase"], done, look.watched_from) == ("Running", False, [])
+
+
+@pytest.mark.parametrize(
+    ("limit", "asked", "token"),
+    [
+        (None, [(None, 3), ("3", 3), ("6", 3)], None),  # all of them, three at a time
+        (7, [(None, 3), ("3", 3), ("6", 1)], "7"),  # the last page cut to the limit
+        (2, [(None, 2)], "2"),
+    ],
+)
+async def test_pages_ask_for_at_most_a_page(
+    limit: int | None, asked: list[tuple[str | None, int]], token: str | None
+) -> None:
+    """A list of 8 runs read in pages of 3: no request asks for more than a page,
+    and the last page's continue token is where the caller goes on."""
+    calls: list[tuple[str | None, int]] = []
+
+    async def fetch(start: str | None, size: int) -> dict[str, Any]:
+        calls.append((start, size))
+        first = int(start or 0)
+        end = min(first + size, 8)
+        more = {"continue": str(end)} if end < 8 else {}
+        return {"items": list(range(first, end)), "metadata": more}
+
+    seen = [page async for page in pages(fetch, page=3, limit=limit)]
+    assert calls == asked
+    assert continue_of(seen[-1]) == token

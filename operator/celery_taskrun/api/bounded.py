@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 CUT = "…"
@@ -59,6 +60,32 @@ def deeper_than(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def values_below(roots: Iterable[Any], limit: int) -> int:
+    """How many JSON values `roots` hold below themselves (the roots not counted),
+    counting no further than `limit` + 1: the work stays bounded whatever they hold."""
+    # Iterators, not lists of children: a list of a million items costs nothing
+    # beyond the `limit` + 1 counted.
+    stack = [iter(_children(root)) for root in roots]
+    found = 0
+    while stack and found <= limit:
+        child = next(stack[-1], _END)
+        if child is _END:
+            stack.pop()
+            continue
+        found += 1
+        stack.append(iter(_children(child)))
+    return found
+
+
+_END = object()
+
+
+def _children(node: Any) -> Iterable[Any]:
+    if isinstance(node, dict):
+        return node.values()
+    return node if isinstance(node, list | tuple) else ()
 
 
 def encoded(value: Any) -> str | None:

@@ -10,9 +10,17 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from celery_taskrun.api.bounded import deeper_than
+from celery_taskrun.api.bounded import deeper_than, values_below
 
 GROUP = "celery.taskrun.dev"
 VERSION = "v1alpha1"
@@ -26,7 +34,14 @@ INTENT_ANNOTATION = f"{GROUP}/submitting"
 # the operator checks them again for objects that got past an older or edited CRD).
 MAX_SECONDS = 365 * 24 * 3600  # any duration: a year
 MAX_ARGS_DEPTH = 32  # nesting of args and kwargs
-MAX_ARGS_CHARS = 256 * 1024  # args and kwargs together, counted as admission can
+# args and kwargs together: their JSON values (every list, map, string, number, bool and
+# null below them), and the UTF-8 bytes of the API server's rendering of them (CEL's
+# `format`: about their JSON).  The values bound what an object costs everywhere: the
+# API server decodes each on every read, Python spends 60-70 bytes on each, and the
+# admission policy's comprehensions cost the API server the square of their count
+# (2,048 values on one level: about 25 ms of its time here; see crd.py).
+MAX_ARGS_VALUES = 2048
+MAX_ARGS_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 200
 # Celery task and queue names: dotted identifiers and the punctuation brokers accept.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]*$"
@@ -209,6 +224,15 @@ class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes w
         if deeper_than(value, MAX_ARGS_DEPTH):
             raise ValueError(f"nests deeper than {MAX_ARGS_DEPTH} levels")
         return value
+
+    @model_validator(mode="after")
+    def _few(self) -> TaskRunSpec:
+        if values_below((self.args, self.kwargs), MAX_ARGS_VALUES) > MAX_ARGS_VALUES:
+            raise ValueError(
+                f"spec.args and spec.kwargs together hold more than {MAX_ARGS_VALUES} values:"
+                " pass a reference to the data instead"
+            )
+        return self
 
 
 class ErrorInfo(_Model):

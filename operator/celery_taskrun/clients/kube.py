@@ -22,6 +22,7 @@ from kubernetes_asyncio import client
 from celery_taskrun.api.bodies import LeaseBody, ObjectMeta, TaskRunBody
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, refused
+from celery_taskrun.clients.paging import OPERATOR_PAGE, pages
 from celery_taskrun.clients.transport import guarded
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -185,10 +186,10 @@ class Kube:
         return body
 
     async def list_taskruns(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
-        """Every TaskRun of a namespace (or of the cluster), a page at a time."""
-        token: str | None = None
-        while True:
-            options: dict[str, Any] = {"limit": 500, "_request_timeout": self.timeout}
+        """Every TaskRun of a namespace (or of the cluster), a bounded page at a time."""
+
+        async def fetch(token: str | None, size: int) -> dict[str, Any]:
+            options: dict[str, Any] = {"limit": size, "_request_timeout": self.timeout}
             if token:
                 options["_continue"] = token
             if namespace is None:
@@ -197,12 +198,12 @@ class Kube:
                 call = self.objects.list_namespaced_custom_object(
                     GROUP, VERSION, namespace, PLURAL, **options
                 )
-            page: dict[str, Any] = await guarded(call, self.timeout)
+            found: dict[str, Any] = await guarded(call, self.timeout)
+            return found
+
+        async for page in pages(fetch, page=OPERATOR_PAGE):
             for item in page.get("items") or []:
                 yield item
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return
 
     async def lease(self, namespace: str, name: str, seconds: float) -> LeaseBody | None:
         """The Lease, or None when there is none."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -22,10 +22,12 @@ from kubernetes_asyncio import client
 from celery_taskrun.api.bodies import ObjectMeta, TaskRunBody, TaskRunList
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
 from celery_taskrun.clients.errors import ApiUnavailable, Gone, refused
+from celery_taskrun.clients.paging import GATEWAY_PAGE, GATEWAY_PAGES_AT_ONCE, pages
 from celery_taskrun.clients.transport import guarded
 from celery_taskrun.core.outcomes import Step, Verdict, WatchError, finished, interpret, status_of
 
 MERGE_PATCH = "application/merge-patch+json"
+Shown = TypeVar("Shown")
 # One request (not a watch): connect, send, read the answer.
 REQUEST_TIMEOUT = 15.0
 # A watch asks the server to end it after this long; we then watch again from the
@@ -76,6 +78,8 @@ class TaskRunClient:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self.objects = client.CustomObjectsApi(api)
+        # Concurrent lists multiply a page's memory: a few pages are read at once.
+        self.reading = asyncio.Semaphore(GATEWAY_PAGES_AT_ONCE)
 
     async def close(self) -> None:
         await self.api.close()
@@ -157,13 +161,32 @@ class TaskRunClient:
             options["label_selector"] = label_selector
         if continue_token:
             options["_continue"] = continue_token
-        body: TaskRunList = await guarded(
-            self.objects.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, _request_timeout=REQUEST_TIMEOUT, **options
-            ),
-            REQUEST_TIMEOUT,
-        )
+        async with self.reading:
+            body: TaskRunList = await guarded(
+                self.objects.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, _request_timeout=REQUEST_TIMEOUT, **options
+                ),
+                REQUEST_TIMEOUT,
+            )
         return body
+
+    def pages(
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        label_selector: str | None = None,
+        continue_token: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Up to `limit` TaskRuns from `continue_token` on, in pages of GATEWAY_PAGE."""
+
+        async def fetch(token: str | None, size: int) -> dict[str, Any]:
+            found = await self.page(
+                namespace, limit=size, label_selector=label_selector, continue_token=token
+            )
+            return dict(found)
+
+        return pages(fetch, page=GATEWAY_PAGE, limit=limit, token=continue_token)
 
     async def _watch(
         self, namespace: str, version: str, field_selector: str | None
@@ -235,14 +258,18 @@ class TaskRunClient:
                 yield obj
 
     async def follow_namespace(
-        self, namespace: str, *, limit: int
-    ) -> AsyncGenerator[tuple[str, list[TaskRunBody] | TaskRunBody], None]:
-        """`("SNAPSHOT", items)` (at most `limit`, and again after the watch expires),
-        then `(event type, object)` for each change in the namespace."""
+        self, namespace: str, *, limit: int, view: Callable[[TaskRunBody], Shown]
+    ) -> AsyncGenerator[tuple[str, list[Shown] | Shown], None]:
+        """`("SNAPSHOT", views)` of at most `limit` runs (again after the watch expires),
+        then `(event type, view)` for each change in the namespace.  Each page of the
+        snapshot is viewed as it comes, and dropped."""
         while True:
-            listing = await self.page(namespace, limit=limit)
-            yield "SNAPSHOT", list(listing.get("items") or [])
-            version = resource_version(listing) or "0"
+            shown: list[Shown] = []
+            version = "0"
+            async for page in self.pages(namespace, limit=limit):
+                shown += [view(obj) for obj in page.get("items") or []]
+                version = resource_version(page) or version
+            yield "SNAPSHOT", shown
             resync = False
             while not resync:
                 async with aclosing(self._watch(namespace, version, None)) as verdicts:
@@ -253,7 +280,7 @@ class TaskRunClient:
                             break
                         if verdict.obj is not None:
                             kind = "DELETED" if verdict.step is Step.GONE else "MODIFIED"
-                            yield kind, verdict.obj
+                            yield kind, view(verdict.obj)
 
 
 async def wait(

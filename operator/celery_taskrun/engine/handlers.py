@@ -22,6 +22,7 @@ from celery_taskrun.api.model import GROUP, PLURAL, VERSION
 from celery_taskrun.clients.backend import open_backend
 from celery_taskrun.clients.celery_client import CeleryClient, make_app
 from celery_taskrun.clients.kube import Kube
+from celery_taskrun.clients.paging import OPERATOR_PAGE
 from celery_taskrun.clients.transport import connect
 from celery_taskrun.engine.elector import Elector
 from celery_taskrun.engine.fence import Fence
@@ -42,6 +43,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # the tracker's handling is idempotent and cheap, so a cancel need not wait 0.1 s.
     settings.batching.batch_window = 0.01
     settings.networking.request_timeout = 30
+    # Kopf lists every object in one response unless told otherwise.
+    settings.watching.chunk_size = OPERATOR_PAGE
     # Named namespaces are watched by name.  Kopf would otherwise list the namespaces,
     # then watch them from a listing of their own, and never serve one created between
     # the two (globs are served by one cluster-wide watch: see main).  Kopf's CRD

@@ -16,6 +16,7 @@ from celery_taskrun.api.cron import (
     PLURAL as CRON_PLURAL,
 )
 from celery_taskrun.api.model import Phase
+from celery_taskrun.clients.paging import continue_of
 from celery_taskrun.clients.taskruns import wait
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.auth import Caller, Verb
@@ -144,15 +145,19 @@ def add_routes(app: FastAPI) -> None:
         limit: Annotated[int, Query(ge=1, le=500)] = LIST_LIMIT,
         continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
     ) -> JSONResponse:
-        page = await gateway_of(request).runs.page(
+        # `limit` runs read a page at a time, each page summarized and dropped: the
+        # gateway never holds more than a page of whole runs, whatever `limit` asks.
+        items, token = [], None
+        pages = gateway_of(request).runs.pages(
             namespace, limit=limit, label_selector=labelSelector, continue_token=continue_
         )
-        items = [
-            views.summary(obj)
-            for obj in page.get("items") or []
-            if views.matches(obj, phase or (), task)
-        ]
-        token = (page.get("metadata") or {}).get("continue") or None
+        async for page in pages:
+            items += [
+                views.summary(obj)
+                for obj in page.get("items") or []
+                if views.matches(obj, phase or (), task)
+            ]
+            token = continue_of(page)
         return JSONResponse({"items": items, "continue": token})
 
     @app.get(

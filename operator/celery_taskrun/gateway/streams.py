@@ -177,13 +177,14 @@ def add_streams(app: FastAPI) -> None:
         access, who = admitted
 
         async def pump() -> None:
-            events = access.gateway.runs.follow_namespace(namespace, limit=LIVE_LIMIT)
+            events = access.gateway.runs.follow_namespace(
+                namespace, limit=LIVE_LIMIT, view=views.summary
+            )
             async with aclosing(events) as changes:
                 async for kind, payload in changes:
                     if isinstance(payload, list):
-                        items = [views.summary(obj) for obj in payload]
-                        await ws.send_json({"type": kind, "items": items})
+                        await ws.send_json({"type": kind, "items": payload})
                     else:
-                        await ws.send_json({"type": kind, "run": views.summary(payload)})
+                        await ws.send_json({"type": kind, "run": payload})
 
         await _serve(ws, access, who, pump())
