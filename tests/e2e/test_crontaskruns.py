@@ -79,7 +79,8 @@ def nested(depth: int) -> Any:
         ({"taskRunTemplate": template(timeout=1e12)}, "less than or equal to 31536000"),
         (
             {"taskRunTemplate": template(args=[nested(40)])},
-            "spec.taskRunTemplate.spec.args nests deeper than 32 levels",
+            "spec.taskRunTemplate.spec.args or spec.taskRunTemplate.spec.kwargs nests deeper"
+            " than 32 levels",
         ),
         (
             {"taskRunTemplate": template(args=["x" * 200_000, "y" * 100_000])},

@@ -150,7 +150,8 @@ def test_gateway_manifest() -> None:
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    # Only what the gateway needs: reviews, and taskruns without delete or status.
+    # Only what the gateway needs: reviews, taskruns without delete or status, and
+    # crontaskruns to read (the live page's schedules).
     rules = {
         (r["apiGroups"][0], r["resources"][0]): r["verbs"]
         for r in one(docs, "ClusterRole")["rules"]
@@ -159,4 +160,5 @@ def test_gateway_manifest() -> None:
         ("authentication.k8s.io", "tokenreviews"): ["create"],
         ("authorization.k8s.io", "subjectaccessreviews"): ["create"],
         ("celery.taskrun.dev", "taskruns"): ["get", "list", "watch", "create", "patch"],
+        ("celery.taskrun.dev", "crontaskruns"): ["get", "list"],
     }
