@@ -9,10 +9,12 @@ import pytest
 from celery_taskrun.api.config import OperatorConfig, Policy
 from celery_taskrun.api.cron import CronTaskRunSpec, CronTaskRunStatus
 from celery_taskrun.api.model import Phase
-from celery_taskrun.core.cron import scheduled_at
+from celery_taskrun.core.cron import scheduled_at, spread
 from celery_taskrun.core.cron_step import CronView, RunView, decide
 
-T0 = 1_800_000_000  # the CronTaskRun's creation
+UID = "cron-uid"
+# The CronTaskRun's creation, on a slot of `@every 10s` (anchored by its uid's hash).
+T0 = 1_800_000_000 + (spread(UID) - 1_800_000_000) % 10
 TEMPLATE = {"task": "reports.build", "args": [1], "queue": "reports"}
 CONFIG = OperatorConfig()
 
@@ -29,7 +31,7 @@ def view(
     return CronView(
         namespace="team-a",
         name=name,
-        uid="cron-uid",
+        uid=UID,
         generation=generation,
         created=float(T0),
         spec=CronTaskRunSpec.model_validate(raw),

@@ -18,7 +18,7 @@ Two kinds of schedule, one interface (`next_after`, `count`, `newest`):
   field, and what a reader of the wall clock expects; a period in elapsed time,
   whatever the clocks do, is `@every`'s job.
 - `Every`: a period in seconds, its slots the multiples of the period after an anchor
-  (the CronTaskRun's creation: see `parse`); the time zone plays no part.
+  (see `parse`); the time zone plays no part.
 
 `due` decides, from the last slot recorded, what runs now and what is missed and why.
 """
@@ -29,6 +29,7 @@ import enum
 import functools
 import math
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -320,14 +321,19 @@ def time_zone(name: str) -> ZoneInfo:
 _ZONE = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+){0,3}")
 
 
+def spread(uid: str) -> int:
+    """The `@every` anchor of the CronTaskRun `uid`: a hash of its uid, which never
+    changes, so every operator, before and after any restart, computes the same slots
+    without remembering anything; and a thousand schedules applied in one GitOps sync
+    spread over their period instead of all falling due in the same second."""
+    return zlib.crc32(uid.encode())
+
+
 def parse(schedule: str, zone: str = "UTC", anchor: int = 0) -> Schedule:
     """The schedule `schedule` means in the IANA zone `zone`, or a ScheduleError.
 
-    `@every`'s slots are `anchor` plus multiples of its period: the CronTaskRun's
-    creation (in Unix seconds), which never changes, so every operator before and
-    after any restart computes the same slots without remembering anything, and
-    schedules created at different times spread over the period rather than all
-    firing at once.
+    `@every`'s slots are `anchor` plus multiples of its period (`spread` gives a
+    CronTaskRun's).
 
     5 fields (minute hour day-of-month month day-of-week), each `*`, a value, a range
     `a-b`, a step `*/s`, `a-b/s` or `a/s` (`a` to the field's end, as Kubernetes reads

@@ -226,7 +226,7 @@ def decide(
         why = f"the name is longer than {MAX_LABEL_VALUE} characters (its runs' label holds it)"
         return stalled(ReadyReason.INVALID_SPEC, why)
     try:
-        schedule = cron.parse(spec.schedule, spec.timeZone, anchor=int(view.created))
+        schedule = cron.parse(spec.schedule, spec.timeZone, anchor=cron.spread(view.uid))
     except cron.ScheduleError as error:
         return stalled(ReadyReason(error.reason), str(error))
     task = spec.taskRunTemplate.spec
