@@ -21,6 +21,7 @@ there is none (a second beat sends everything twice).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,13 +30,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import redis
-from figures import process_ticks
+from figures import process_ticks, profile_breakdown
 from kubernetes import client, config, watch
 from latency import GROUP, VERSION, quantile, summary
+from suite import py_spy
 
 from taskrun_dev.stack import Stack
 
@@ -86,7 +89,9 @@ class Watcher(threading.Thread):
             self.seen.setdefault(name, time.time())
 
 
-def ours(stack: Stack, schedules: int, period: int, periods: int) -> dict[str, Any]:
+def ours(
+    stack: Stack, schedules: int, period: int, periods: int, profile: Path | None = None
+) -> dict[str, Any]:
     operator = stack.start_operator()
     api = client.CustomObjectsApi(config.new_client_from_config(str(stack.admin_kubeconfig)))
     stack.kubectl("create", "namespace", NAMESPACE, check=True)
@@ -110,8 +115,9 @@ def ours(stack: Stack, schedules: int, period: int, periods: int) -> dict[str, A
     start = created + period  # from the first period after every schedule exists
     end = start + period * periods
     cpu = cpu_seconds(operator.pid)
-    while time.time() < end + 2:
-        time.sleep(0.5)
+    with py_spy(operator.pid, profile) if profile else contextlib.nullcontext():
+        while time.time() < end + 2:
+            time.sleep(0.5)
     cpu = cpu_seconds(operator.pid) - cpu
     lateness = [
         seen - int(name.rsplit("-", 1)[1])
@@ -184,18 +190,32 @@ def beat(stack: Stack, schedules: int, period: int, periods: int) -> dict[str, A
             proc.wait(30)
 
 
-def run(schedules: int, period: int, periods: int) -> dict[str, Any]:
+def run(schedules: int, period: int, periods: int, profile: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="taskrun-bench-cron-") as tmp:
         stack = Stack(Path(tmp) / "stack", say=lambda _: None)
         try:
             stack.up(operator=False, worker=False)
             stack.start_worker(extra_args=["--concurrency=4"])
             return {
-                "operator": ours(stack, schedules, period, periods),
+                "operator": ours(stack, schedules, period, periods, profile),
                 "celery-beat": beat(stack, schedules, period, periods),
             }
         finally:
             stack.down()
+
+
+def inclusive(lines: list[str], top: int) -> list[tuple[str, float]]:
+    """The frames holding the most samples, each counted once a stack (py-spy raw)."""
+    held: Counter[str] = Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        for frame in set(stack.split(";")):
+            held[frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1][:60]] += int(count)
+    return [(frame, n / max(total, 1)) for frame, n in held.most_common(top)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,9 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedules", type=int, default=1000)
     parser.add_argument("--period", type=int, default=60, help="seconds")
     parser.add_argument("--periods", type=int, default=3, help="periods measured")
+    parser.add_argument("--profile", type=Path, help="sample the operator with py-spy into it")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    results = run(args.schedules, args.period, args.periods)
+    results = run(args.schedules, args.period, args.periods, args.profile)
+    if args.profile:
+        breakdown = profile_breakdown(args.profile.read_text().splitlines(), top=15)
+        print("by layer:", {k: f"{v:.0%}" for k, v in breakdown.groups.items()})
+        for frame, share in inclusive(args.profile.read_text().splitlines(), 25):
+            print(f"{share:6.1%}  {frame}")
     if args.json:
         print(json.dumps(results))
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import time
@@ -59,7 +60,9 @@ class Schedules:
         self.clock = clock
         self.crons: dict[Key, dict[str, Any]] = {}  # the objects, as last seen or written
         self.runs: dict[Key, dict[str, dict[str, Any]]] = {}  # by cron, by run name
-        self.due: dict[Key, float] = {}
+        self.due: dict[Key, float] = {}  # when each schedule wants a look
+        self.heap: list[tuple[float, Key]] = []  # the same, soonest first (and stale ones)
+        self.wake_at = -math.inf  # when the loop wakes next: sooner news wakes it
         self.changed = asyncio.Event()
         self.tasks = Tasks()
         self.acting_since = math.inf  # when this operator began to act (inf: it does not)
@@ -97,13 +100,19 @@ class Schedules:
                 del self.runs[key]
         else:
             runs[name] = dict(obj)
-        if before is None or kind == "DELETED" or run_view(before).active != run_view(obj).active:
+        # A run that ended, or went, changes what is active; one just made was recorded
+        # by the look that made it.
+        was = before is not None and run_view(before).active
+        if was and (kind == "DELETED" or not run_view(obj).active):
             self._look(key)
 
     def _look(self, key: Key, when: float = -math.inf) -> None:
-        if key in self.crons:
-            self.due[key] = min(self.due.get(key, math.inf), when)
-            self.changed.set()
+        """Look at `key` at `when` (at once by default), unless it will be sooner."""
+        if key in self.crons and when < self.due.get(key, math.inf):
+            self.due[key] = when
+            heapq.heappush(self.heap, (when, key))
+            if when < self.wake_at:
+                self.changed.set()
 
     # -- leading ----------------------------------------------------------------------
 
@@ -116,8 +125,14 @@ class Schedules:
     async def step_down(self) -> None:
         self.acting_since = math.inf
         await self.tasks.cancel_all()
+        self.due.clear()  # the next lead looks at every schedule afresh
+        self.heap.clear()
+        self.wake_at = -math.inf
 
     async def loop(self) -> None:
+        """Look at each schedule when it is due: the soonest first, at most AT_ONCE at a
+        time, one look at a time for each.  `due` holds when each wants a look; the heap
+        orders them (an entry that no longer matches `due` was superseded: skipped)."""
         limit = asyncio.Semaphore(AT_ONCE)
         looking: set[Key] = set()
 
@@ -130,17 +145,22 @@ class Schedules:
                 self._look(key, self.clock() + RETRY_SECONDS)
             finally:
                 looking.discard(key)
+                if key in self.due:  # asked for while this look ran
+                    heapq.heappush(self.heap, (self.due[key], key))
+                    self.changed.set()
 
         while True:
             self.changed.clear()
             now = self.clock()
-            for key, when in list(self.due.items()):
-                if when <= now and key not in looking:
-                    del self.due[key]
-                    looking.add(key)
-                    self.tasks.spawn(look(key))
-            soonest = min((w for k, w in self.due.items() if k not in looking), default=math.inf)
-            wait = min(max(soonest - self.clock(), 0.0), IDLE_SECONDS)
+            while self.heap and self.heap[0][0] <= now:
+                when, key = heapq.heappop(self.heap)
+                if self.due.get(key) != when or key in looking:
+                    continue  # superseded, or pushed again when its look ends
+                del self.due[key]
+                looking.add(key)
+                self.tasks.spawn(look(key))
+            self.wake_at = self.heap[0][0] if self.heap else math.inf
+            wait = min(max(self.wake_at - self.clock(), 0.0), IDLE_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), wait)
 
