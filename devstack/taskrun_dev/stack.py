@@ -126,6 +126,7 @@ class Stack:
         self.processes = self._supervisor.processes
         self.process = self._supervisor.process
         self.status = self._supervisor.status
+        self.start_servers = self._services.start_servers
         self.start_redis = self._services.start_redis
         self.start_rabbitmq = self._services.start_rabbitmq
         self.start_postgresql = self._services.start_postgresql
