@@ -176,10 +176,13 @@ class Services:
             return servers.sqlite_url(self._dir.dir / SQLITE / "results.db")
         return f"redis://{HOST}:{self.redis_port}/1"
 
-    def start_servers(self, broker: str = REDIS, backend: str = REDIS) -> None:
+    def start_servers(
+        self, broker: str = REDIS, backend: str = REDIS, *, wait: bool = True
+    ) -> None:
         """Run the broker and the result backend asked for, and stop the servers the
         stack ran for an earlier choice; the workers and operators started from now on
-        get their URLs."""
+        get their URLs. `wait=False`: RabbitMQ and PostgreSQL boot while the caller goes
+        on, until `wait_servers`."""
         if broker not in BROKERS or backend not in BACKENDS:
             raise StackError(
                 f"--broker {broker} --backend {backend}: the broker is one of "
@@ -201,11 +204,18 @@ class Services:
         if REDIS in wanted:
             self.start_redis()
         if RABBITMQ in wanted:
-            self.start_rabbitmq()
+            self.start_rabbitmq(wait=wait)
         if POSTGRESQL in wanted:
-            self.start_postgresql()
+            self.start_postgresql(wait=wait)
         if backend == SQLITE:
             (self._dir.dir / SQLITE).mkdir(parents=True, exist_ok=True)
+
+    def wait_servers(self, timeout: float = 90.0) -> None:
+        """Wait until the broker and the result backend chosen answer."""
+        for name, wait in ((RABBITMQ, self.wait_rabbitmq), (POSTGRESQL, self.wait_postgresql)):
+            proc = self._supervisor.process(name)
+            if name in (self.broker, self.backend) and proc is not None:
+                wait(proc, timeout)
 
     def start_redis(self, timeout: float = 20.0) -> ManagedProcess:
         """Start redis (on its remembered port, so URLs stay valid across restarts)."""
@@ -225,8 +235,8 @@ class Services:
             self._supervisor.wait(proc, lambda: redis_pings(port), "answer PING", timeout)
         return proc
 
-    def start_rabbitmq(self, timeout: float = 90.0) -> ManagedProcess:
-        """Start RabbitMQ and its epmd (each on its remembered port), wait until AMQP
+    def start_rabbitmq(self, timeout: float = 90.0, *, wait: bool = True) -> ManagedProcess:
+        """Start RabbitMQ and its epmd (each on its remembered port); `wait`: until AMQP
         connections open."""
         epmd_port = self._ports.port(EPMD, self._supervisor.alive_port(EPMD))
         epmd, started = self._supervisor.ensure(
@@ -251,14 +261,20 @@ class Services:
         )
         if started:
             self._say(f"rabbitmq on 127.0.0.1:{port} (epmd on {epmd_port})")
-            self._supervisor.wait(
-                proc, lambda: servers.amqp_answers(port), "open AMQP connections", timeout, 0.3
-            )
+            if wait:
+                self.wait_rabbitmq(proc, timeout)
         return proc
 
-    def start_postgresql(self, timeout: float = 60.0) -> ManagedProcess:
-        """Start PostgreSQL (its cluster made on first use) and wait until it takes
-        sessions; the stack's database is made then."""
+    def wait_rabbitmq(self, proc: ManagedProcess, timeout: float = 90.0) -> None:
+        port = proc.port
+        assert port is not None
+        self._supervisor.wait(
+            proc, lambda: servers.amqp_answers(port), "open AMQP connections", timeout, 0.3
+        )
+
+    def start_postgresql(self, timeout: float = 60.0, *, wait: bool = True) -> ManagedProcess:
+        """Start PostgreSQL (its cluster made on first use); `wait`: until it takes
+        sessions and the stack's database is there."""
         port = self._ports.port(POSTGRESQL, self._supervisor.alive_port(POSTGRESQL))
         data_dir = self._dir.dir / POSTGRESQL / "data"
         servers.initdb(data_dir)
@@ -272,11 +288,17 @@ class Services:
         )
         if started:
             self._say(f"postgresql on 127.0.0.1:{port}")
-            self._supervisor.wait(
-                proc, lambda: servers.postgres_answers(port), "accept sessions", timeout, 0.2
-            )
-            servers.ensure_database(port)
+            if wait:
+                self.wait_postgresql(proc, timeout)
         return proc
+
+    def wait_postgresql(self, proc: ManagedProcess, timeout: float = 60.0) -> None:
+        port = proc.port
+        assert port is not None
+        self._supervisor.wait(
+            proc, lambda: servers.postgres_answers(port), "accept sessions", timeout, 0.2
+        )
+        servers.ensure_database(port)
 
     def start_worker(
         self,

@@ -222,9 +222,11 @@ class Stack:
         started_at = time.monotonic()
         with self._paths.lock():
             self._ports.record_binaries(self.binaries.dir)
-            self._services.start_servers(broker, backend)
+            # RabbitMQ and PostgreSQL boot beside the control plane; ready before the worker.
+            self._services.start_servers(broker, backend, wait=False)
             self.start_etcd()
             self.start_apiserver(wait=False)
+            self._services.wait_servers()
             # The worker boots (imports Celery) while the API server comes up.
             worker_proc = None
             if worker:
