@@ -7,7 +7,8 @@
 #
 #   devstack/setup.sh              # what the demo needs
 #   devstack/setup.sh --for-tests  # and what only the tests use: helm and promtool built
-#                                  # likewise (~3-6 min more cold), other projects' CRDs
+#                                  # likewise (~3-6 min more cold), other projects' CRDs,
+#                                  # Debian's chromium, rabbitmq-server and postgresql
 set -euo pipefail
 for_tests=false
 case "${1:-}" in
@@ -31,6 +32,25 @@ if $for_tests && ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing chromium (the gateway page's browser test)" >&2
   as_root apt-get update -q
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
+# The other brokers and backends the tests run on (`taskrun-dev up --broker rabbitmq
+# --backend postgresql`): Debian's packages, whose servers the stack runs itself.
+if $for_tests && { [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] ||
+                   ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; }; then
+  echo "setup: installing rabbitmq-server and postgresql (the broker and backend tests)" >&2
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    rabbitmq-server postgresql
+  # Their system services (started by the packages where services start; the system
+  # RabbitMQ listens on every interface) are not the stack's: stopped, and kept off.
+  for service in rabbitmq-server postgresql; do
+    as_root invoke-rc.d "$service" stop >/dev/null 2>&1 || true
+    as_root update-rc.d "$service" disable >/dev/null 2>&1 || true
+  done
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now rabbitmq-server postgresql epmd.socket epmd.service \
+      >/dev/null 2>&1 || true
+  fi
 fi
 if [ -z "${KUBEBUILDER_ASSETS:-}" ] && ! command -v go >/dev/null 2>&1; then
   echo "setup: Go (1.26+) is needed to build kube-apiserver and etcd," \

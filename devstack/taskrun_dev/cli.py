@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from taskrun_dev.processes import StackError, tail
+from taskrun_dev.services import BACKENDS, BROKERS, REDIS
 from taskrun_dev.stack import Stack, default_dir
 
 
@@ -30,13 +31,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskrun-dev",
         description="Local celery-taskrun stack: kube-apiserver + etcd, kube-controller-manager, "
-        "redis, worker, operator.",
+        "the broker and result backend, worker, operator.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", parents=[common], help="start the stack (idempotent)")
     up.add_argument("--no-operator", action="store_true", help="do not start the operator")
     up.add_argument("--no-worker", action="store_true", help="do not start the Celery worker")
+    up.add_argument(
+        "--broker",
+        choices=BROKERS,
+        default=REDIS,
+        help="the broker the stack runs on loopback (default redis; rabbitmq: Debian's "
+        "rabbitmq-server); CELERY_BROKER_URL in env.sh",
+    )
+    up.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=REDIS,
+        help="the result backend (default redis; postgresql: Debian's postgresql; sqlite: a "
+        "file in the state directory); CELERY_RESULT_BACKEND in env.sh",
+    )
     up.add_argument(
         "--worker-imports",
         type=_csv,
@@ -119,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 worker_imports=args.worker_imports,
                 operator_config=args.operator_config,
                 gateway=args.gateway,
+                broker=args.broker,
+                backend=args.backend,
             )
             print(_status_table(stack), file=sys.stderr)
             if args.examples:

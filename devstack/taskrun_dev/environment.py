@@ -15,7 +15,8 @@ from taskrun_dev.supervisor import Supervisor
 
 
 class Environment:
-    """The kubeconfigs, Redis URLs, the running operator's and gateway's URLs, and PATH."""
+    """The kubeconfigs, the broker's and backend's URLs, the running operator's and
+    gateway's URLs, and PATH."""
 
     def __init__(
         self,

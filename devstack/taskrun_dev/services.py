@@ -1,5 +1,6 @@
 """Redis, Celery workers, operators and the gateway: their command lines and readiness
-checks, and `Services`, which runs them as processes of the stack."""
+checks, and `Services`, which runs them as processes of the stack, with the broker and
+result backend chosen (servers.py: RabbitMQ, PostgreSQL, SQLite)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from taskrun_dev import servers
 from taskrun_dev.accounts import Accounts
 from taskrun_dev.binaries import Say
 from taskrun_dev.processes import ManagedProcess, StackError, port_answers
+from taskrun_dev.servers import EPMD, POSTGRESQL, RABBITMQ, SQLITE
 from taskrun_dev.state import StateDir, StateFile
 from taskrun_dev.supervisor import Supervisor
 
@@ -26,6 +29,8 @@ REDIS = "redis"
 DEFAULT_WORKER = "worker1"
 DEFAULT_OPERATOR = "operator"
 GATEWAY = "gateway"
+BROKERS = (REDIS, RABBITMQ)
+BACKENDS = (REDIS, POSTGRESQL, SQLITE)
 
 
 # -- redis ---------------------------------------------------------------------
@@ -150,12 +155,67 @@ class Services:
         return self._ports.known_port(REDIS)
 
     @property
+    def broker(self) -> str:
+        return self._ports.servers()[0]
+
+    @property
+    def backend(self) -> str:
+        return self._ports.servers()[1]
+
+    @property
     def broker_url(self) -> str:
+        if self.broker == RABBITMQ:
+            return servers.rabbitmq_url(self._ports.known_port(RABBITMQ))
         return f"redis://{HOST}:{self.redis_port}/0"
 
     @property
     def result_backend(self) -> str:
+        if self.backend == POSTGRESQL:
+            return servers.postgresql_url(self._ports.known_port(POSTGRESQL))
+        if self.backend == SQLITE:
+            return servers.sqlite_url(self._dir.dir / SQLITE / "results.db")
         return f"redis://{HOST}:{self.redis_port}/1"
+
+    def start_servers(
+        self, broker: str = REDIS, backend: str = REDIS, *, wait: bool = True
+    ) -> None:
+        """Run the broker and the result backend asked for, and stop the servers the
+        stack ran for an earlier choice; the workers and operators started from now on
+        get their URLs. `wait=False`: RabbitMQ and PostgreSQL boot while the caller goes
+        on, until `wait_servers`."""
+        if broker not in BROKERS or backend not in BACKENDS:
+            raise StackError(
+                f"--broker {broker} --backend {backend}: the broker is one of "
+                f"{', '.join(BROKERS)}, the backend one of {', '.join(BACKENDS)}"
+            )
+        wanted = {broker, backend} - {SQLITE}
+        if RABBITMQ in wanted:
+            wanted.add(EPMD)
+        # Stopped first: the servers wanted may take over ports they held.
+        unwanted = [
+            proc
+            for name in (RABBITMQ, EPMD, POSTGRESQL, REDIS)
+            if name not in wanted and (proc := self._supervisor.alive(name)) is not None
+        ]
+        for proc in unwanted:
+            self._say(f"{proc.name}: not asked for any more, stopping (pid {proc.pid})")
+            proc.stop()
+        self._ports.record_servers(broker, backend)
+        if REDIS in wanted:
+            self.start_redis()
+        if RABBITMQ in wanted:
+            self.start_rabbitmq(wait=wait)
+        if POSTGRESQL in wanted:
+            self.start_postgresql(wait=wait)
+        if backend == SQLITE:
+            (self._dir.dir / SQLITE).mkdir(parents=True, exist_ok=True)
+
+    def wait_servers(self, timeout: float = 90.0) -> None:
+        """Wait until the broker and the result backend chosen answer."""
+        for name, wait in ((RABBITMQ, self.wait_rabbitmq), (POSTGRESQL, self.wait_postgresql)):
+            proc = self._supervisor.process(name)
+            if name in (self.broker, self.backend) and proc is not None:
+                wait(proc, timeout)
 
     def start_redis(self, timeout: float = 20.0) -> ManagedProcess:
         """Start redis (on its remembered port, so URLs stay valid across restarts)."""
@@ -174,6 +234,71 @@ class Services:
             self._say(f"redis on 127.0.0.1:{port}")
             self._supervisor.wait(proc, lambda: redis_pings(port), "answer PING", timeout)
         return proc
+
+    def start_rabbitmq(self, timeout: float = 90.0, *, wait: bool = True) -> ManagedProcess:
+        """Start RabbitMQ and its epmd (each on its remembered port); `wait`: until AMQP
+        connections open."""
+        epmd_port = self._ports.port(EPMD, self._supervisor.alive_port(EPMD))
+        epmd, started = self._supervisor.ensure(
+            EPMD, EPMD, servers.epmd_argv(epmd_port), settings={}, port=epmd_port
+        )
+        if started:
+            self._supervisor.wait(epmd, lambda: port_answers(epmd_port), "listen", timeout)
+        port = self._ports.port(RABBITMQ, self._supervisor.alive_port(RABBITMQ))
+        dist_port = self._ports.port(
+            f"{RABBITMQ}-dist", self._supervisor.alive_port(RABBITMQ, "dist_port")
+        )
+        data_dir = self._dir.dir / RABBITMQ
+        servers.rabbitmq_config(data_dir, port)
+        proc, started = self._supervisor.ensure(
+            RABBITMQ,
+            RABBITMQ,
+            [servers.rabbitmq_server()],
+            settings=servers.rabbitmq_env(data_dir, dist_port, epmd_port),
+            port=port,
+            url=servers.rabbitmq_url(port),
+            extra_meta={"dist_port": dist_port},
+        )
+        if started:
+            self._say(f"rabbitmq on 127.0.0.1:{port} (epmd on {epmd_port})")
+            if wait:
+                self.wait_rabbitmq(proc, timeout)
+        return proc
+
+    def wait_rabbitmq(self, proc: ManagedProcess, timeout: float = 90.0) -> None:
+        port = proc.port
+        assert port is not None
+        self._supervisor.wait(
+            proc, lambda: servers.amqp_answers(port), "open AMQP connections", timeout, 0.3
+        )
+
+    def start_postgresql(self, timeout: float = 60.0, *, wait: bool = True) -> ManagedProcess:
+        """Start PostgreSQL (its cluster made on first use); `wait`: until it takes
+        sessions and the stack's database is there."""
+        port = self._ports.port(POSTGRESQL, self._supervisor.alive_port(POSTGRESQL))
+        data_dir = self._dir.dir / POSTGRESQL / "data"
+        servers.initdb(data_dir)
+        proc, started = self._supervisor.ensure(
+            POSTGRESQL,
+            POSTGRESQL,
+            servers.postgres_argv(data_dir, port),
+            settings={},
+            port=port,
+            url=servers.postgresql_url(port),
+        )
+        if started:
+            self._say(f"postgresql on 127.0.0.1:{port}")
+            if wait:
+                self.wait_postgresql(proc, timeout)
+        return proc
+
+    def wait_postgresql(self, proc: ManagedProcess, timeout: float = 60.0) -> None:
+        port = proc.port
+        assert port is not None
+        self._supervisor.wait(
+            proc, lambda: servers.postgres_answers(port), "accept sessions", timeout, 0.2
+        )
+        servers.ensure_database(port)
 
     def start_worker(
         self,
@@ -198,9 +323,12 @@ class Services:
         settings = {
             "CELERY_BROKER_URL": self.broker_url,
             "CELERY_RESULT_BACKEND": self.result_backend,
-            # The execution ledger (a test aid, off by default) in the broker's Redis.
-            "TASKRUN_LEDGER_URL": "broker",
         }
+        # The execution ledger (a test aid, off by default) in the stack's Redis, if any.
+        if self.broker == REDIS:
+            settings["TASKRUN_LEDGER_URL"] = "broker"
+        elif self.backend == REDIS:
+            settings["TASKRUN_LEDGER_URL"] = self.result_backend
         if imports:
             settings["TASKRUN_WORKER_IMPORTS"] = ",".join(imports)
         settings.update(env_overrides or {})

@@ -1,5 +1,5 @@
-"""The whole local stack: etcd, kube-apiserver, kube-controller-manager, redis, Celery
-workers, operators.
+"""The whole local stack: etcd, kube-apiserver, kube-controller-manager, the broker and
+result backend (Redis, RabbitMQ, PostgreSQL or SQLite), Celery workers, operators.
 
 State lives in one directory (default ./.taskrun-dev or $TASKRUN_DEV_DIR), laid out
 as state.py tells.
@@ -15,6 +15,7 @@ parts they concern.
                               (controlplane.Kubectl: kubectl)
   accounts.Accounts           the CRD, RBAC and the ServiceAccounts' kubeconfigs
   services.Services           redis, workers, operators, the gateway
+                              (servers: RabbitMQ, PostgreSQL, SQLite)
   environment.Environment     the exports and env.sh
 """
 
@@ -33,6 +34,7 @@ from taskrun_dev.controlplane import APISERVER, CONTROLLER_MANAGER, ETCD, Contro
 from taskrun_dev.environment import Environment
 from taskrun_dev.examples import run_examples
 from taskrun_dev.processes import ManagedProcess, StackError, port_answers
+from taskrun_dev.servers import EPMD, POSTGRESQL, RABBITMQ
 from taskrun_dev.services import DEFAULT_WORKER as DEFAULT_WORKER  # benchmarks import it here
 from taskrun_dev.services import GATEWAY, REDIS, Services
 from taskrun_dev.state import StateDir, StateFile
@@ -43,7 +45,8 @@ _STOP_PHASES: tuple[tuple[str, ...], ...] = (
     ("operator", GATEWAY, CONTROLLER_MANAGER),
     ("worker",),
     (APISERVER,),
-    (ETCD, REDIS),
+    (ETCD, REDIS, RABBITMQ, POSTGRESQL),
+    (EPMD,),
 )
 
 
@@ -123,7 +126,10 @@ class Stack:
         self.processes = self._supervisor.processes
         self.process = self._supervisor.process
         self.status = self._supervisor.status
+        self.start_servers = self._services.start_servers
         self.start_redis = self._services.start_redis
+        self.start_rabbitmq = self._services.start_rabbitmq
+        self.start_postgresql = self._services.start_postgresql
         self.start_etcd = self._control_plane.start_etcd
         self.start_apiserver = self._control_plane.start_apiserver
         self.wait_apiserver = self._control_plane.wait_apiserver
@@ -156,6 +162,16 @@ class Stack:
         return self._services.redis_port
 
     @property
+    def broker(self) -> str:
+        """The broker `up` ran: redis or rabbitmq."""
+        return self._services.broker
+
+    @property
+    def backend(self) -> str:
+        """The result backend `up` ran: redis, postgresql or sqlite."""
+        return self._services.backend
+
+    @property
     def broker_url(self) -> str:
         return self._services.broker_url
 
@@ -181,9 +197,11 @@ class Stack:
     # -- the whole stack -------------------------------------------------------------
 
     def running(self) -> bool:
-        """True when the control plane and redis all run."""
+        """True when the control plane, the broker and the result backend all run."""
         procs = self.processes()
-        return all(name in procs and procs[name].alive for name in (ETCD, APISERVER, REDIS))
+        servers = {self.broker, self.backend} & {REDIS, RABBITMQ, POSTGRESQL}
+        names = (ETCD, APISERVER, *servers)
+        return all(name in procs and procs[name].alive for name in names)
 
     def up(
         self,
@@ -193,14 +211,22 @@ class Stack:
         worker_imports: Sequence[str] = (),
         operator_config: Path | str | None = None,
         gateway: bool = False,
+        broker: str = REDIS,
+        backend: str = REDIS,
     ) -> Stack:
-        """Start whatever is not running yet; return self. Safe to call again."""
+        """Start whatever is not running yet; return self. Safe to call again.
+
+        `broker`: redis or rabbitmq; `backend`: redis, postgresql or sqlite. Servers
+        another choice ran are stopped; workers and operators get the new URLs.
+        """
         started_at = time.monotonic()
         with self._paths.lock():
             self._ports.record_binaries(self.binaries.dir)
-            self.start_redis()
+            # RabbitMQ and PostgreSQL boot beside the control plane; ready before the worker.
+            self._services.start_servers(broker, backend, wait=False)
             self.start_etcd()
             self.start_apiserver(wait=False)
+            self._services.wait_servers()
             # The worker boots (imports Celery) while the API server comes up.
             worker_proc = None
             if worker:
@@ -250,6 +276,10 @@ class Stack:
         time.sleep(down_for)
         if name == REDIS:
             return self.start_redis(timeout)
+        if name == RABBITMQ:
+            return self.start_rabbitmq(timeout)
+        if name == POSTGRESQL:
+            return self.start_postgresql(timeout)
         if name == ETCD:
             return self.start_etcd(timeout)
         if name == APISERVER:

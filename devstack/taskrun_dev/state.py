@@ -1,12 +1,13 @@
 """The stack's state directory: where each file lives, who may change it, what it remembers.
 
 Layout (default ./.taskrun-dev or $TASKRUN_DEV_DIR):
-  stack.json           ports and the binaries directory
+  stack.json           ports, the broker and backend chosen, the binaries directory
   pids/NAME.json       one per running process (see processes.py)
   logs/NAME.log        each process's output (the previous run's in NAME.log.prev)
   pki/                 CA, API server, admin and controller-manager certificates,
                        service-account key
-  etcd/, redis/        data directories
+  etcd/, redis/, rabbitmq/, postgresql/, sqlite/
+                       data directories
   audit/               the API server's audit log of writes (with `up --audit-log`)
   admin.kubeconfig     cluster admin (O=system:masters)
   controller-manager.kubeconfig
@@ -31,7 +32,17 @@ from taskrun_dev.pki import Pki
 from taskrun_dev.processes import StackError, free_port, port_is_free
 
 # What `down --purge` deletes besides the kubeconfigs and stack.json.
-_PURGED_DIRS = ("etcd", "redis", "pki", "pids", "logs", "audit")
+_PURGED_DIRS = (
+    "etcd",
+    "redis",
+    "rabbitmq",
+    "postgresql",
+    "sqlite",
+    "pki",
+    "pids",
+    "logs",
+    "audit",
+)
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,16 @@ class StateFile:
         state = self._load()
         state["binaries_dir"] = str(binaries_dir)
         self._save(state)
+
+    def record_servers(self, broker: str, backend: str) -> None:
+        state = self._load()
+        state["servers"] = {"broker": broker, "backend": backend}
+        self._save(state)
+
+    def servers(self) -> tuple[str, str]:
+        """The broker and result backend `up` last ran (Redis and Redis before any)."""
+        chosen = self._load().get("servers") or {}
+        return chosen.get("broker", "redis"), chosen.get("backend", "redis")
 
     def port(self, key: str, in_use: int | None = None) -> int:
         """The port for `key`: `in_use` (a live process has it), else the remembered one

@@ -20,7 +20,8 @@ from taskrun_dev.processes import (
 from taskrun_dev.state import StateDir
 
 # Settings the stack decides; inherited values would make runs depend on the shell.
-_OWNED_ENV_PREFIXES = ("CELERY_", "TASKRUN_")
+# RABBITMQ_ and ERL_ (ERL_FLAGS, ERL_EPMD_PORT...) would change the stack's RabbitMQ node.
+_OWNED_ENV_PREFIXES = ("CELERY_", "TASKRUN_", "RABBITMQ_", "ERL_")
 _OWNED_ENV_NAMES = ("KUBECONFIG",)
 
 

@@ -8,9 +8,11 @@ Every wait is on a condition with a timeout, never a bare sleep.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -161,3 +163,32 @@ def kubectl_wait(runs: TaskRuns, name: str, condition: str, timeout: int = 60) -
         f"--timeout={timeout}s",
         timeout=timeout + 30,
     )
+
+
+def listening_addresses(pids: set[int]) -> list[str]:
+    """Local addresses (/proc/net/tcp's hex) of the TCP sockets in LISTEN state owned by
+    `pids`."""
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.is_dir() else []:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append(fields[1])
+    return found
+
+
+def beyond_loopback(addresses: list[str]) -> list[str]:
+    """The addresses of `listening_addresses` that are not 127.0.0.1 or ::1."""
+    loopback = ("0100007F:",)  # 127.0.0.1, little-endian hex
+    loopback6 = ("0000000000000000FFFF00000100007F:", "00000000000000000000000001000000:")
+    return [a for a in addresses if not a.startswith(loopback + loopback6)]

@@ -20,6 +20,8 @@ from taskrun_dev.stack import Stack
 from taskrun_dev.state import StateDir
 from taskrun_dev.supervisor import Supervisor
 
+from support import beyond_loopback, listening_addresses
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,38 +174,15 @@ def test_env_exports(stack: Stack) -> None:
     assert redis_pings(stack.redis_port)
 
 
-def _listening_addresses(pids: set[int]) -> list[str]:
-    """Local addresses of the TCP sockets in LISTEN state owned by `pids`."""
-    inodes: set[str] = set()
-    for pid in pids:
-        fd_dir = Path(f"/proc/{pid}/fd")
-        for fd in fd_dir.iterdir() if fd_dir.is_dir() else []:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                found.append(fields[1])
-    return found
-
-
 def test_everything_listens_on_loopback_only(
     stack: Stack, worker: ManagedProcess, operator: ManagedProcess
 ) -> None:
     pids: set[int] = set()
     for proc in stack.processes().values():
         pids |= proc.group_pids()
-    addresses = _listening_addresses(pids)
+    addresses = listening_addresses(pids)
     assert addresses, "no listening sockets found"
-    loopback = ("0100007F:",)  # 127.0.0.1, little-endian hex
-    loopback6 = ("0000000000000000FFFF00000100007F:", "00000000000000000000000001000000:")
-    bad = [a for a in addresses if not a.startswith(loopback + loopback6)]
+    bad = beyond_loopback(addresses)
     assert not bad, f"listening beyond loopback: {bad}"
 
 

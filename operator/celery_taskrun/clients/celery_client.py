@@ -52,6 +52,9 @@ def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
+        # A database backend's records are read with the columns `worker` and `retries`
+        # (Celery's extended model): the workers write them with `result_extended`.
+        result_extended=True,
         task_publish_retry_policy=PUBLISH_RETRY,
         broker_transport_options=SOCKET_OPTIONS,
         result_backend_transport_options=SOCKET_OPTIONS,

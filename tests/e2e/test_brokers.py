@@ -1,0 +1,237 @@
+"""The other brokers and backends end to end: RabbitMQ with a Redis result backend, and
+RabbitMQ with PostgreSQL.
+
+Each combination is a stack of its own (`taskrun-dev up --broker ... --backend ...`:
+control plane, the servers, the default worker and operator), one after the other; the
+stack's control plane cannot be shared with another stack. The basics a user meets
+first: a result, an error, a cancelled queued run, a deadline, and status carried by the
+backend's wake-ups where it has them (Redis) and by polling where it has none.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import amqp
+import pytest
+
+from taskrun_dev.processes import ManagedProcess
+from taskrun_dev.procfs import is_running, proc_info
+from taskrun_dev.servers import EPMD, POSTGRESQL, RABBITMQ
+from taskrun_dev.services import REDIS
+from taskrun_dev.stack import Stack
+
+from support import TaskRuns, beyond_loopback, listening_addresses, wait_for
+
+pytestmark = pytest.mark.e2e
+
+COMBINATIONS = [(RABBITMQ, REDIS), (RABBITMQ, POSTGRESQL)]
+
+
+@pytest.fixture(scope="module", params=COMBINATIONS, ids=[f"{b}-{r}" for b, r in COMBINATIONS])
+def combination(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A whole stack on this broker and backend, with the default worker and operator;
+    when it goes down, none of its processes (epmd, beam, postgres' children) is left."""
+    broker, backend = request.param
+    stack = Stack(tmp_path_factory.mktemp(f"{broker}-{backend}"), say=lambda _: None)
+    pids: set[int] = set()
+    try:
+        began = time.monotonic()
+        stack.up(broker=broker, backend=backend)
+        print(f"stack up on {broker}/{backend} in {time.monotonic() - began:.1f} s")
+        yield stack
+    finally:
+        for proc in stack.processes().values():
+            pids |= proc.group_pids()
+        stack.down()
+    left = sorted(pid for pid in pids if is_running(proc_info(pid)))
+    assert not left, f"still running after down: {left}"
+
+
+@pytest.fixture
+def runs(combination: Stack) -> TaskRuns:
+    namespace = f"b-{uuid.uuid4().hex[:8]}"
+    combination.kubectl("create", "namespace", namespace, check=True)
+    return TaskRuns(combination, namespace)
+
+
+def operator_metric(stack: Stack, name: str) -> float:
+    operator = stack.process("operator")
+    assert operator is not None and operator.url
+    with urllib.request.urlopen(operator.url, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"no {name} in the operator's metrics"
+    return float(match[1])
+
+
+def rabbitmq_queue_length(stack: Stack, queue: str) -> int:
+    rabbitmq = stack.process(RABBITMQ)
+    assert rabbitmq is not None
+    connection = amqp.Connection(
+        host=f"127.0.0.1:{rabbitmq.port}",
+        userid="guest",
+        password="guest",
+        connect_timeout=5,
+    )
+    connection.connect()
+    try:
+        # passive: only asks, and fails if the queue was never declared
+        _, count, _ = connection.channel().queue_declare(queue, passive=True)
+        return int(count)
+    finally:
+        connection.close()
+
+
+def test_the_stack_runs_the_chosen_servers_on_loopback(combination: Stack) -> None:
+    stack = combination
+    env = stack.env
+    assert env["CELERY_BROKER_URL"].startswith("amqp://guest:guest@127.0.0.1:")
+    wanted = {RABBITMQ, EPMD, stack.backend}
+    if stack.backend == POSTGRESQL:
+        assert env["CELERY_RESULT_BACKEND"].startswith("db+postgresql://taskrun@127.0.0.1:")
+    else:
+        assert env["CELERY_RESULT_BACKEND"].startswith("redis://127.0.0.1:")
+    assert env["CELERY_BROKER_URL"] in stack.env_file.read_text()
+    procs = stack.processes()
+    assert wanted <= {name for name, proc in procs.items() if proc.alive}
+    assert (REDIS in procs) == (stack.backend == REDIS)
+    pids: set[int] = set()
+    for proc in procs.values():
+        pids |= proc.group_pids()
+    addresses = listening_addresses(pids)
+    assert addresses
+    assert not beyond_loopback(addresses)
+    # `up` again with the same choice restarts nothing.
+    before = {name: proc.pid for name, proc in procs.items()}
+    stack.up(broker=stack.broker, backend=stack.backend)
+    assert {name: proc.pid for name, proc in stack.processes().items()} == before
+
+
+def test_a_run_succeeds_with_its_result_and_progress(runs: TaskRuns) -> None:
+    runs.apply("sum", "calculate_sum", args=[[1, 2, 3, 4, 5]])
+    runs.apply("steps", "progress", kwargs={"steps": 3, "delay": 0.5})
+    done = runs.finished("sum")
+    assert (done["phase"], done["reason"], done["result"]) == ("Succeeded", "Succeeded", 15)
+    assert done["worker"].startswith("worker1@")
+    steps = runs.finished("steps")
+    assert steps["phase"] == "Succeeded"
+    assert steps["progress"]["percent"] == 100
+
+
+def test_a_failing_task_fails_with_its_error(runs: TaskRuns) -> None:
+    runs.apply("boom", "fail", args=["no luck on this broker"])
+    failed = runs.finished("boom")
+    assert (failed["phase"], failed["reason"]) == ("Failed", "TaskError")
+    assert failed["error"]["type"] == "ValueError"
+    assert failed["error"]["message"] == "no luck on this broker"
+    assert "Traceback" in failed["error"]["traceback"]
+
+
+@pytest.fixture
+def late_queue(combination: Stack) -> Iterator[tuple[str, list[ManagedProcess]]]:
+    """A queue of this test's own, nobody consuming it until the test starts a worker."""
+    queue = f"late-{uuid.uuid4().hex[:6]}"
+    started: list[ManagedProcess] = []
+    yield queue, started
+    for proc in started:
+        proc.stop()
+
+
+def test_cancel_revokes_a_queued_run_and_it_never_runs(
+    runs: TaskRuns, late_queue: tuple[str, list[ManagedProcess]]
+) -> None:
+    queue, started = late_queue
+    runs.apply("never", "calculate_sum", args=[[1, 2]], queue=queue)
+    queued = runs.wait_phase("never", "Queued")
+    wait_for(
+        lambda: rabbitmq_queue_length(runs.stack, queue) == 1,
+        timeout=15,
+        what=f"the message in RabbitMQ's {queue}",
+    )
+    runs.patch("never", {"cancel": True})
+    status = runs.finished("never")
+    assert (status["phase"], status["reason"]) == ("Revoked", "Cancelled")
+    worker = runs.stack.start_worker(f"w-{queue}", queues=[queue])
+    started.append(worker)
+    wait_for(
+        lambda: rabbitmq_queue_length(runs.stack, queue) == 0,
+        timeout=30,
+        what=f"{queue} drained",
+    )
+    task_id = queued["taskId"]
+    assert worker.wait_for_log(rf"(Discarding revoked task|skipped).*{task_id}", 30), worker.tail()
+    assert not re.search(rf"Task \S+\[{task_id}\] succeeded", worker.log_text())
+    assert runs.status("never")["phase"] == "Revoked"
+
+
+def test_a_deadline_ends_a_running_task_timed_out(runs: TaskRuns) -> None:
+    runs.apply("slow", "sleep", args=[60], timeout=2)
+    status = runs.finished("slow", timeout=30)
+    assert (status["phase"], status["reason"]) == ("TimedOut", "DeadlineExceeded")
+    assert status["limits"]["timeout"] == {"seconds": 2, "source": "spec"}
+    # Terminated in the worker: its pool child was sent the signal.
+    worker = runs.stack.process("worker1")
+    assert worker is not None
+    task_id = status["taskId"]
+    assert worker.wait_for_log(rf"Terminating {task_id}", 15), worker.tail()
+
+
+def test_status_comes_by_wakeups_on_redis_and_by_polling_otherwise(runs: TaskRuns) -> None:
+    """The operator hears Redis' publish of each state; a database publishes nothing, so
+    its reads (the poll schedule) carry every status, and nothing fails for the lack."""
+    stack = runs.stack
+    reads_before = operator_metric(stack, "taskrun_backend_reads_total")
+    names = [f"s{i}" for i in range(5)]
+    for name in names:
+        runs.apply(name, "sleep", args=[0.5])
+    for name in names:
+        assert runs.finished(name)["phase"] == "Succeeded"
+    wakeups = operator_metric(stack, "taskrun_wakeups_total")
+    if stack.backend == REDIS:
+        assert wakeups > 0
+    else:
+        assert wakeups == 0
+        assert operator_metric(stack, "taskrun_backend_reads_total") > reads_before
+    assert operator_metric(stack, "taskrun_backend_errors_total") == 0
+    assert operator_metric(stack, "taskrun_step_errors_total") == 0
+
+
+def test_the_operator_logged_no_error(combination: Stack) -> None:
+    """Last on each combination: nothing the runs above did made the operator log an
+    error or a traceback (a Redis-only path taken on another broker or backend)."""
+    operator = combination.process("operator")
+    assert operator is not None
+    log = operator.log_text()
+    problems = [
+        line for line in log.splitlines() if re.search(r"\bERROR\b|Traceback|CRITICAL", line)
+    ]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_an_unchosen_server_is_stopped_when_the_choice_changes(tmp_path: Path) -> None:
+    """Only the servers asked for run: switching back to Redis stops RabbitMQ and its
+    epmd (control plane not needed: the servers alone)."""
+    stack = Stack(tmp_path / "switch", say=lambda _: None)
+    try:
+        stack.start_servers(RABBITMQ, "sqlite")
+        assert stack.broker_url.startswith("amqp://")
+        assert stack.result_backend == f"db+sqlite:///{stack.dir}/sqlite/results.db"
+        pids: set[int] = set()
+        for name in (RABBITMQ, EPMD):
+            proc = stack.process(name)
+            assert proc is not None and proc.alive
+            pids |= proc.group_pids()
+        stack.start_servers(REDIS, REDIS)
+        assert stack.broker_url.startswith("redis://")
+        assert set(stack.processes()) == {REDIS}
+        assert not [pid for pid in pids if is_running(proc_info(pid))]
+    finally:
+        stack.down()
