@@ -39,6 +39,7 @@ from figures import process_ticks, profile_breakdown
 from kubernetes import client, config, watch
 from latency import GROUP, VERSION, quantile, summary
 from suite import py_spy
+from urllib3.exceptions import ProtocolError
 
 from taskrun_dev.stack import Stack
 
@@ -77,16 +78,23 @@ class Watcher(threading.Thread):
         self.stream = watch.Watch()
 
     def run(self) -> None:
-        for event in self.stream.stream(
-            self.api.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            NAMESPACE,
-            "taskruns",
-            label_selector=CRON_LABEL,
-        ):
-            name = event["object"]["metadata"]["name"]
-            self.seen.setdefault(name, time.time())
+        version = None
+        while True:  # the API server ends a watch now and then: go on from where it was
+            try:
+                for event in self.stream.stream(
+                    self.api.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    NAMESPACE,
+                    "taskruns",
+                    label_selector=CRON_LABEL,
+                    resource_version=version,
+                ):
+                    meta = event["object"]["metadata"]
+                    version = meta["resourceVersion"]
+                    self.seen.setdefault(meta["name"], time.time())
+            except (ProtocolError, client.ApiException):
+                version = None  # too old, or cut: list again (seen keeps the first sight)
 
 
 def ours(
