@@ -39,7 +39,7 @@ from figures import process_ticks, profile_breakdown
 from kubernetes import client, config, watch
 from latency import GROUP, VERSION, quantile, summary
 from suite import py_spy
-from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import MaxRetryError, ProtocolError
 
 from taskrun_dev.stack import Stack
 
@@ -95,6 +95,8 @@ class Watcher(threading.Thread):
                     self.seen.setdefault(meta["name"], time.time())
             except (ProtocolError, client.ApiException):
                 version = None  # too old, or cut: list again (seen keeps the first sight)
+            except MaxRetryError:
+                return  # the stack is going down
 
 
 def ours(
