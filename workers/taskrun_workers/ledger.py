@@ -14,10 +14,11 @@ the pool process was terminated, as by a hard time limit, before the task ended)
 ``start`` and ``end`` come from the ``task_prerun`` and ``task_postrun`` signals, so
 users' own tasks are recorded too; ``cleanup`` from
 :func:`taskrun_workers.helpers.on_soft_timeout` and the example tasks; the ``skipped-*``
-events from the guard; ``span`` (with ``started`` and ``ended``) from the ``span`` example
-task, inside its body: unlike ``end``, written before Celery stores the result, so spans
-show how many tasks executed at once. The operator's end-to-end tests read it with :func:`read_ledger`
-and :func:`executions` to assert that a run executed exactly once, or never.
+events from the guard; ``span`` (with ``started`` and ``ended``) from the ``span``
+example task, inside its body: unlike ``end``, written before Celery stores the result,
+so spans show how many tasks executed at once. The operator's end-to-end tests read it
+with :func:`read_ledger` and :func:`executions` to assert that a run executed exactly
+once, or never.
 
 It is off unless ``TASKRUN_LEDGER_URL`` is set: a ``redis://`` URL, or ``broker`` for the
 broker itself when it is Redis (the local stack and the tests set it; production workers
