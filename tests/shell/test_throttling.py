@@ -5,6 +5,7 @@ run that times out or is cancelled frees nothing."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -46,6 +47,10 @@ async def test_a_run_over_the_limit_waits_and_goes_the_instant_a_place_frees(
     assert len(admitted) == 1 and "reports" in admitted[0]
 
 
+def sent_count(harness: Harness, count: int) -> Callable[[], bool]:
+    return lambda: len(harness.celery.sent) == count
+
+
 async def test_waiting_runs_go_by_priority_then_creation(make_harness: MakeHarness) -> None:
     harness = await make_harness(**ONE)
     running = await harness.apply({"task": "t.a"})
@@ -57,7 +62,7 @@ async def test_waiting_runs_go_by_priority_then_creation(make_harness: MakeHarne
     order = []
     for count in range(2, 2 + len(runs)):
         await harness.backend.publish(harness.celery.sent[-1].task_id, SUCCESS)
-        await harness.seen.until(lambda n=count: len(harness.celery.sent) == n, what="the next")
+        await harness.seen.until(sent_count(harness, count), what="the next")
         order.append(harness.celery.sent[-1].task_id)
     assert order == [harness.task_id(runs[i]) for i in (2, 0, 1)]
 
