@@ -176,6 +176,9 @@ class Limiter:
                 metrics.CONCURRENCY_WAIT.labels(group).observe(waited)
             if told:
                 groups = ", ".join(slot.group for slot in waiter.slots)
-                self.waited[uid] = f"admitted after waiting {human_duration(waited)}: {groups}"
+                self.waited[uid] = (
+                    f"admitted after waiting {human_duration(waited)} for concurrency "
+                    f"group {groups}"
+                )
             if uid != asking:
                 self.wake(run)

@@ -128,7 +128,9 @@ class Stepper:
         if plan.previous is not None:
             self.registry.unbind(plan.previous.taskId)
         admitted = self.limiter.admitted(run.uid)
-        if admitted is not None and posts_event(self.config.events, Phase.PENDING, False):
+        # Announced when its wait was (a wait shorter than the status hold shows neither).
+        waited = run.written_phase == (Phase.PENDING, Reason.THROTTLED)
+        if admitted and waited and posts_event(self.config.events, Phase.PENDING, False):
             await self.effects.event(run, "Normal", "Admitted", admitted)
         await self._commit(run, after_send(view, plan, None, permanent=False, now=now))
 
