@@ -49,6 +49,14 @@ def test_schedules_benchmark_smoke() -> None:
     assert figures["operator"]["cpu_ms_per_slot"] > 0
 
 
+def test_concurrency_benchmark_smoke() -> None:
+    figures = run_benchmark("concurrency.py", "--runs", "30", "--limit", "3", "--seconds", "0.3")
+    ours, baseline = figures["operator"], figures["celery-worker-concurrency"]
+    assert ours["runs"] == baseline["runs"] == 30
+    assert ours["most_at_once"] == baseline["most_at_once"] == 3
+    assert ours["admission"]["n"] == 27 and ours["admission"]["median_ms"] >= 0
+
+
 def test_scale_benchmark_smoke() -> None:
     figures = run_benchmark("scale.py", "--runs", "10", "--window", "2")
     assert figures["operator"]["runs"] == figures["seed-polling"]["runs"] == 10

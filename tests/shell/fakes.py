@@ -130,6 +130,7 @@ class FakeKube:
     delete_calls: list[tuple[float, str]] = field(default_factory=list)  # every one asked
     refused: list[tuple[float, str, str]] = field(default_factory=list)  # (when, what, name)
     revisions: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
+    list_pause: float = 0.0  # seconds each listed object takes to arrive (a long list)
 
     async def patch_status(
         self,
@@ -206,6 +207,7 @@ class FakeKube:
 
     async def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]:
         for body in list(self.objects.values()):
+            await asyncio.sleep(self.list_pause)
             yield copy.deepcopy(body)
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:

@@ -224,7 +224,7 @@ def test_table_and_describe() -> None:
     }
     lines = render.table([obj], NOW).splitlines()
     assert lines[0].split() == [
-        "NAME", "TASK", "PHASE", "REASON", "PROGRESS", "AGE", "DURATION", "ERROR",
+        "NAME", "TASK", "PHASE", "REASON", "PROGRESS", "AGE", "DURATION", "DETAIL",
     ]  # fmt: skip
     assert lines[1].split()[:5] == ["r", "t.fail", "Failed", "TaskError", "5s"]
     assert lines[1].endswith("…") and len(lines[1]) < 200
@@ -233,3 +233,14 @@ def test_table_and_describe() -> None:
     assert "Error:        ValueError: " + "x" * 200 in described
     assert "Traceback:\n  Traceback\n    at" in described
     assert "Result:" not in described
+
+
+def test_a_waiting_run_says_why_in_the_table_and_describe() -> None:
+    why = "concurrency group reports: 2 of 2 in use"
+    obj = {
+        "metadata": {"name": "r", "namespace": "ns", "creationTimestamp": "2026-01-02T03:04:00Z"},
+        "spec": {"task": "reports.monthly"},
+        "status": {"phase": "Pending", "reason": "Throttled", "message": why},
+    }
+    assert render.table([obj], NOW).splitlines()[1].endswith(why)
+    assert f"Waiting:      for room, {why}; nothing sent yet" in render.describe(obj, NOW)

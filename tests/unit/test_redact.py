@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from celery_taskrun.api.model import EffectiveLimits, TaskRunStatus
+from celery_taskrun.api.model import EffectiveLimits, Reason, TaskRunStatus
 from celery_taskrun.core.changes import pending
 from celery_taskrun.core.redact import redact, scrubbed, secrets_of
 
@@ -45,6 +45,7 @@ def test_redact(text: str, clean: str) -> None:
 def test_a_status_is_scrubbed_everywhere_the_operator_writes() -> None:
     status = pending(
         TaskRunStatus(),
+        Reason.BACKEND_UNAVAILABLE,
         "cannot send the task yet: redis://:hunter2@x failed",
         limits=EffectiveLimits(),
         generation=1,

@@ -4,7 +4,7 @@ The result backend keeps one record per task id, and each state overwrites the l
 it cannot show that a task ran twice, or that a cancelled one was refused. The ledger
 appends one JSON entry per event to the list ``taskrun:ledger``::
 
-    {"event": "start" | "end" | "cleanup" | "skipped-duplicate" | "skipped-revoked",
+    {"event": "start" | "end" | "cleanup" | "skipped-duplicate" | "skipped-revoked" | "span",
      "task_id": ..., "task": ..., "pid": ..., "hostname": ..., "time": <epoch seconds>}
 
 "start" and "end" entries also carry the attempt number, ``retries``, so a retried task
@@ -14,8 +14,11 @@ the pool process was terminated, as by a hard time limit, before the task ended)
 ``start`` and ``end`` come from the ``task_prerun`` and ``task_postrun`` signals, so
 users' own tasks are recorded too; ``cleanup`` from
 :func:`taskrun_workers.helpers.on_soft_timeout` and the example tasks; the ``skipped-*``
-events from the guard. The operator's end-to-end tests read it with :func:`read_ledger`
-and :func:`executions` to assert that a run executed exactly once, or never.
+events from the guard; ``span`` (with ``started`` and ``ended``) from the ``span``
+example task, inside its body: unlike ``end``, written before Celery stores the result,
+so spans show how many tasks executed at once. The operator's end-to-end tests read it
+with :func:`read_ledger` and :func:`executions` to assert that a run executed exactly
+once, or never.
 
 It is off unless ``TASKRUN_LEDGER_URL`` is set: a ``redis://`` URL, or ``broker`` for the
 broker itself when it is Redis (the local stack and the tests set it; production workers
@@ -40,7 +43,7 @@ from celery import signals
 
 LEDGER_KEY = "taskrun:ledger"
 DEFAULT_MAX_ENTRIES = 100_000
-Event = Literal["start", "end", "cleanup", "skipped-duplicate", "skipped-revoked"]
+Event = Literal["start", "end", "cleanup", "skipped-duplicate", "skipped-revoked", "span"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +131,12 @@ def record(
         logger.warning("ledger: could not record %s of %s: %r", event, task_id, exc)
 
 
-def record_for(task: Any, event: Event) -> None:
+def record_for(task: Any, event: Event, **extra: Any) -> None:
     """Append ``event`` for the request ``task`` is running (from inside a task)."""
     request = task.request
     if request.id is None:
         return  # called directly, not as a Celery task: there is no run to record
-    record(task.app, event, request.id, task.name, request.hostname)
+    record(task.app, event, request.id, task.name, request.hostname, **extra)
 
 
 def read_ledger(redis_url: str) -> list[dict[str, Any]]:

@@ -81,6 +81,17 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+@_task("span", bind=True)
+def span(self: Any, seconds: float) -> float:
+    """Sleeps ``seconds`` and records in the ledger when it started and ended, from
+    inside the task (before its result is stored): how many runs execute at once, as the
+    worker itself saw it (the concurrency limits' tests and benchmark)."""
+    started = time.time()
+    _sleep_for(seconds)
+    ledger.record_for(self, "span", started=started, ended=time.time())
+    return seconds
+
+
 @_task("cleanup_on_soft_timeout", bind=True)
 def cleanup_on_soft_timeout(self: Any, seconds: float, reraise: bool = True) -> dict[str, Any]:
     """Works ``seconds``; on a soft time limit, cleans up (recorded in the ledger), then

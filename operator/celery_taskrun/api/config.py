@@ -84,6 +84,41 @@ class Policy(BaseModel):
     queues: list[str] = Field(["*"], min_length=1, description="Queues (globs) they may send to.")
 
 
+class Per(StrEnum):
+    """What a concurrency group's limit counts in."""
+
+    CLUSTER = "cluster"  # every run the group matches, together
+    NAMESPACE = "namespace"  # each namespace's runs on their own
+    KEY = "key"  # the runs of each distinct spec.concurrencyKey on their own
+
+
+class ConcurrencyGroup(BaseModel):
+    """At most `limit` runs of these tasks, namespaces and queues in flight at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$",
+        description="The group's name, as messages, Events and metrics give it.",
+    )
+    tasks: list[str] = Field(["*"], min_length=1, description="Task names (globs) it covers.")
+    namespaces: list[str] = Field(["*"], min_length=1, description="Namespaces (globs) it covers.")
+    queues: list[str] = Field(
+        ["*"],
+        min_length=1,
+        description="Queues (globs) it covers; a run without spec.queue is on defaultQueue.",
+    )
+    limit: int = Field(ge=1, le=1_000_000, description="Runs in flight at once, at most.")
+    per: Per = Field(
+        Per.CLUSTER,
+        description="What the limit counts in: `cluster` (all the group's runs together), "
+        "`namespace` (each namespace's), or `key` (each distinct spec.concurrencyKey's; runs "
+        "without one share the empty key).",
+    )
+
+
 class EventPolicy(StrEnum):
     """Which status changes post a core/v1 Event on their TaskRun."""
 
@@ -152,6 +187,14 @@ class OperatorConfig(BaseModel):
         "matching its namespace allows both its task and its queue. Empty: any namespace may "
         "run any task on any queue, but for Celery's built-ins (celery.*), refused unless a "
         "policy names them. Refused runs end Failed / TaskNotAllowed and nothing is sent.",
+    )
+    concurrency: list[ConcurrencyGroup] = Field(
+        [],
+        description="Concurrency limits: a run counts against every group whose tasks, "
+        "namespaces and queues all match it, from its send to its end. A run that would "
+        "take any of them over its limit is not sent: it stays Pending / Throttled until "
+        "every one has room (all or none), waiting runs going in order of priority (as the "
+        "broker reads it), then creation. Its timeout counts the wait.",
     )
     defaultQueue: str = Field(
         "celery",
@@ -301,6 +344,13 @@ class OperatorConfig(BaseModel):
         "are watched one by one; any glob makes the watch cluster-wide (filtered), which "
         "needs cluster-wide read of taskruns.",
     )
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> OperatorConfig:
+        names = [group.name for group in self.concurrency]
+        if len(names) != len(set(names)):
+            raise ValueError("concurrency: each group needs a name of its own")
+        return self
 
     @model_validator(mode="after")
     def _renew_before_expiry(self) -> OperatorConfig:

@@ -78,6 +78,9 @@ class Reason(StrEnum):
     PROGRESS = "Progress"  # the task reported a custom state, e.g. PROGRESS (Running)
     RETRY = "Retry"  # the task asked Celery to retry it (Retrying)
     RESUBMITTED = "Resubmitted"  # sent again after a failure, under spec.retries (Retrying)
+    # Over a concurrency group's limit: waits, nothing sent, until every group it is in
+    # has room (Pending).
+    THROTTLED = "Throttled"
     # The backend cannot be read, or the broker take the task: the phase stays, the
     # operator keeps trying (Pending when nothing was sent yet).
     BACKEND_UNAVAILABLE = "BackendUnavailable"
@@ -211,6 +214,14 @@ class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes w
     )
     sizeBasedLimits: SizeBasedLimits | None = None
     retries: int | None = Field(None, ge=0, le=100, description="Resubmissions after failure.")
+    concurrencyKey: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description="What the operator's concurrency groups with `per: key` count by: "
+        "runs with the same key share the group's limit (e.g. a customer's id).",
+    )
     cancel: bool | None = Field(None, description="Revoke the task; cannot be undone.")
     ttlSecondsAfterFinished: int | None = Field(
         None, ge=0, le=MAX_SECONDS, description="Delete the TaskRun this long after it finishes."

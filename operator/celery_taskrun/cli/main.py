@@ -95,6 +95,9 @@ def command_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--time-limit", type=_duration, metavar="S")
         parser.add_argument("--soft-time-limit", type=_duration, metavar="S")
         parser.add_argument("--retries", type=int, metavar="N")
+        parser.add_argument(
+            "--concurrency-key", metavar="KEY", help="what `per: key` concurrency groups count by"
+        )
         parser.add_argument("--name", help="default: generated from the task name")
         parser.add_argument(
             "--wait", action="store_true", help="wait for the outcome; print the result"
@@ -220,6 +223,7 @@ async def execute(options: argparse.Namespace) -> ExitCode:
                 "timeLimit": options.time_limit,
                 "softTimeLimit": options.soft_time_limit,
                 "retries": options.retries,
+                "concurrencyKey": options.concurrency_key,
             },
         )
     api, context_namespace = await connect(options.kubeconfig, options.context)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from celery_taskrun.api.model import Phase
+from celery_taskrun.api.model import Phase, Reason
 from celery_taskrun.core.outcomes import phase_of, status_of
 
 # A cell of the table; the rest is in `describe`.
@@ -103,15 +103,21 @@ def age(since: Any, now: datetime) -> str:
     return f"{days}d{hours}h" if hours and days < 10 else f"{days}d"
 
 
+def detail(status: Mapping[str, Any]) -> str:
+    """The table's last cell: a run's error, or why it waits (a concurrency limit)."""
+    error = status.get("error")
+    if isinstance(error, Mapping) and error.get("type"):
+        return _clip(f"{error.get('type')}: {error.get('message') or ''}")
+    if status.get("reason") == Reason.THROTTLED:
+        return _clip(str(status.get("message") or ""))
+    return ""
+
+
 def table(objs: Sequence[Mapping[str, Any]], now: datetime) -> str:
-    """`kubectl get tr`'s columns, and the error of a run that has one."""
-    rows = [("NAME", "TASK", "PHASE", "REASON", "PROGRESS", "AGE", "DURATION", "ERROR")]
+    """`kubectl get tr`'s columns, and the error of a run that has one or why it waits."""
+    rows = [("NAME", "TASK", "PHASE", "REASON", "PROGRESS", "AGE", "DURATION", "DETAIL")]
     for obj in objs:
         status = status_of(obj)
-        error = status.get("error")
-        error_cell = ""
-        if isinstance(error, Mapping) and error.get("type"):
-            error_cell = _clip(f"{error.get('type')}: {error.get('message') or ''}")
         rows.append(
             (
                 name_of(obj),
@@ -121,7 +127,7 @@ def table(objs: Sequence[Mapping[str, Any]], now: datetime) -> str:
                 progress_text(status),
                 age((obj.get("metadata") or {}).get("creationTimestamp"), now),
                 str(status.get("duration") or ""),
-                error_cell,
+                detail(status),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -156,6 +162,11 @@ def describe(obj: Mapping[str, Any], now: datetime) -> str:
         f"Phase:        {status.get('phase') or 'Pending'}",
         f"Reason:       {status.get('reason') or ''}",
         f"Message:      {status.get('message') or ''}",
+        *(
+            [f"Waiting:      for room, {status.get('message') or ''}; nothing sent yet"]
+            if status.get("reason") == Reason.THROTTLED
+            else []
+        ),
         f"State:        {status.get('state') or ''}",
         f"Task ID:      {status.get('taskId') or ''}",
         f"Attempt:      {status.get('attempt') or ''}",

@@ -38,6 +38,8 @@ TimedOutReason = Literal[
     Reason.SOFT_TIME_LIMIT_EXCEEDED, Reason.TIME_LIMIT_EXCEEDED, Reason.DEADLINE_EXCEEDED
 ]
 RevokedReason = Literal[Reason.CANCELLED, Reason.EXPIRED]
+# Why a run is not sent yet.
+PendingReason = Literal[Reason.BACKEND_UNAVAILABLE, Reason.THROTTLED]
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,18 @@ class Report:
 
 def pending(
     status: TaskRunStatus,
+    reason: PendingReason,
     message: str,
     *,
     limits: EffectiveLimits,
     generation: int | None,
     now: datetime,
 ) -> TaskRunStatus:
-    """The broker did not take the task: not sent, tried again.  `limits` say when its
-    deadline (counted from creation meanwhile) falls."""
+    """Not sent yet: the broker did not take the task (tried again), or a concurrency
+    limit holds it back (sent once there is room).  `limits` say when its deadline
+    (counted from creation meanwhile) falls."""
     update = {"limits": limits}
-    return _change(
-        status, Phase.PENDING, Reason.BACKEND_UNAVAILABLE, message, update, generation, now
-    )
+    return _change(status, Phase.PENDING, reason, message, update, generation, now)
 
 
 def queued(

@@ -28,7 +28,7 @@ from celery_taskrun.api.model import (
 from celery_taskrun.core import policy
 from celery_taskrun.core.changes import failed, pending, queued, resubmitted, revoked, timed_out
 from celery_taskrun.core.limits import effective_limits
-from celery_taskrun.core.timing import deadline, first_submitted, timestamp
+from celery_taskrun.core.timing import deadline, first_submitted, timestamp, waiting
 
 MAX_HISTORY = 10
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
@@ -203,8 +203,10 @@ def plan_send(
     generation: int | None,
     now: datetime,
     previous: TaskRunStatus | None = None,
+    throttled: str | None = None,
 ) -> Send | TaskRunStatus:
-    """The run's send `number`, or the run's final status instead.
+    """The run's send `number`, or the run's final status instead, or (`throttled`: why
+    a concurrency limit holds its first send back) the status it waits in.
 
     `previous`: the ended attempt a resend follows (its status is not written yet: the
     new attempt's status replaces it)."""
@@ -228,6 +230,13 @@ def plan_send(
         timeout = decided.limits.timeout.seconds if decided.limits.timeout else 0
         late = f"the task could not be sent within its timeout of {timeout:g}s"
         return timed_out(status, Reason.DEADLINE_EXCEEDED, late, generation=generation, now=now)
+    if throttled is not None and previous is None:
+        if waiting(status):
+            return status  # its wait is written once: the counts move on without it
+        limits = decided.limits
+        return pending(
+            status, Reason.THROTTLED, throttled, limits=limits, generation=generation, now=now
+        )
     if previous is not None:
         after = resent(
             previous,
@@ -278,7 +287,14 @@ def not_sent(
     if previous is not None:
         return status
     not_yet = f"cannot send the task yet: {error}"
-    return pending(status, not_yet, limits=message.limits, generation=generation, now=now)
+    return pending(
+        status,
+        Reason.BACKEND_UNAVAILABLE,
+        not_yet,
+        limits=message.limits,
+        generation=generation,
+        now=now,
+    )
 
 
 def resent(

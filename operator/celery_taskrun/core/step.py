@@ -38,6 +38,8 @@ class View:
     # When this attempt's task was first heard running, if it was (Celery records no
     # start time, and later news can supersede that sighting before a step sees it).
     seen_running: datetime | None = None
+    # Why a concurrency limit holds the run's first send back, if one does.
+    throttled: str | None = None
 
     @property
     def sent(self) -> bool:
@@ -101,6 +103,7 @@ def _send(
         generation=view.generation,
         now=now,
         previous=previous,
+        throttled=view.throttled,
     )
     if isinstance(decision, Send):
         return Plan(previous or view.status, send=decision, previous=previous)

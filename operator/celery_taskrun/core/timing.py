@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
-from celery_taskrun.api.model import Phase, TaskRunStatus
+from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
 from celery_taskrun.core.backoff import Backoff
 
 
@@ -61,6 +61,11 @@ def deadline(status: TaskRunStatus, created: datetime | None = None) -> datetime
     return start + timedelta(seconds=limit.seconds) if limit and start else None
 
 
+def waiting(status: TaskRunStatus) -> bool:
+    """Whether the run waits for room under a concurrency limit (nothing sent)."""
+    return status.phase is Phase.PENDING and status.reason is Reason.THROTTLED
+
+
 def expiry(status: TaskRunStatus) -> datetime | None:
     """When the current attempt expires if it has not started (spec.expires)."""
     limit = status.limits.expires if status.limits else None
@@ -90,14 +95,16 @@ def next_delay(
     now: datetime,
     created: datetime | None,
     tick: float,
-) -> float:
+) -> float | None:
     """Seconds until this run is looked at again: its poll backoff (long ones aligned to
     the grid; `tick` is the schedule's clock now), or sooner, exactly, when the clock
-    alone will change its status (a deadline, an expiry)."""
+    alone will change its status (a deadline, an expiry).  A run waiting for room has
+    nothing to poll (room wakes it): only its deadline, if any (None: no look)."""
+    check = next_check(status, created)
+    until = None if check is None else max((check - now).total_seconds(), 0.0)
+    if waiting(status):
+        return until
     delay = backoff.interval(polls)
     if delay >= POLL_GRID:
         delay = math.ceil((tick + delay) / POLL_GRID) * POLL_GRID - tick
-    check = next_check(status, created)
-    if check is not None:
-        delay = min(delay, max((check - now).total_seconds(), 0.0))
-    return delay
+    return delay if until is None else min(delay, until)

@@ -91,6 +91,10 @@ class Effects:
                 run, "Warning", "RevokeFailed", f"could not revoke task {revoke.task_id}: {exc}"
             )
 
+    async def event(self, run: Run, kind: str, reason: str, message: str) -> None:
+        await self.fence.wait()
+        await self.writer.event(run, kind, reason, message)
+
     async def ask(self, question: AskWorkers) -> bool | None:
         """Whether a worker holds the task; None when no worker answers."""
         workers = {question.worker} if question.worker else set()

@@ -93,3 +93,27 @@ CRON_LATENESS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 CRON_SCHEDULES = Gauge("taskrun_cron_schedules", "CronTaskRuns the operator follows")
+
+
+# Concurrency limits, by group name (the operator's config: a bounded set).
+CONCURRENCY_LIMIT = Gauge(
+    "taskrun_concurrency_limit",
+    "A concurrency group's limit, per slot (cluster, namespace or key)",
+    ["group"],
+)
+CONCURRENCY_IN_USE = Gauge(
+    "taskrun_concurrency_in_use",
+    "Places taken in a concurrency group (all its namespaces or keys): runs sent, not ended",
+    ["group"],
+)
+CONCURRENCY_WAITING = Gauge(
+    "taskrun_concurrency_waiting",
+    "Runs waiting for room in a concurrency group (Pending / Throttled)",
+    ["group"],
+)
+CONCURRENCY_WAIT = Histogram(
+    "taskrun_concurrency_wait_seconds",
+    "From a run joining a concurrency group's line to its admission (0 when there was room)",
+    ["group"],
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+)

@@ -66,7 +66,10 @@ class Poller:
         delay = next_delay(
             run.status, run.backoff, run.polls, self.now(), run.created, self.monotonic()
         )
-        self.look(run, delay)
+        if delay is None:
+            self.drop((Duty.LOOK, run.uid))
+        else:
+            self.look(run, delay)
 
     def drop(self, due: Due) -> None:
         self.schedule.drop(due)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.api.model import Reason, TaskRunStatus
+from celery_taskrun.api.model import Phase, Reason, TaskRunStatus
 from celery_taskrun.clients.errors import Gone, KubeError
 from celery_taskrun.core.content import Bounds
 from celery_taskrun.core.step import (
@@ -30,6 +31,7 @@ from celery_taskrun.core.step import (
 from celery_taskrun.core.timing import first_submitted, parse_time
 from celery_taskrun.core.transitions import Observed
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.concurrency import Limiter
 from celery_taskrun.engine.effects import Effects
 from celery_taskrun.engine.mailbox import Mailbox
 from celery_taskrun.engine.poller import Poller
@@ -37,7 +39,7 @@ from celery_taskrun.engine.reaper import Reaper
 from celery_taskrun.engine.registry import Registry
 from celery_taskrun.engine.runs import Run
 from celery_taskrun.engine.sender import Deleted, NotSent
-from celery_taskrun.engine.writer import Written
+from celery_taskrun.engine.writer import Written, posts_event
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class Stepper:
         poller: Poller,
         mailbox: Mailbox,
         reaper: Reaper,
+        limiter: Limiter,
         *,
         now: Callable[[], datetime],
     ) -> None:
@@ -64,6 +67,7 @@ class Stepper:
         self.poller = poller
         self.mailbox = mailbox
         self.reaper = reaper
+        self.limiter = limiter
         self.now = now
 
     async def attempt(self, run: Run, observed: Observed | None) -> None:
@@ -83,6 +87,12 @@ class Stepper:
 
     async def step(self, run: Run, observed: Observed | None) -> None:
         view = run.view()
+        if not view.sent and view.problem is None:
+            wait = self.limiter.ask(run)
+            if wait is not None:
+                if wait.why is None:
+                    return  # not every TaskRun is counted yet: the limiter wakes it
+                view = replace(view, throttled=wait.why)
         if view.sent and observed is None:
             observed = await self.poller.read_one(run)
         now = self.now()
@@ -117,6 +127,11 @@ class Stepper:
             return
         if plan.previous is not None:
             self.registry.unbind(plan.previous.taskId)
+        admitted = self.limiter.admitted(run.uid)
+        # Announced when its wait was (a wait shorter than the status hold shows neither).
+        waited = run.written_phase == (Phase.PENDING, Reason.THROTTLED)
+        if admitted and waited and posts_event(self.config.events, Phase.PENDING, False):
+            await self.effects.event(run, "Normal", "Admitted", admitted)
         await self._commit(run, after_send(view, plan, None, permanent=False, now=now))
 
     async def _give_up(self, run: Run, exc: Exception) -> None:
@@ -142,6 +157,10 @@ class Stepper:
             run.polls += 1  # most polls: nothing new, nothing to write
             self.poller.plan(run)
             return
+        if status.phase is not None and status.phase.terminal:
+            self.limiter.release(
+                run.uid
+            )  # the task is over: its places go now, not after the write
         if await self.mailbox.hold(run, status):  # news came meanwhile: it is obsolete
             run.status, run.synced = status, False  # the next step writes what it becomes
             return

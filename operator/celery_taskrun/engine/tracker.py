@@ -30,6 +30,7 @@ from celery_taskrun.core.retention import gitops_owner
 from celery_taskrun.core.step import lost
 from celery_taskrun.core.timing import deadline
 from celery_taskrun.engine import metrics
+from celery_taskrun.engine.concurrency import Limiter
 from celery_taskrun.engine.effects import Effects
 from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.mailbox import Mailbox
@@ -76,7 +77,10 @@ class Tracker:
         self.now = now
         self.monotonic = monotonic
         self.tasks = Tasks()
-        self.registry = Registry(on_forget=lambda uid: self.poller.drop((Duty.LOOK, uid)))
+        self.registry = Registry(on_forget=self._forgotten)
+        self.limiter = Limiter(
+            config, wake=lambda run: self.mailbox.deliver(run, None), monotonic=monotonic
+        )
         writer = StatusWriter(
             kube,
             concurrency=config.writeConcurrency,
@@ -112,7 +116,14 @@ class Tracker:
         )
         self.reaper = Reaper(config, self.effects, self.registry, self.poller, self.tasks, now=now)
         self.stepper = Stepper(
-            config, self.effects, self.registry, self.poller, self.mailbox, self.reaper, now=now
+            config,
+            self.effects,
+            self.registry,
+            self.poller,
+            self.mailbox,
+            self.reaper,
+            self.limiter,
+            now=now,
         )
         self.watchdog = WorkerWatchdog(
             celery,
@@ -145,6 +156,7 @@ class Tracker:
         self.acting = False
         await self.tasks.cancel_all()
         self.registry.clear()
+        self.limiter.clear()
         self.reaper.clear()
         self.poller.reset()
         # A standby exports no picture of runs it does not follow.
@@ -186,7 +198,8 @@ class Tracker:
             await asyncio.sleep(GAUGE_SECONDS)
 
     async def _adopt_all(self) -> None:
-        """Every TaskRun this operator handles, as the API server has it now."""
+        """Every TaskRun this operator handles, as the API server has it now; then, what
+        is in use known, the concurrency limits' lines move."""
         for namespace in self.listed or [None]:
             async for body in self.kube.list_taskruns(namespace):
                 meta = body.get("metadata") or {}
@@ -194,6 +207,12 @@ class Tracker:
                     meta.get("uid", "")
                 ):
                     await self.observe("ADDED", body)
+        self.limiter.settle()
+
+    def _forgotten(self, uid: str) -> None:
+        """A run no longer followed: its look goes, and its places free."""
+        self.poller.drop((Duty.LOOK, uid))
+        self.limiter.release(uid)
 
     def handles(self, namespace: str) -> bool:
         return not self.namespaces or any(fnmatchcase(namespace, p) for p in self.namespaces)
@@ -221,6 +240,7 @@ class Tracker:
             return
         generation = known.generation
         known.meta = newer(known.meta, slim(meta))
+        self.limiter.adopt(known)  # an earlier leader's intent, written after our list
         if known.meta.get("deletionTimestamp"):
             await self.reaper.delete(known)
             return
@@ -268,6 +288,7 @@ class Tracker:
             await self.reaper.finish(run)
             return
         self.registry.add(run)
+        self.limiter.adopt(run)
         self.poller.look(run, 0)  # with the others due now: one backend read for all
 
     # -- input: the backend and the watchdog -------------------------------------------
