@@ -132,7 +132,13 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     (
         "pending",
         taskrun(
-            pending(BASE, "cannot send the task yet: broker down", limits=EffectiveLimits(), **AT)
+            pending(
+                BASE,
+                Reason.BACKEND_UNAVAILABLE,
+                "cannot send the task yet: broker down",
+                limits=EffectiveLimits(),
+                **AT,
+            )
         ),
         "Progressing",
         "Pending (BackendUnavailable): cannot send the task yet: broker down",
@@ -234,7 +240,7 @@ def test_success_after_a_cancel_edit_stays_healthy() -> None:
 
 def test_every_phase_maps_to_one_of_three() -> None:
     one_of_each = [
-        pending(BASE, "x", limits=EffectiveLimits(), **AT),
+        pending(BASE, Reason.BACKEND_UNAVAILABLE, "x", limits=EffectiveLimits(), **AT),
         queued(BASE, "x", **AT),
         RUNNING,
         retrying(BASE, "x", Report("RETRY"), **AT),
