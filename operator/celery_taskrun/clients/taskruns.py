@@ -177,12 +177,18 @@ class TaskRunClient:
         limit: int,
         label_selector: str | None = None,
         continue_token: str | None = None,
+        plural: str = PLURAL,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Up to `limit` TaskRuns from `continue_token` on, in pages of GATEWAY_PAGE."""
+        """Up to `limit` TaskRuns (or objects of our group's kind `plural`) from
+        `continue_token` on, in pages of GATEWAY_PAGE."""
 
         async def fetch(token: str | None, size: int) -> dict[str, Any]:
             found = await self.page(
-                namespace, limit=size, label_selector=label_selector, continue_token=token
+                namespace,
+                limit=size,
+                label_selector=label_selector,
+                continue_token=token,
+                plural=plural,
             )
             return dict(found)
 

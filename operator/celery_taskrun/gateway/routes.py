@@ -173,11 +173,14 @@ def add_routes(app: FastAPI) -> None:
         limit: Annotated[int, Query(ge=1, le=500)] = LIST_LIMIT,
         continue_: Annotated[str | None, Query(alias="continue", max_length=4096)] = None,
     ) -> JSONResponse:
-        page = await gateway_of(request).runs.page(
+        # Paged like the runs: a template holds a TaskRun spec, as large as one.
+        items, token = [], None
+        pages = gateway_of(request).runs.pages(
             namespace, limit=limit, continue_token=continue_, plural=CRON_PLURAL
         )
-        items = [views.schedule_summary(obj) for obj in page.get("items") or []]
-        token = (page.get("metadata") or {}).get("continue") or None
+        async for page in pages:
+            items += [views.schedule_summary(obj) for obj in page.get("items") or []]
+            token = continue_of(page)
         return JSONResponse({"items": items, "continue": token})
 
     @app.get(
