@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from celery_taskrun.api.model import MAX_ARGS_BYTES, MAX_ARGS_VALUES
 from taskrun_dev.procfs import memory_mib
 from taskrun_dev.stack import Stack
 
-from accounts import Account
+from accounts import make_accounts
 from support import GROUP, PLURAL, VERSION, TaskRuns, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -70,8 +71,13 @@ def in_flight(metrics_url: str) -> float:
 
 
 def test_runs_at_the_bounds_are_listed_within_the_charts_limits(
-    runs: TaskRuns, stack: Stack, gateway: str, accounts: dict[str, Account]
+    stack: Stack, gateway: str, make_namespace: Callable[[str], str], tmp_path: Path
 ) -> None:
+    # A namespace and an operator of this test's own: restarting the session's operator
+    # would leave every later test holding a process that is gone.
+    runs = TaskRuns(stack, make_namespace("iso-costs"))
+    accounts = make_accounts(stack, runs.namespace, tmp_path)
+    own = stack.start_operator("op-costs", extra_args=["--namespace", runs.namespace])
     queue = f"held-{runs.namespace}"  # no worker reads it: what is sent stays in flight
     names = {f"{kind}-{n}": kind for kind in KINDS for n in range(RUNS // len(KINDS))}
     held = sum(KINDS[kind][1] == "Queued" for kind in names.values())
@@ -85,7 +91,7 @@ def test_runs_at_the_bounds_are_listed_within_the_charts_limits(
             runs.wait_phase(name, KINDS[kind][1])
         # A restart lists every run (Kopf's list, then the leader's own) and follows
         # each again: their specs stay in memory while they are in flight.
-        operator = stack.restart("operator")
+        operator = stack.restart(own.name)
         assert operator.url is not None
         wait_for(
             lambda: in_flight(operator.url or "") >= held,
@@ -120,3 +126,4 @@ def test_runs_at_the_bounds_are_listed_within_the_charts_limits(
     finally:
         # Deleted while the operator runs: it takes its finalizers off.
         runs.kubectl("delete", "taskruns", "--all", "--timeout=120s", check=True)
+        (stack.process(own.name) or own).stop()

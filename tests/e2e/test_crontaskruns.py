@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +17,13 @@ from taskrun_dev.stack import Stack
 from support import wait_for
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def namespace(make_namespace: Callable[[str], str]) -> str:
+    """A namespace no operator serves (the shared one serves `t-*`): the API alone."""
+    return make_namespace("api-only")
+
 
 Body = dict[str, Any]
 
