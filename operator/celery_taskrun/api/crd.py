@@ -208,6 +208,14 @@ def cron_spec_schema() -> JSONSchema:
             "message": "spec.schedule: @every needs a period of at least 1s",
         },
     ]
+    zones = ", ".join(f"'{zone}'" for zone in sorted(cron.TIME_ZONES))
+    schema["properties"]["timeZone"]["x-kubernetes-validations"] = [
+        {
+            "rule": f"self in [{zones}]",
+            "message": "spec.timeZone is not a zone of the IANA time zone database"
+            f" ({cron.TIME_ZONE_DATABASE}): use a name such as Europe/Berlin or UTC",
+        }
+    ]
     return schema
 
 

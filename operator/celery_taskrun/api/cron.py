@@ -9,6 +9,8 @@ what only a parse can tell (`core/cron.py`) the operator reports as Ready=False.
 from __future__ import annotations
 
 from enum import StrEnum
+from importlib.metadata import version
+from importlib.resources import files
 
 from pydantic import Field
 
@@ -27,6 +29,10 @@ MAX_HISTORY = 100  # runs kept of each outcome, at most
 # `Etc/GMT+5`.  Whether such a name is a zone the operator's database has, only the
 # operator can tell (Ready=False).
 TIME_ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,3}$"
+# The zones of the pinned time zone database (the `tzdata` package, in the lock): the
+# ones admission accepts and the operator knows, so the two always agree.
+TIME_ZONES: frozenset[str] = frozenset(files("tzdata").joinpath("zones").read_text().split())
+TIME_ZONE_DATABASE = f"tzdata {version('tzdata')}"
 MAX_TIME_ZONE_CHARS = 64
 
 # The shape of a schedule, as admission can check it (RE2 and Python `re` alike): 5

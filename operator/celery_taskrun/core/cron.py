@@ -37,7 +37,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # The spec's vocabulary and bounds are the API's (hostile input is normal input: the
 # schedule's bound also bounds what is parsed and quoted).
-from celery_taskrun.api.cron import MAX_SCHEDULE_CHARS, ConcurrencyPolicy, MissedRuns
+from celery_taskrun.api.cron import (
+    MAX_SCHEDULE_CHARS,
+    TIME_ZONES,
+    ConcurrencyPolicy,
+    MissedRuns,
+)
 
 MAX_RUNS = 100  # never more runs than this at once, whatever was missed
 MAX_PERIOD = 366 * 86400  # `@every` beyond a year is a calendar's job (`@yearly`)
@@ -309,16 +314,14 @@ def time_zone(name: str) -> ZoneInfo:
     refusal = UnknownTimeZone(
         f'unknown time zone {name[:64]!r}: use an IANA name such as "Europe/Berlin" or "UTC"'
     )
-    # `localtime` and `posixrules` are files of a machine's database, not zones.
-    if not _ZONE.fullmatch(name) or name in ("localtime", "posixrules"):
+    # Only the pinned database's zones, which admission accepts too (not whatever else a
+    # machine's database holds, such as `localtime`).
+    if name not in TIME_ZONES:
         raise refusal
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise refusal from None
-
-
-_ZONE = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+){0,3}")
 
 
 def spread(uid: str) -> int:
