@@ -19,9 +19,7 @@ from typing import Any, TextIO
 import yaml
 
 from celery_taskrun.api.bodies import TaskRunBody
-from celery_taskrun.api.cron import (
-    PLURAL as CRON_PLURAL,
-)
+from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
 from celery_taskrun.cli import render
 from celery_taskrun.cli.parsing import UsageError, build_spec, parse_duration
 from celery_taskrun.clients.errors import KubeError

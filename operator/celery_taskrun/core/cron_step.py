@@ -34,9 +34,7 @@ from celery_taskrun.api.cron import (
     CronTaskRunStatus,
     TaskRunMetadata,
 )
-from celery_taskrun.api.cron import (
-    KIND as CRON_KIND,
-)
+from celery_taskrun.api.cron import KIND as CRON_KIND
 from celery_taskrun.api.model import GROUP, KIND, VERSION, Condition, Phase
 from celery_taskrun.core import cron
 from celery_taskrun.core.policy import refusal

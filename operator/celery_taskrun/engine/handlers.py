@@ -15,9 +15,7 @@ from typing import Any
 import kopf
 
 from celery_taskrun.api.config import OperatorConfig, globbed
-from celery_taskrun.api.cron import (
-    PLURAL as CRON_PLURAL,
-)
+from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
 from celery_taskrun.api.model import GROUP, PLURAL, VERSION
 from celery_taskrun.clients.backend import open_backend
 from celery_taskrun.clients.celery_client import CeleryClient, make_app

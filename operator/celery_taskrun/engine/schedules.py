@@ -4,7 +4,7 @@
 Every replica follows the CronTaskRuns and the runs they own through its watches; only
 the Lease's holder acts, and each write waits at the fence first.  A CronTaskRun is
 looked at when its next slot falls due, when it changes, and when one of its runs
-starts or ends; one look at a time for each, and a bounded number at once.
+ends or goes; one look at a time for each, and a bounded number at once.
 """
 
 from __future__ import annotations
@@ -18,17 +18,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from celery_taskrun.api import cron as cron_api
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.api.cron import (
-    CRON_LABEL,
-    CronTaskRunStatus,
-)
-from celery_taskrun.api.cron import (
-    KIND as CRON_KIND,
-)
-from celery_taskrun.api.cron import (
-    PLURAL as CRON_PLURAL,
-)
+from celery_taskrun.api.cron import CRON_LABEL, CronTaskRunStatus
 from celery_taskrun.clients.errors import Conflict, Gone, Invalid, KubeError
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.core.cron_step import CronPlan, CronView, cron_view, decide, owner_of, run_view
@@ -208,7 +200,7 @@ class Schedules:
             try:
                 await self.kube.event(
                     view.namespace, view.name, view.uid, event.type, event.reason,
-                    event.message, of=CRON_KIND,
+                    event.message, of=cron_api.KIND,
                 )  # fmt: skip
             except KubeError as error:
                 log.warning("event on %s/%s: %s", view.namespace, view.name, error)
@@ -229,7 +221,13 @@ class Schedules:
         except Invalid as error:  # the template's labels or annotations, say
             message = f"cannot make {name}: the API server refused it: {error}"
             await self.kube.event(
-                view.namespace, view.name, view.uid, "Warning", "RunRefused", message, of=CRON_KIND
+                view.namespace,
+                view.name,
+                view.uid,
+                "Warning",
+                "RunRefused",
+                message,
+                of=cron_api.KIND,
             )
             return ""
         except Conflict:
@@ -239,7 +237,7 @@ class Schedules:
             return str(found["metadata"].get("uid"))
         message = f"cannot make {name}: the name holds a TaskRun this schedule does not own"
         await self.kube.event(
-            view.namespace, view.name, view.uid, "Warning", "NameTaken", message, of=CRON_KIND
+            view.namespace, view.name, view.uid, "Warning", "NameTaken", message, of=cron_api.KIND
         )
         return ""
 
@@ -257,7 +255,7 @@ class Schedules:
             changed,
             obj["metadata"].get("resourceVersion"),
             whole=not written,
-            plural=CRON_PLURAL,
+            plural=cron_api.PLURAL,
         )
         metrics.API_WRITES.labels("cron_status").inc()
         meta = {
@@ -269,7 +267,7 @@ class Schedules:
     async def _reread(self, key: Key, view: CronView) -> None:
         """A write refused on a stale view: take the object as it is, and look again."""
         try:
-            fresh: dict[str, Any] = dict(await self.kube.get(*key, plural=CRON_PLURAL))
+            fresh: dict[str, Any] = dict(await self.kube.get(*key, plural=cron_api.PLURAL))
         except Gone:
             self.crons.pop(key, None)
             return

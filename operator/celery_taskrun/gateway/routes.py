@@ -12,9 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from celery_taskrun.api.cron import (
-    PLURAL as CRON_PLURAL,
-)
+from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
 from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.paging import continue_of
 from celery_taskrun.clients.taskruns import wait
