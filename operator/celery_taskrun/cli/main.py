@@ -196,12 +196,19 @@ async def _cron(runs: TaskRunClient, namespace: str, options: argparse.Namespace
         raise UsageError(f"crontaskrun/{name} cannot make runs: {view.invalid}")
     now = int(datetime.now(UTC).timestamp())
     created = await runs.create_body(run_body(view, f"{name}-manual-{now}", now))
-    made = render.name_of(created)
+    return await _made(runs, namespace, created, options)
+
+
+async def _made(
+    runs: TaskRunClient, namespace: str, created: TaskRunBody, options: argparse.Namespace
+) -> ExitCode:
+    """A run just created: its name, or with --wait (--for) its outcome."""
+    name = render.name_of(created)
     if not (options.wait or options.wait_for is not None):
-        _say(made, sys.stdout)
+        _say(name, sys.stdout)
         return ExitCode.SUCCEEDED
-    _say(f"taskrun/{made} created")
-    return await _wait_and_report(runs, namespace, made, options.wait_for)
+    _say(f"taskrun/{name} created")
+    return await _wait_and_report(runs, namespace, name, options.wait_for)
 
 
 async def execute(options: argparse.Namespace) -> ExitCode:
@@ -230,12 +237,7 @@ async def execute(options: argparse.Namespace) -> ExitCode:
     try:
         if spec is not None:
             created = await runs.create(namespace, spec, name=options.name)
-            name = render.name_of(created)
-            if not (options.wait or options.wait_for is not None):
-                _say(name, sys.stdout)
-                return ExitCode.SUCCEEDED
-            _say(f"taskrun/{name} created")
-            return await _wait_and_report(runs, namespace, name, options.wait_for)
+            return await _made(runs, namespace, created, options)
         if options.command == "wait":
             return await _wait_and_report(runs, namespace, options.name, options.wait_for)
         if options.command == "result":
