@@ -27,7 +27,7 @@ lint:
 	lint-imports
 
 test: setup-tests lint
-	python -m pytest -q -p no:cacheprovider
+	python -m pytest -q -p no:cacheprovider --durations=25
 
 bench: setup
 	python benchmarks/suite.py $(BENCH_ARGS)
