@@ -137,8 +137,14 @@ GATEWAY_ON: dict[str, Any] = {"gateway": {"enabled": True}}
 
 @pytest.mark.parametrize(
     "values",
-    [None, NON_DEFAULT, METRICS_OFF, {**GATEWAY_ON, "watchNamespaces": ["a"]}],
-    ids=["default", "custom", "off", "gateway"],
+    [
+        None,
+        NON_DEFAULT,
+        METRICS_OFF,
+        {**GATEWAY_ON, "watchNamespaces": ["a"]},
+        {"celery": DEV_URLS},
+    ],
+    ids=["default", "custom", "off", "gateway", "dev-urls"],
 )
 def test_helm_lint(helm: Path, tmp_path: Path, values: dict[str, Any] | None) -> None:
     args = ["lint", "--strict", str(CHART)]
