@@ -29,9 +29,9 @@ kubectl apply --server-side --force-conflicts -f deploy/crd.yaml -f deploy/cront
 kubectl wait --for=condition=Established crd/taskruns.celery.taskrun.dev \
   crd/crontaskruns.celery.taskrun.dev --timeout=60s
 kubectl apply -f deploy/rbac.yaml
-# The operator first: its Secret holds the broker URLs the demo workers read too.
-kubectl apply -f deploy/operator.yaml
+# The demo Redis, its URLs' Secret and the workers; then the operator, reading that Secret.
 kubectl apply -f deploy/worker.yaml
+kubectl apply -f deploy/operator.yaml
 if [ "$image" != celery-taskrun:dev ]; then
   kubectl -n "$ns" set image deployment/celery-taskrun-operator "*=$image"
   kubectl -n "$ns" set image deployment/celery-taskrun-worker "*=$image"

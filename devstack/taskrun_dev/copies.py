@@ -36,7 +36,12 @@ class Copy:
     documents: tuple[tuple[str, str], ...] = ()
 
 
-REDIS = (("Deployment", "redis"), ("Service", "redis"))
+# The demo Redis, and the Secret with its URLs.
+REDIS = (
+    ("Secret", "celery-taskrun-connection"),
+    ("Deployment", "redis"),
+    ("Service", "redis"),
+)
 WORKER = (("Deployment", "celery-taskrun-worker"),)
 KUSTOMIZE = "deploy/kustomize"
 CHART_FILES = "charts/celery-taskrun/files"

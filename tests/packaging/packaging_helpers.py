@@ -9,7 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,19 +171,26 @@ def server_side_apply(stack: Stack, docs: list[Manifest]) -> Completed:
     return result
 
 
-def readme_yaml(section: str) -> Manifest:
-    """The first YAML block of a section (`## section`) of the README, parsed."""
+def readme_yaml(section: str, index: int = 0) -> Manifest:
+    """The YAML block `index` (the first by default) of a section (`## section`) of the
+    README, parsed."""
     body = README.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    loaded: Manifest = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
+    block = body.split("```yaml\n")[1 + index].split("```", 1)[0]
+    loaded: Manifest = yaml.safe_load(block)
     return loaded
 
 
-def build_beside_repo(stack: Stack, folder: Path, kustomization: Manifest) -> list[Manifest]:
+def build_beside_repo(
+    stack: Stack, folder: Path, kustomization: Manifest, files: Mapping[str, str] = {}
+) -> list[Manifest]:
     """`kubectl kustomize` of a user's kustomization whose paths start with
-    ../celery-taskrun/, as the README's do: laid out in `folder`, that name linking here."""
+    ../celery-taskrun/, as the README's do: laid out in `folder`, that name linking here,
+    with `files` (name: text) beside it."""
     (folder / "celery-taskrun").symlink_to(REPO)
     (folder / "mine").mkdir()
     (folder / "mine" / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    for name, text in files.items():
+        (folder / "mine" / name).write_text(text)
     return load_all(stack.kubectl("kustomize", str(folder / "mine"), check=True).stdout)
 
 

@@ -66,6 +66,12 @@ NON_DEFAULT: dict[str, Any] = {
         "env": [{"name": "TASKRUN_RESULT_EXPIRES", "value": "3600"}],
     },
 }
+# The development convenience: URLs in values, in a Secret the chart makes.
+DEV_URLS: dict[str, Any] = {
+    "createSecret": True,
+    "brokerUrl": "amqp://app:dev-pass@rabbitmq:5672//",
+    "resultBackend": "db+postgresql://app:dev-pass@postgresql/results",
+}
 METRICS_OFF: dict[str, Any] = {"metrics": {"enabled": False}, "rbac": {"create": False},
                                "serviceAccount": {"create": False, "name": "mine"},
                                "admissionPolicy": {"enabled": False}}  # fmt: skip
@@ -79,7 +85,23 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def env_of(c: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e.get("value", "") for e in c.get("env", [])}
+    """A container's plain environment variables (not those from a Secret)."""
+    return {e["name"]: e.get("value", "") for e in c.get("env", []) if "valueFrom" not in e}
+
+
+def secret_refs(c: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """A container's variables from Secrets: {variable: (Secret, key)}."""
+    refs = {}
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            refs[e["name"]] = (ref["name"], ref["key"])
+    return refs
+
+
+def connection(secret: str, broker: str = "CELERY_BROKER_URL",
+               backend: str = "CELERY_RESULT_BACKEND") -> dict[str, tuple[str, str]]:  # fmt: skip
+    return {"CELERY_BROKER_URL": (secret, broker), "CELERY_RESULT_BACKEND": (secret, backend)}
 
 
 def deploy_rbac_rules() -> set[tuple[str, str, str]]:
@@ -115,8 +137,14 @@ GATEWAY_ON: dict[str, Any] = {"gateway": {"enabled": True}}
 
 @pytest.mark.parametrize(
     "values",
-    [None, NON_DEFAULT, METRICS_OFF, {**GATEWAY_ON, "watchNamespaces": ["a"]}],
-    ids=["default", "custom", "off", "gateway"],
+    [
+        None,
+        NON_DEFAULT,
+        METRICS_OFF,
+        {**GATEWAY_ON, "watchNamespaces": ["a"]},
+        {"celery": DEV_URLS},
+    ],
+    ids=["default", "custom", "off", "gateway", "dev-urls"],
 )
 def test_helm_lint(helm: Path, tmp_path: Path, values: dict[str, Any] | None) -> None:
     args = ["lint", "--strict", str(CHART)]
@@ -134,8 +162,8 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         [
+            # No Secret: the URLs are in one the user creates.
             "ServiceAccount",
-            "Secret",
             "ConfigMap",
             "ClusterRole",
             "ClusterRoleBinding",
@@ -164,9 +192,9 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
         "--liveness=http://0.0.0.0:8080/healthz",
     ]
     assert env_of(c) == {"TASKRUN_METRICS_HOST": "0.0.0.0", "TASKRUN_METRICS_PORT": "9808"}
-    secret = one(docs, "Secret")
-    assert c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
-    assert set(secret["stringData"]) == {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}
+    assert "envFrom" not in c  # no other key of the Secret reaches the environment
+    assert secret_refs(c) == connection("taskrun-celery-taskrun-connection")
+    assert "checksum/connection" not in deployment["spec"]["template"]["metadata"]["annotations"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"healthz": 8080, "metrics": 9808}
     assert c["securityContext"] == {
@@ -249,7 +277,7 @@ def test_non_default_values(render: Render) -> None:
     c = container(operator)
     assert operator["metadata"]["name"] == "tr-operator"
     assert c["image"] == "registry.example/celery-taskrun:1.2.3"
-    assert c["envFrom"] == [{"secretRef": {"name": "celery-connection"}}]
+    assert secret_refs(c) == connection("celery-connection")
     assert "--verbose" in c["args"]
     assert env_of(c) == {
         "TASKRUN_METRICS_HOST": "0.0.0.0",
@@ -279,7 +307,7 @@ def test_non_default_values(render: Render) -> None:
         "TASKRUN_WORKER_IMPORTS": "my_tasks.reports,my_tasks.mail",
         "TASKRUN_RESULT_EXPIRES": "3600",
     }
-    assert w["envFrom"] == c["envFrom"]
+    assert secret_refs(w) == secret_refs(c)
     assert worker["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert worker["spec"]["selector"] != operator["spec"]["selector"]
 
@@ -295,10 +323,10 @@ def test_non_default_values(render: Render) -> None:
 
 def test_everything_off(render: Render) -> None:
     docs = render(METRICS_OFF)
-    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment", "Secret"]
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment"]
     deployment = one(docs, "Deployment")
     c = container(deployment)
-    assert "env" not in c
+    assert env_of(c) == {}
     assert [p["name"] for p in c["ports"]] == ["healthz"]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 
@@ -326,17 +354,65 @@ def test_rendered_config_is_a_valid_operator_config(
         ({"config": {"namespaces": ["a"]}}, "use watchNamespaces"),
         ({"config": {"metricsPort": 1}}, "use metrics.port"),
         ({"watchNamespaces": ["team-*"]}, "is a glob"),
-        ({"celery": {"resultBackend": "rpc://"}}, "rpc:// cannot work"),
+        ({"celery": {**DEV_URLS, "resultBackend": "rpc://"}}, "rpc:// cannot work"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+        # URLs in values only on request, and then from one place.
+        ({"celery": {"brokerUrl": "amqp://app:pw@mq//"}}, "only with celery.createSecret=true"),
+        ({"celery": {"resultBackend": "redis://r/1"}}, "only with celery.createSecret=true"),
+        ({"celery": {**DEV_URLS, "existingSecret": "mine"}}, "leave celery.existingSecret empty"),
+        ({"celery": {"createSecret": True, "brokerUrl": "redis://r/0"}}, "needs both"),
+        ({"celery": {"brokerUrlKey": "url", "resultBackendKey": "url"}}, "name the same key"),
     ],
-    ids=["broker-in-config", "namespaces-in-config", "metrics-in-config", "glob", "rpc", "no-sa"],
-)
+    ids=["broker-in-config", "namespaces-in-config", "metrics-in-config", "glob", "rpc", "no-sa",
+         "broker-unasked", "backend-unasked", "two-places", "half", "one-key"],
+)  # fmt: skip
 def test_refused_values(helm: Path, tmp_path: Path, values: dict[str, Any], message: str) -> None:
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(values))
     result = run_helm(helm, "template", "x", str(CHART), "--values", str(path), check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_connection_keys_are_configurable(render: Render) -> None:
+    keys = {"brokerUrlKey": "broker-url", "resultBackendKey": "backend-url"}
+    docs = render({"celery": {"existingSecret": "shared", **keys}, "worker": {"enabled": True}})
+    assert by_kind(docs, "Secret") == []
+    for name in ("-operator", "-worker"):
+        c = container(one(docs, "Deployment", name))
+        assert secret_refs(c) == connection("shared", "broker-url", "backend-url")
+
+
+def test_urls_in_values_only_on_request(render: Render) -> None:
+    """createSecret: the chart's Secret holds the URLs under the configured keys, the pods
+    read them from it (and roll when it changes), and no other object quotes them."""
+    keys = {"brokerUrlKey": "broker-url", "resultBackendKey": "backend-url"}
+    docs = render({"celery": {**DEV_URLS, **keys}, "worker": {"enabled": True},
+                   "gateway": {"enabled": True}})  # fmt: skip
+    secret = one(docs, "Secret")
+    name = secret["metadata"]["name"]
+    assert secret["stringData"] == {
+        "broker-url": DEV_URLS["brokerUrl"],
+        "backend-url": DEV_URLS["resultBackend"],
+    }
+    for suffix in ("-operator", "-worker"):
+        deployment = one(docs, "Deployment", suffix)
+        assert secret_refs(container(deployment)) == connection(name, "broker-url", "backend-url")
+        assert "checksum/connection" in deployment["spec"]["template"]["metadata"]["annotations"]
+    others = yaml.safe_dump_all([d for d in docs if d is not secret])
+    assert "dev-pass" not in others
+
+
+def test_gateway_gets_no_connection(render: Render) -> None:
+    """The gateway speaks only to the API server: no broker or backend URL reaches it."""
+    docs = render({"celery": DEV_URLS, "gateway": {"enabled": True}})
+    gateway = one(docs, "Deployment", "-gateway")
+    secret = one(docs, "Secret")["metadata"]["name"]
+    assert secret not in yaml.safe_dump(gateway)
+    assert not {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"} & set(env_of(container(gateway)))
+    assert "checksum/connection" not in gateway["spec"]["template"]["metadata"].get(
+        "annotations", {}
+    )
 
 
 def test_include_crds_renders_the_crds_first(render: Render) -> None:
@@ -365,9 +441,12 @@ def test_values_schema_knows_every_operator_setting() -> None:
         ({"worker": {"concurrency": 0}}, "minimum"),
         ({"gateway": {"replica": 2}}, "additional properties 'replica' not allowed"),
         ({"gateway": {"port": 0}}, "minimum"),
+        ({"celery": {"brokerUrlKey": "a/b"}}, "does not match pattern"),
+        ({"celery": {"createSecret": "yes"}}, "want boolean"),
     ],
-    ids=["no-replicas", "seconds-are-numbers", "config-typo", "concurrency", "gateway", "port"],
-)
+    ids=["no-replicas", "seconds-are-numbers", "config-typo", "concurrency", "gateway", "port",
+         "secret-key", "opt-in-is-a-boolean"],
+)  # fmt: skip
 def test_values_schema_refuses(
     helm: Path, tmp_path: Path, values: dict[str, Any], message: str
 ) -> None:

@@ -34,6 +34,24 @@ def container(deployment: Manifest) -> dict[str, Any]:
     return result
 
 
+def from_secret(c: dict[str, Any], secret: Manifest) -> dict[str, str]:
+    """What a container's variables from Secrets hold, when `secret` is the one they name
+    (each by its own key: no envFrom)."""
+    assert "envFrom" not in c
+    values = {}
+    for e in c["env"]:
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == secret["metadata"]["name"]
+            values[e["name"]] = secret["stringData"][ref["key"]]
+    return values
+
+
+def test_the_operator_file_holds_no_url(operator_docs: list[Manifest]) -> None:
+    """Real URLs carry passwords: the operator's file refers to a Secret, holds none."""
+    assert by_kind(operator_docs, "Secret") == []
+
+
 def test_everything_lives_in_the_rbac_namespace(
     operator_docs: list[Manifest], worker_docs: list[Manifest]
 ) -> None:
@@ -46,7 +64,9 @@ def test_everything_lives_in_the_rbac_namespace(
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == service_account
 
 
-def test_operator_deployment(operator_docs: list[Manifest], tmp_path: Path) -> None:
+def test_operator_deployment(
+    operator_docs: list[Manifest], worker_docs: list[Manifest], tmp_path: Path
+) -> None:
     deployment = one(operator_docs, "Deployment")
     assert deployment["spec"]["replicas"] == 2  # one leads, one stands by
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -59,7 +79,7 @@ def test_operator_deployment(operator_docs: list[Manifest], tmp_path: Path) -> N
     assert liveness.port == ports["healthz"]
     for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": liveness.path, "port": "healthz"}
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     assert env == {"TASKRUN_METRICS_HOST": "0.0.0.0", "TASKRUN_METRICS_PORT": "9808"}
     assert ports["metrics"] == 9808
     assert set(c["resources"]) == {"requests", "limits"}
@@ -76,15 +96,17 @@ def test_operator_deployment(operator_docs: list[Manifest], tmp_path: Path) -> N
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     path = tmp_path / "config.yaml"
     path.write_text(config_map["data"]["config.yaml"])
-    secret = one(operator_docs, "Secret")
-    environ = {**secret["stringData"], **env}
-    loaded = config_file.load(str(path), environ=environ)
+    # The URLs from the Secret deploy/worker.yaml makes for its demo Redis.
+    secret = one(worker_docs, "Secret")
+    connection = from_secret(c, secret)
+    assert set(connection) == {"CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"}
+    loaded = config_file.load(str(path), environ={**connection, **env})
     assert loaded.metricsPort == 9808
     assert loaded.metricsHost == "0.0.0.0"
     assert loaded.brokerUrl == secret["stringData"]["CELERY_BROKER_URL"]
+    assert loaded.resultBackend == secret["stringData"]["CELERY_RESULT_BACKEND"]
     assert loaded.defaults.softTimeLimit is not None and loaded.defaults.timeLimit is not None
     assert loaded.defaults.softTimeLimit < loaded.defaults.timeLimit
-    assert c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
 
 
 def test_metrics_service_selects_the_operator(operator_docs: list[Manifest]) -> None:
@@ -100,10 +122,12 @@ def test_metrics_service_selects_the_operator(operator_docs: list[Manifest]) -> 
 def test_worker_and_redis_match_the_operator(
     operator_docs: list[Manifest], worker_docs: list[Manifest]
 ) -> None:
-    secret = one(operator_docs, "Secret")
+    secret = one(worker_docs, "Secret")
     worker = one(worker_docs, "Deployment", "-worker")
     c = container(worker)
-    assert c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    assert from_secret(c, secret) == from_secret(
+        container(one(operator_docs, "Deployment")), secret
+    )
     assert c["image"] == container(one(operator_docs, "Deployment"))["image"]
     assert c["command"][:4] == ["celery", "-A", "taskrun_workers.app", "worker"]
     assert "--pool=prefork" in c["command"]

@@ -116,6 +116,14 @@ def chart_values(case: str, namespace: str) -> dict[str, Any] | None:
         return None
     if case == "namespaced":
         return {
+            # The development Secret, under keys of its own.
+            "celery": {
+                "createSecret": True,
+                "brokerUrl": "redis://redis:6379/0",
+                "resultBackend": "redis://redis:6379/1",
+                "brokerUrlKey": "broker.url",
+                "resultBackendKey": "backend-url",
+            },
             "watchNamespaces": [namespace],
             "worker": {"enabled": True},
             "gateway": {"enabled": True},

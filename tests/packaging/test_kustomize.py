@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from pathlib import Path
@@ -46,6 +47,7 @@ WATCHED = "taskruns"
 LIKE_DEPLOY: dict[str, Any] = {
     "image": {"tag": "dev"},
     "celery": {
+        "createSecret": True,
         "brokerUrl": "redis://redis.celery-taskrun-system.svc:6379/0",
         "resultBackend": "redis://redis.celery-taskrun-system.svc:6379/1",
     },
@@ -108,8 +110,10 @@ def essence(docs: list[Manifest]) -> dict[Key, Any]:
                 env = [e for e in container.pop("env", []) if e.get("value", None) != ""]
                 if env:
                     container["env"] = env
-                for source in container.get("envFrom", []):
-                    source["secretRef"]["name"] = ref("Secret", source["secretRef"]["name"])
+                for variable in container.get("env", []):
+                    source = variable.get("valueFrom", {}).get("secretKeyRef")
+                    if source:
+                        source["name"] = ref("Secret", source["name"])
         elif doc["kind"] == "Service":
             spec.pop("selector")
         elif doc["kind"] in {"ClusterRole", "Role"}:
@@ -193,15 +197,32 @@ def test_apply_k_passes_the_api_server(stack: Stack, directory: str) -> None:
     assert len(applied) == len(built(stack, directory)), result.stdout
 
 
+# The env file the README's overlay reads, kept out of git (a URL with a password).
+CONNECTION = {
+    "CELERY_BROKER_URL": "amqp://app:s3cr%40t@rabbitmq.example.internal:5672//",
+    "CELERY_RESULT_BACKEND": "db+postgresql://app:s3cr%40t@db.example.internal/results",
+}
+CONNECTION_ENV = "".join(f"{k}={v}\n" for k, v in CONNECTION.items())
+
+
 @pytest.mark.e2e
 def test_readme_overlay_sets_the_image_and_the_broker(stack: Stack, tmp_path: Path) -> None:
+    """The Secret comes from an env file beside the overlay (a secretGenerator): named with
+    its content's hash, so a changed URL rolls the pods, and the operator reads it."""
     mine = readme_yaml("Install with kustomize")
-    docs = build_beside_repo(stack, tmp_path, mine)
+    (generator,) = mine["secretGenerator"]
+    (env_file,) = generator["envs"]
+    docs = build_beside_repo(stack, tmp_path, mine, {env_file: CONNECTION_ENV})
     (image,) = mine["images"]
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"{image['newName']}:{image['newTag']}"
-    (patch,) = yaml.safe_load(mine["patches"][0]["patch"])
-    assert one(docs, "Secret")["stringData"] == patch["value"]
+    secret = one(docs, "Secret")
+    name = secret["metadata"]["name"]
+    assert name.startswith("celery-taskrun-connection-")  # the content's hash
+    stored = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert stored == CONNECTION
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs == {k: {"name": name, "key": k} for k in CONNECTION}
     server_side_apply(stack, docs)
 
 

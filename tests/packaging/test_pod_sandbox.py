@@ -164,12 +164,15 @@ def test_operator_and_worker_run_read_only_as_uid_10001(
             # Loopback only here; in the pod it is 0.0.0.0:8080.
             arg = f"--liveness=http://127.0.0.1:{liveness_port}/healthz"
         args.append(arg)
-    operator_env = {e["name"]: e["value"] for e in operator_container["env"]}
+    # The URLs come from the stack (base_env), not from the Secret's demo ones.
+    operator_env = {e["name"]: e["value"] for e in operator_container["env"] if "value" in e}
     assert operator_env["TASKRUN_METRICS_PORT"] == "9808"
     operator_env.update(TASKRUN_METRICS_HOST="127.0.0.1", TASKRUN_METRICS_PORT=str(metrics_port))
 
     worker_command = container(worker_docs, "-worker")["command"]
-    worker_env = {e["name"]: e["value"] for e in container(worker_docs, "-worker")["env"]}
+    worker_env = {
+        e["name"]: e["value"] for e in container(worker_docs, "-worker")["env"] if "value" in e
+    }
 
     logs = stack.logs_dir
     worker = Sandboxed(

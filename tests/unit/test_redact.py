@@ -42,6 +42,40 @@ def test_redact(text: str, clean: str) -> None:
     assert redact(text, secrets_of(URLS)) == clean
 
 
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("amqp://app:pw1@rabbit:5672//", "amqp://app:***@rabbit:5672//"),
+        ("amqps://app:pw1@rabbit:5671/jobs", "amqps://app:***@rabbit:5671/jobs"),
+        ("pyamqp://app:pw1@rabbit//", "pyamqp://app:***@rabbit//"),
+        ("db+postgresql://app:pw2@db:5432/results", "db+postgresql://app:***@db:5432/results"),
+        ("db+postgresql+psycopg://app:p%40ss@db/r", "db+postgresql+psycopg://app:***@db/r"),
+        ("sqla+postgresql://app:pw2@db/r", "sqla+postgresql://app:***@db/r"),
+        ("rediss://default:pw3@cache:6380/0", "rediss://default:***@cache:6380/0"),
+        # A raw `@` in the password: masked to the authority's last one, as urlsplit reads.
+        ("amqp://app:p@ss@rabbit//", "amqp://app:***@rabbit//"),
+        ("Cannot connect to amqp://app:pw1@rabbit:5672//: timed out.",
+         "Cannot connect to amqp://app:***@rabbit:5672//: timed out."),
+        ("(psycopg2.OperationalError) for db+postgresql://app:pw2@db/r and redis://:pw3@r/1",
+         "(psycopg2.OperationalError) for db+postgresql://app:***@db/r and redis://:***@r/1"),
+        # No password: nothing to hide.
+        ("db+postgresql://taskrun@127.0.0.1:5432/taskrun",
+         "db+postgresql://taskrun@127.0.0.1:5432/taskrun"),
+        ("mail admin@example.com about http://host/x", "mail admin@example.com about http://host/x"),
+    ],
+)  # fmt: skip
+def test_any_urls_password_is_masked_known_or_not(text: str, clean: str) -> None:
+    """Broker and backend errors quote URLs the operator was not configured with too."""
+    assert redact(text) == clean
+
+
+def test_a_configured_password_with_a_raw_at_sign_leaves_nothing() -> None:
+    url = "amqp://app:p@ss:w0rd@rabbit:5672//"
+    text = f"Cannot connect to {url}: refused; auth p@ss:w0rd"
+    clean = redact(text, secrets_of([url]))
+    assert "p@ss" not in clean and "w0rd" not in clean, clean
+
+
 def test_a_status_is_scrubbed_everywhere_the_operator_writes() -> None:
     status = pending(
         TaskRunStatus(),

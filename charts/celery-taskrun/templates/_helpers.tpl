@@ -46,14 +46,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* The Secret holding CELERY_BROKER_URL and CELERY_RESULT_BACKEND. */}}
+{{/* The Secret holding the broker and backend URLs. */}}
 {{- define "celery-taskrun.connectionSecret" -}}
 {{- default (printf "%s-connection" (include "celery-taskrun.fullname" .)) .Values.celery.existingSecret }}
 {{- end }}
 
 {{/*
-Refuse values that would split one setting between two places, or that RBAC cannot
-follow.  Included by the ConfigMap, which every install renders.
+CELERY_BROKER_URL and CELERY_RESULT_BACKEND from that Secret's keys: named one by one
+(not envFrom), so no other key of a shared Secret reaches the process's environment.
+*/}}
+{{- define "celery-taskrun.connectionEnv" -}}
+{{- range $name, $key := dict "CELERY_BROKER_URL" .Values.celery.brokerUrlKey "CELERY_RESULT_BACKEND" .Values.celery.resultBackendKey }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "celery-taskrun.connectionSecret" $ }}
+      key: {{ $key | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuse values that would split one setting between two places, keep URLs in plain text
+unasked, or that RBAC cannot follow.  Included by the ConfigMap, which every install renders.
 */}}
 {{- define "celery-taskrun.validate" -}}
 {{- range $key, $where := dict "brokerUrl" "celery.brokerUrl" "resultBackend" "celery.resultBackend" "metricsHost" "metrics (the pod listens on 0.0.0.0)" "metricsPort" "metrics.port" "namespaces" "watchNamespaces" }}
@@ -66,8 +80,20 @@ follow.  Included by the ConfigMap, which every install renders.
 {{- fail (printf "watchNamespaces: %q is a glob; the chart grants a Role per namespace and needs exact names" .) }}
 {{- end }}
 {{- end }}
-{{- if and (not .Values.celery.existingSecret) (not .Values.celery.brokerUrl) }}
-{{- fail "celery.brokerUrl (or celery.existingSecret) is required" }}
+{{- with .Values.celery }}
+{{- if eq .brokerUrlKey .resultBackendKey }}
+{{- fail "celery.brokerUrlKey and celery.resultBackendKey name the same key: the broker and the backend need one each" }}
+{{- end }}
+{{- if .createSecret }}
+{{- if .existingSecret }}
+{{- fail "celery.createSecret makes a Secret from celery.brokerUrl and celery.resultBackend: leave celery.existingSecret empty, or drop createSecret and the URLs" }}
+{{- end }}
+{{- if not (and .brokerUrl .resultBackend) }}
+{{- fail "celery.createSecret needs both celery.brokerUrl and celery.resultBackend" }}
+{{- end }}
+{{- else if or .brokerUrl .resultBackend }}
+{{- fail "celery.brokerUrl and celery.resultBackend are read only with celery.createSecret=true (development: the URLs would be kept in plain text); otherwise create a Secret with the URLs and name it in celery.existingSecret (the chart's README, \"Connection\")" }}
+{{- end }}
 {{- end }}
 {{- if hasPrefix "rpc:" (default "" .Values.celery.resultBackend) }}
 {{- fail "celery.resultBackend: rpc:// cannot work with an operator (results go back to the process that sent the task); use redis:// or db+...://" }}

@@ -18,7 +18,9 @@ from urllib.parse import quote, unquote, urlsplit
 from celery_taskrun.api.model import TaskRunStatus
 
 MASK = "***"
-URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):(?P<password>[^@\s]+)@")
+# The password runs to the authority's last `@` (as urlsplit reads it): one written with
+# a raw `@` (`amqp://app:p@ss@host//`, which kombu accepts) is masked whole.
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):(?P<password>[^\s/?#]+)@")
 # Where a bearer token shows: after `Bearer`, in the WebSocket subprotocol that carries
 # it (base64url), as a `token` field (a TokenReview's spec), and as a JWT anywhere (a
 # ServiceAccount's token, whatever quotes it).  (Tokens are long: "bearer token" stays.)
@@ -44,12 +46,13 @@ def secrets_of(urls: Iterable[str]) -> list[str]:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    text = URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
-    text = CREDENTIAL.sub(lambda m: (m["head"] or m["field"] or "") + MASK, text)
+    # Known secrets first: masking a URL's password could split one (its tail after a
+    # raw `@`) so that it no longer matches.
     for secret in secrets:
         if secret:
             text = text.replace(secret, MASK)
-    return text
+    text = URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    return CREDENTIAL.sub(lambda m: (m["head"] or m["field"] or "") + MASK, text)
 
 
 class RedactingFormatter(logging.Formatter):

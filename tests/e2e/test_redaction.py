@@ -1,0 +1,75 @@
+"""An AMQP broker's and a database backend's passwords never show when they fail: not in
+a TaskRun's status, not in its Events, not in the operator's log (the Redis case is in
+test_tenancy.py).
+
+An operator of its own, in a namespace of its own (`iso-...`), `--verbose` (where
+libraries say the most), given a URL with a password to a port where nothing listens,
+the other URL the stack's Redis.  (Today neither kombu's nor SQLAlchemy's errors quote
+the URL there: these hold the outcome whatever a library logs; tests/unit/test_redact.py
+holds the masking itself.)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from taskrun_dev.processes import ManagedProcess, free_port
+from taskrun_dev.stack import Stack
+
+from support import TaskRuns, wait_for
+
+
+def own_operator(stack: Stack, runs: TaskRuns, tmp_path: Path, **urls: str) -> ManagedProcess:
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"brokerTimeout": 2, "backendTimeout": 2}))
+    return stack.start_operator(
+        f"op-{runs.namespace}",
+        env_overrides=urls,
+        config_path=config,
+        extra_args=["--namespace", runs.namespace, "--verbose"],
+    )
+
+
+def test_an_amqp_brokers_password_never_shows(
+    stack: Stack, make_namespace: Callable[[str], str], tmp_path: Path
+) -> None:
+    password = f"amqp-pw-{uuid.uuid4().hex[:8]}"
+    runs = TaskRuns(stack, make_namespace("iso-redact"))
+    broker = f"amqp://app:{password}@127.0.0.1:{free_port()}//"
+    own = own_operator(stack, runs, tmp_path, CELERY_BROKER_URL=broker)
+    try:
+        runs.apply("down", "calculate_sum", args=[[1, 2]], timeout=120)
+        runs.wait("down", lambda s: s.get("reason") == "BackendUnavailable", "BackendUnavailable")
+        runs.wait_event("down", "Warning", "BackendUnavailable", timeout=30)
+        shown = runs.kubectl("get", "taskruns,events", "-o", "json", check=True).stdout
+        assert "BackendUnavailable" in shown and password not in shown
+        log = own.log_text()
+        assert password not in log, log[-3000:]
+    finally:
+        runs.kubectl("delete", "taskrun", "down", "--timeout=60s")
+        own.stop()
+
+
+def test_a_database_backends_password_never_shows(
+    stack: Stack, make_namespace: Callable[[str], str], tmp_path: Path
+) -> None:
+    password = f"db-pw-{uuid.uuid4().hex[:8]}"
+    runs = TaskRuns(stack, make_namespace("iso-redact"))
+    backend = f"db+postgresql://app:{password}@127.0.0.1:{free_port()}/results"
+    own = own_operator(stack, runs, tmp_path, CELERY_RESULT_BACKEND=backend)
+    try:
+        # A database unreachable at startup holds the operator's start (Kopf retries it),
+        # so what it reports is in its log.
+        wait_for(
+            lambda: "OperationalError" in own.log_text(),
+            timeout=60,
+            what="the operator reporting the database's failure",
+            interval=0.5,
+        )
+        log = own.log_text()
+        assert password not in log, log[-3000:]
+    finally:
+        own.stop()
