@@ -174,10 +174,10 @@ class RedisResultBackend:
 
 
 class CeleryResultBackend:
-    """Any backend Celery can read (e.g. `db+sqlite:///...`), read in a worker thread.
+    """Any other backend Celery can read, a task at a time in a worker thread.
 
     Celery decodes these records itself (JSON only: the operator's app accepts no other
-    content), so their size is the database's to bound, not the operator's.
+    content), so their size is the backend's to bound, not the operator's.
     """
 
     def __init__(self, app: Any, timeout: float = 10.0) -> None:
@@ -288,12 +288,11 @@ class DatabaseResultBackend:
         raw = [sa.type_coerce(value, sa.types.NullType()).label(k) for k, value in columns.items()]
         return sa.select(*raw).where(c.task_id.in_(list(task_ids)))
 
-    def _read_chunk(self, task_ids: Sequence[str]) -> dict[str, Reading]:
+    def _read_chunk(self, connection: sa.Connection, task_ids: Sequence[str]) -> dict[str, Reading]:
         out: dict[str, Reading] = {}
         pending = list(task_ids)
         while pending:
-            with self.engine.connect() as connection:
-                rows = connection.execute(self._query(pending)).all()
+            rows = connection.execute(self._query(pending)).all()
             later = []
             for values in rows:
                 row = values._mapping
@@ -309,8 +308,9 @@ class DatabaseResultBackend:
 
     def _read_all(self, task_ids: Sequence[str]) -> dict[str, Reading]:
         out: dict[str, Reading] = {}
-        for start in range(0, len(task_ids), READ_CHUNK):
-            out.update(self._read_chunk(task_ids[start : start + READ_CHUNK]))
+        with self.engine.connect() as connection:  # one connection (and ping) a read
+            for start in range(0, len(task_ids), READ_CHUNK):
+                out.update(self._read_chunk(connection, task_ids[start : start + READ_CHUNK]))
         return out
 
     async def read(self, task_ids: Sequence[str]) -> dict[str, Reading]:
