@@ -200,8 +200,13 @@ async def test_a_hostile_row_is_its_own_runs_problem(db: Database, url: str) -> 
         db.execute(
             f"INSERT INTO {db.table} (task_id, status) VALUES ('tr-bad-text', CAST(X'FF' AS TEXT))"
         )
+        # Text where Celery writes bytes, over the bound in bytes (not in characters).
+        db.execute(
+            f"INSERT INTO {db.table} (task_id, status, result) VALUES ('tr-text-result', "
+            f"'SUCCESS', '\"' || replace(printf('%.*c', {LIMIT // 2 + 10}, 'x'), 'x', 'é') || '\"')"
+        )
         hostile.append("tr-bad-text")
-    readings = await db.read(["tr-good", *hostile, "tr-wrong-types"])
+    readings = await db.read(["tr-good", *hostile, "tr-wrong-types", "tr-text-result"])
     assert isinstance(readings["tr-good"], TaskRecord) and readings["tr-good"].result == 7
     for task_id in hostile:
         assert isinstance(readings[task_id], Unreadable), task_id
@@ -211,6 +216,9 @@ async def test_a_hostile_row_is_its_own_runs_problem(db: Database, url: str) -> 
         assert isinstance(wrong, TaskRecord)
         assert (wrong.result, wrong.retries, wrong.worker) == ("fine", None, "\ufffd\ufffd")
         assert wrong.traceback == "\ufffd"
+        text = readings["tr-text-result"]
+        assert isinstance(text, TaskRecord) and text.partial_size == 2 * (LIMIT // 2 + 10) + 2
+        assert text.result.startswith('"éé')
 
 
 async def test_a_missing_table_fails_the_read(db: Database) -> None:

@@ -247,7 +247,8 @@ class DatabaseResultBackend:
             **options.get("connect_args", {}),
         }
         self.engine = sa.create_engine(url, **options)
-        if url.get_backend_name() == "sqlite":
+        self.sqlite = url.get_backend_name() == "sqlite"
+        if self.sqlite:
             # SQLite fails a whole query on one TEXT value that is not UTF-8: its text
             # comes as bytes, decoded (with replacements) row by row.
             sa.event.listen(self.engine, "connect", _text_as_bytes)
@@ -257,14 +258,16 @@ class DatabaseResultBackend:
 
     def _query(self, task_ids: Sequence[str]) -> sa.Select[*tuple[Any, ...]]:
         c = self.table.c
-        size, tb_size = sa.func.length(c.result), sa.func.length(c.traceback)
+        # SQLite keeps text where a writer put text: as a BLOB, its length is in bytes.
+        stored = sa.cast(c.result, sa.LargeBinary) if self.sqlite else c.result
+        size, tb_size = sa.func.length(stored), sa.func.length(c.traceback)
         within = sa.func.coalesce(size, 0) <= self.limit
         long_tb = tb_size > TRACEBACK_CHARS
         weight = sa.case((within, sa.func.coalesce(size, 0)), else_=self.head) + sa.case(
             (long_tb, TRACEBACK_CHARS), else_=sa.func.coalesce(tb_size, 0)
         )
         fits = sa.func.sum(weight).over(order_by=c.task_id) <= self.budget
-        result = sa.case((within, c.result), else_=sa.func.substr(c.result, 1, self.head))
+        result = sa.case((within, stored), else_=sa.func.substr(stored, 1, self.head))
         traceback = sa.case(
             (long_tb, sa.func.substr(c.traceback, tb_size - TRACEBACK_CHARS + 1)),
             else_=c.traceback,
@@ -303,7 +306,9 @@ class DatabaseResultBackend:
                     out[task_id] = records.parse_row(_row(row), self.limit)
                 else:
                     later.append(task_id)  # past this query's budget: in the next one
-            pending = later
+            # Each query reads its first row whole (the budget holds any one): an id
+            # read already (a table without Celery's unique task_id) is not read again.
+            pending = [tid for tid in later if tid not in out]
         return {tid: out.get(tid, records.NO_RECORD) for tid in task_ids}
 
     def _read_all(self, task_ids: Sequence[str]) -> dict[str, Reading]:
