@@ -9,16 +9,19 @@ stack's directory, so two stacks (and a system service, if one runs) never meet.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import amqp
 import psycopg
 
-from taskrun_dev.processes import StackError
+from taskrun_dev.processes import StackError, free_port, wait_until
 
 HOST = "127.0.0.1"
 # Process names, also their ports' keys in stack.json.
@@ -231,6 +234,41 @@ def ensure_database(port: int) -> None:
         ).fetchone()
         if found is None:
             connection.execute(f"CREATE DATABASE {POSTGRES_DB}")
+
+
+@contextlib.contextmanager
+def throwaway_postgres(
+    data_dir: Path, settings: Sequence[str] = (), timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A PostgreSQL of its own for a test or a benchmark (no stack): its `db+` URL and
+    its postmaster, stopped (with every backend) on the way out.  `settings`: more
+    `-c name=value` for the server."""
+    initdb(data_dir)
+    port = free_port(HOST)
+    argv = postgres_argv(data_dir, port)
+    for setting in settings:
+        argv += ["-c", setting]
+    log = (data_dir.parent / f"{data_dir.name}.log").open("wb")
+    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+
+        def dead() -> str | None:
+            return None if server.poll() is None else f"postgres exited ({server.returncode})"
+
+        if not wait_until(
+            lambda: postgres_answers(port), timeout=timeout, interval=0.1, abort=dead
+        ):
+            raise StackError(f"postgres did not accept sessions within {timeout:.0f}s")
+        ensure_database(port)
+        yield postgresql_url(port), server
+    finally:
+        server.send_signal(signal.SIGINT)  # a fast shutdown: clients still connected go
+        try:
+            server.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout)
+        log.close()
 
 
 # -- SQLite --------------------------------------------------------------------

@@ -117,3 +117,14 @@ def test_suite_smoke(tmp_path: Path) -> None:
     }
     assert "| API writes per trivial run (audit log)" in result.stdout
     assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_backends_benchmark_smoke() -> None:
+    figures = run_benchmark("backends.py", "--runs", "200", "--window", "2")
+    assert set(figures["scenarios"]) == {"none", "10%"}
+    for readers in figures["scenarios"].values():
+        assert set(readers) == {"operator", "operator-per-task", "seed-polling"}
+        for row in readers.values():
+            assert row["reads_per_s"] > 0 and row["reads_due_per_s"] == 40, row
+        # Figures are not judged, but a batched read is one statement a turn, not one a run.
+        assert readers["operator"]["statements_per_s"] < readers["seed-polling"]["statements_per_s"]

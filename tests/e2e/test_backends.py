@@ -45,12 +45,19 @@ def test_database_backend_end_to_end(database_runs: TaskRuns) -> None:
     runs.apply("sum", "calculate_sum", args=[[1, 2, 3, 4, 5]], queue="db")
     runs.apply("boom", "fail", args=["db says no"], queue="db")
     runs.apply("steps", "progress", kwargs={"steps": 3, "delay": 0.5}, queue="db")
+    # Past the operator's maxRecordBytes (2 MiB), read as its first 64 KiB: the user sees
+    # the same outcome as from a record read whole.
+    runs.apply("huge", "big_result", args=[3_000_000], queue="db")
     done = runs.finished("sum")
     assert (done["phase"], done["result"]) == ("Succeeded", 15)
     failed = runs.finished("boom")
     assert (failed["phase"], failed["reason"]) == ("Failed", "TaskError")
     assert failed["error"]["type"] == "ValueError" and failed["error"]["message"] == "db says no"
     assert runs.finished("steps")["progress"]["percent"] == 100
+    huge = runs.finished("huge")
+    assert (huge["phase"], huge["resultTruncated"]) == ("Succeeded", True)
+    assert huge["resultBytes"] == 3_000_002  # the JSON string, quotes included
+    assert "task succeeded; result of 3000002 bytes cut to a preview" in huge["message"]
 
 
 def test_rpc_backend_is_refused_at_start(stack: Stack) -> None:

@@ -5,12 +5,13 @@ import json
 import lzma
 import pickle
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from celery_taskrun.core import records
-from celery_taskrun.core.records import COMPRESSED_MAGIC, Stored, TaskRecord, Unreadable
+from celery_taskrun.core.records import COMPRESSED_MAGIC, Row, Stored, TaskRecord, Unreadable
 
 LIMIT = 64 * 1024
 META = {
@@ -136,3 +137,98 @@ def test_hostile_fields_are_bounded() -> None:
     assert len(record.exception_message.encode()) <= 4096
     assert len((record.worker or "").encode()) <= 256
     assert record.retries is None
+
+
+# -- rows of a database backend ------------------------------------------------
+
+DONE = datetime(2026, 1, 1, 12, 0, 4, tzinfo=UTC)
+EXC = json.dumps({"exc_type": "ValueError", "exc_message": ["no"], "exc_module": "builtins"})
+BIG = json.dumps("z" * 100_000).encode()
+BIG_EXC = json.dumps({"exc_type": "KeyError", "exc_message": ["k" * 99_999]}).encode()
+
+
+def row(status: object = "SUCCESS", result: bytes | None = b"3", **columns: object) -> Row:
+    return Row(status, None if result is None else whole(result), **columns)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, records.NO_RECORD),
+        (
+            row(result=b'{"rows": 3}', date_done=DONE, worker="w1@h", retries=2),
+            TaskRecord("SUCCESS", {"rows": 3}, date_done=DONE, worker="w1@h", retries=2),
+        ),
+        # SQLite returns a DateTime column's text as stored.
+        (
+            row(date_done="2026-01-01 12:00:04"),
+            TaskRecord("SUCCESS", 3, date_done="2026-01-01 12:00:04"),
+        ),
+        (
+            row("STARTED", b'{"pid": 7, "hostname": "w2@h"}'),
+            TaskRecord("STARTED", {"pid": 7, "hostname": "w2@h"}),
+        ),
+        (row("PENDING", None), TaskRecord("PENDING")),
+        # An exception stays what was stored, never rebuilt from the module it names.
+        (
+            row("FAILURE", EXC.encode(), traceback=b"Traceback...\nValueError: no"),
+            TaskRecord(
+                "FAILURE",
+                json.loads(EXC),
+                traceback="Traceback...\nValueError: no",
+            ),
+        ),
+        # Columns of the wrong type (SQLite keeps whatever a writer put there).
+        (row(retries="three", worker=7), TaskRecord("SUCCESS", 3)),
+        (row(retries=10**30), TaskRecord("SUCCESS", 3)),
+        (row(traceback=b"\xff\xfeend"), TaskRecord("SUCCESS", 3, traceback="\ufffd\ufffdend")),
+        (
+            row(result=compressed("application/x-gzip", zlib.compress(b'"packed"'))),
+            TaskRecord("SUCCESS", "packed"),
+        ),
+        (
+            Row("SUCCESS", Stored(BIG[:1000], len(BIG)), worker="w1@h"),
+            TaskRecord("SUCCESS", BIG[:1000].decode(), worker="w1@h", partial_size=len(BIG)),
+        ),
+        (
+            Row("FAILURE", Stored(BIG_EXC[:500], len(BIG_EXC))),
+            TaskRecord(
+                "FAILURE",
+                {"exc_type": "KeyError", "exc_message": BIG_EXC[:500].decode()},
+                partial_size=len(BIG_EXC),
+            ),
+        ),
+    ],
+)
+def test_a_row_is_read_as_celery_stores_it(given: Row | None, expected: records.Reading) -> None:
+    assert records.parse_row(given, LIMIT) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "seen"),
+    [
+        (row(None), "without a Celery status"),
+        (row(b"SUCCESS"), "without a Celery status"),
+        (row("S" * 65), "without a Celery status"),
+        (row("SUCC ESS"), "without a Celery status"),
+        (row(result=b"\xff\xfe{}"), "not JSON"),
+        (row(result=b"{"), "not JSON"),
+        (row(result=b""), "an empty value"),
+        (row(result=b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
+        (row(result=pickle.dumps({"a": 1})), "pickle"),
+        (Row("SUCCESS", Stored(pickle.dumps("p" * 200_000)[:900], 200_020)), "pickle"),
+        (row(result=compressed("application/x-zstd", b"...")), "compressed as"),
+        (row(result=compressed("application/x-bz2", b"not bz2")), "corrupt"),
+    ],
+)
+def test_a_row_that_cannot_be_read_is_unreadable(given: Row, seen: str) -> None:
+    reading = records.parse_row(given, LIMIT)
+    assert isinstance(reading, Unreadable) and seen in reading.seen
+
+
+def test_a_compressed_result_larger_than_the_bound_is_read_in_part() -> None:
+    packed = compressed("application/x-gzip", zlib.compress(json.dumps("q" * 500_000).encode()))
+    reading = records.parse_row(row(result=packed), LIMIT)
+    assert isinstance(reading, TaskRecord)
+    assert reading.partial_size == len(packed) and reading.result.startswith('"qqq')
+    assert len(reading.result) <= LIMIT

@@ -15,6 +15,7 @@ which says what was seen and what is supported.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import json
 import lzma
 import re
@@ -126,34 +127,54 @@ def parse(stored: Stored | None, max_bytes: int) -> Reading:
     """A stored record (possibly read in part) -> TaskRecord or Unreadable."""
     if stored is None or stored.size == 0:
         return NO_RECORD
-    head, size = stored.head, stored.size
-    whole = stored.whole
-    if head.startswith(COMPRESSED_MAGIC):
-        content_type, _, body = head[len(COMPRESSED_MAGIC) :].partition(b"\x00")
-        unpacked = decompress(content_type.decode(errors="replace"), body, max_bytes)
-        if isinstance(unpacked, Unreadable):
-            return unpacked
-        head, complete = unpacked
-        whole = whole and complete
-        if whole:
-            size = len(head)
-        stored = Stored(head, size)  # a compressed tail says nothing readable
+    unpacked = unpack(stored, max_bytes)
+    if isinstance(unpacked, Unreadable):
+        return unpacked
+    head, whole = unpacked
     if not whole:
-        return parse_partial(stored)
+        # A compressed tail says nothing readable.
+        tail = stored.tail if head is stored.head else b""
+        return parse_partial(Stored(head, stored.size, tail))
     return parse_json(head)
 
 
-def parse_json(raw: bytes | str) -> Reading:
-    """A whole JSON record -> TaskRecord; anything else -> Unreadable."""
+def unpack(stored: Stored, max_bytes: int) -> tuple[bytes, bool] | Unreadable:
+    """The stored bytes, decompressed (at most `max_bytes`) when a worker compressed
+    them, and whether they are all of the value."""
+    if not stored.head.startswith(COMPRESSED_MAGIC):
+        return stored.head, stored.whole
+    content_type, _, body = stored.head[len(COMPRESSED_MAGIC) :].partition(b"\x00")
+    unpacked = decompress(content_type.decode(errors="replace"), body, max_bytes)
+    if isinstance(unpacked, Unreadable):
+        return unpacked
+    data, complete = unpacked
+    return data, stored.whole and complete
+
+
+@dataclass(frozen=True)
+class Decoded:
+    value: Any
+
+
+def load_json(raw: bytes | str) -> Decoded | Unreadable:
+    """A whole JSON value, or what it looks like if it is not one."""
     problem = unfamiliar(raw.encode() if isinstance(raw, str) else raw)
     if problem is not None:
         return problem
     try:
-        data = json.loads(raw, parse_constant=str)  # NaN, Infinity: not JSON in status
+        return Decoded(json.loads(raw, parse_constant=str))  # NaN, Infinity: not JSON
     except RecursionError:
         return Unreadable("JSON nested too deeply")
     except ValueError as exc:  # UnicodeDecodeError, digits beyond int's limit included
         return Unreadable(f"not JSON: {bounded.text(exc, 200)}")
+
+
+def parse_json(raw: bytes | str) -> Reading:
+    """A whole JSON record -> TaskRecord; anything else -> Unreadable."""
+    loaded = load_json(raw)
+    if isinstance(loaded, Unreadable):
+        return loaded
+    data = loaded.value
     if not isinstance(data, dict) or not isinstance(data.get("status"), str):
         return Unreadable("JSON without a Celery status")
     return from_meta(data)
@@ -208,12 +229,7 @@ def parse_partial(stored: Stored) -> Reading:
         problem = unfamiliar(stored.head)
         return problem or Unreadable(f"a value of {stored.size} bytes without a Celery status")
     start = _RESULT.search(stored.head)
-    body = stored.head[start.end() :] if start else b""
-    exc_type = _EXC_TYPE.search(body[:4096])
-    preview = body.decode(errors="ignore")
-    result: Any = preview
-    if exc_type is not None:
-        result = {"exc_type": exc_type.group(1).decode(), "exc_message": preview}
+    result = preview(stored.head[start.end() :] if start else b"")
     done = _DATE_DONE.search(stored.tail)
     worker = _WORKER.search(stored.tail)
     retries = _RETRIES.search(stored.tail)
@@ -225,6 +241,80 @@ def parse_partial(stored: Stored) -> Reading:
         retries=int(retries.group(1)) if retries else None,
         partial_size=stored.size,
     )
+
+
+def preview(body: bytes) -> Any:
+    """The start of a result too large to read whole: as text, or for an exception
+    (a FAILURE's or RETRY's `{"exc_type", "exc_message"}`) its type and that text."""
+    text = body.decode(errors="ignore")
+    exc_type = _EXC_TYPE.search(body[:4096])
+    if exc_type is None:
+        return text
+    return {"exc_type": exc_type.group(1).decode(), "exc_message": text}
+
+
+# A Celery state as stored: a short name (its column is 50 characters wide).
+_STATE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A task's row in a database result backend (Celery's `celery_taskmeta` table), as
+    the driver returned it: any type in any column (SQLite keeps what a writer put
+    there).  `result` is the stored bytes, whole or (when larger than the read bound)
+    their start; `traceback` its end at most."""
+
+    status: object
+    result: Stored | None = None
+    traceback: object = None
+    date_done: object = None
+    worker: object = None
+    retries: object = None
+
+
+def parse_row(row: Row | None, max_bytes: int) -> Reading:
+    """A database row (None: no row) -> TaskRecord or Unreadable.
+
+    Decoded as Celery decodes it (the result column holds the serialized result alone;
+    the state, traceback, time, worker and retries have columns of their own), except
+    that an exception stays the `{"exc_type", "exc_message"}` it was stored as: Celery
+    rebuilds it by importing the module the row names, which a reader of hostile rows
+    never does."""
+    if row is None:
+        return NO_RECORD
+    if not isinstance(row.status, str) or not _STATE.fullmatch(row.status):
+        return Unreadable("a row without a Celery status")
+    result: Any = None
+    partial_size = None
+    if row.result is not None:
+        unpacked = unpack(row.result, max_bytes)
+        if isinstance(unpacked, Unreadable):
+            return unpacked
+        raw, whole = unpacked
+        if whole:
+            loaded = load_json(raw)
+            if isinstance(loaded, Unreadable):
+                return loaded
+            result = loaded.value
+        else:
+            problem = unfamiliar(raw)
+            if problem is not None:
+                return problem
+            result, partial_size = preview(raw), row.result.size
+    traceback = row.traceback
+    if isinstance(traceback, bytes):
+        traceback = traceback.decode(errors="replace")
+    record = from_meta(
+        {
+            "status": row.status,
+            "result": result,
+            "traceback": traceback,
+            "date_done": row.date_done,
+            "worker": row.worker,
+            "retries": row.retries,
+        }
+    )
+    return dataclasses.replace(record, partial_size=partial_size)
 
 
 def from_meta(data: dict[str, Any]) -> TaskRecord:
