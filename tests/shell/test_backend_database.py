@@ -82,7 +82,8 @@ class Database:
         self.admin = sa.create_engine(self.worker.backend.url)
 
     def _heard(self, _c: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if self.table.rpartition(".")[2] in statement:
+        # The reads' own queries (not the first read's look at the table's columns)
+        if statement.startswith("SELECT") and self.table.rpartition(".")[2] in statement:
             self.statements.append(statement)
 
     def store(self, task_id: str, result: Any, state: str = "SUCCESS", **request: Any) -> None:
@@ -221,8 +222,26 @@ async def test_a_hostile_row_is_its_own_runs_problem(db: Database, url: str) -> 
         assert text.result.startswith('"éé')
 
 
-async def test_a_missing_table_fails_the_read(db: Database) -> None:
+async def test_the_first_read_makes_celerys_table(url: str) -> None:
+    """The operator starts with its database down (nothing is touched at its start),
+    and the first read that reaches the database makes the table no worker made yet."""
+    settings = conf(url)
+    operator = make_app(OperatorConfig(brokerUrl="memory://", resultBackend=url))
+    operator.conf.update(**settings)
+    reader = open_backend(url, operator, max_record_bytes=LIMIT, timeout=5.0)
+    assert isinstance(reader, DatabaseResultBackend)
+    table = reader.table
+    try:
+        assert not sa.inspect(reader.engine).has_table(table.name, schema=table.schema)
+        assert (await reader.read(["tr-1"])) == {"tr-1": records.NO_RECORD}
+        assert sa.inspect(reader.engine).has_table(table.name, schema=table.schema)
+    finally:
+        await reader.close()
+
+
+async def test_a_table_gone_after_fails_the_read(db: Database) -> None:
     db.store("tr-1", 1)
+    assert isinstance((await db.read(["tr-1"]))["tr-1"], TaskRecord)
     db.execute(f"DROP TABLE {db.table}")
     with pytest.raises(BackendUnavailable, match="database"):
         await db.read(["tr-1"])
@@ -231,7 +250,6 @@ async def test_a_missing_table_fails_the_read(db: Database) -> None:
 async def test_a_refused_connection_fails_the_read_within_its_timeout() -> None:
     url = f"db+postgresql://taskrun@127.0.0.1:{free_port()}/taskrun"
     operator = make_app(OperatorConfig(brokerUrl="memory://", resultBackend=url))
-    operator.conf.database_create_tables_at_setup = False  # nothing to create them in
     reader = open_backend(url, operator, max_record_bytes=LIMIT, timeout=1.0)
     began = time.monotonic()
     with pytest.raises(BackendUnavailable, match="OperationalError"):

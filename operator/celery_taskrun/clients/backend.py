@@ -225,9 +225,10 @@ class DatabaseResultBackend:
     `records.parse_row` decides what each row means.
 
     Not Celery's `ResultSession`: outside a forked worker it makes a new engine, so a
-    new connection, for every session; the operator keeps one pool.  The tables are
-    Celery's to create (the app's backend does at the operator's start): a missing one
-    is a backend the operator cannot read.
+    new connection, for every session; the operator keeps one pool.  Celery's tables
+    (and the extended columns an older table lacks) are made by Celery's own code at the
+    first read that reaches the database; one that goes away after is a backend the
+    operator cannot read.
     """
 
     def __init__(
@@ -240,6 +241,7 @@ class DatabaseResultBackend:
         self.budget = max(budget_bytes, max_record_bytes + TRACEBACK_CHARS)
         self.timeout = timeout
         self.table: sa.Table = backend.task_cls.__table__
+        self.models = backend.session_manager
         url = sa.make_url(backend.url)
         options: dict[str, Any] = {"pool_timeout": timeout, **backend.engine_options}
         options["connect_args"] = {
@@ -314,6 +316,8 @@ class DatabaseResultBackend:
     def _read_all(self, task_ids: Sequence[str]) -> dict[str, Reading]:
         out: dict[str, Reading] = {}
         with self.engine.connect() as connection:  # one connection (and ping) a read
+            # Reached: Celery makes its tables if missing (once; a no-op after).
+            self.models.prepare_models(self.engine)
             for start in range(0, len(task_ids), READ_CHUNK):
                 out.update(self._read_chunk(connection, task_ids[start : start + READ_CHUNK]))
         return out

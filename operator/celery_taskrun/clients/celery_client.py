@@ -55,6 +55,10 @@ def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
         # A database backend's records are read with the columns `worker` and `retries`
         # (Celery's extended model): the workers write them with `result_extended`.
         result_extended=True,
+        # Celery would make its tables when the backend is first touched, here at the
+        # operator's start: a database down then would stop the start.  The first read
+        # that reaches the database makes them instead (clients/backend.py).
+        database_create_tables_at_setup=False,
         task_publish_retry_policy=PUBLISH_RETRY,
         broker_transport_options=SOCKET_OPTIONS,
         result_backend_transport_options=SOCKET_OPTIONS,
