@@ -44,11 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # Kopf imports the synchronous `kubernetes` client whenever it is installed (to log
-    # in through it, and to know its models); the operator speaks through the
-    # asynchronous one, as in its image, where the other is not installed.  Kept out,
-    # a development install runs as the image does, without the client's 8 MiB.
-    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    # Kopf imports the generated Kubernetes clients whenever they are installed (to log
+    # in through them, and to know their models); the operator speaks through its own
+    # (clients/apiserver.py), and the gateway's `kubernetes_asyncio` is in the image.
+    # Kept out, Kopf logs in by itself, and the operator is spared the clients' models
+    # (55 MiB for `kubernetes_asyncio`'s alone).
+    for generated in ("kubernetes", "kubernetes_asyncio"):
+        sys.modules.setdefault(generated, None)  # type: ignore[arg-type]
     import kopf
 
     from celery_taskrun.engine import handlers  # noqa: F401  (registers the Kopf handlers)
