@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,8 +32,11 @@ def objects(namespace: str, plural: str = PLURAL, *rest: str) -> str:
 
 
 class Kube:
-    def __init__(self, api: ApiServer) -> None:
+    def __init__(self, api: ApiServer, written: Callable[[str], None] | None = None) -> None:
         self.api = api
+        # Told the resourceVersion of each TaskRun status or metadata write of ours
+        # (engine/echoes.py drops their watch events); never a change of the spec.
+        self.written = written
 
     async def close(self) -> None:
         await self.api.close()
@@ -83,7 +86,13 @@ class Kube:
                 op = {"op": "remove", "path": path} if field is None else None
                 ops.append(op or {"op": "add", "path": path, "value": field})
         path = objects(namespace, plural, name, "status")
-        return await self._write(Method.PATCH, path, ops, Content.JSON_PATCH)
+        version = await self._write(Method.PATCH, path, ops, Content.JSON_PATCH)
+        return self._ours(version) if plural == PLURAL else version
+
+    def _ours(self, version: str | None) -> str | None:
+        if version and self.written is not None:
+            self.written(version)
+        return version
 
     async def add_finalizer(
         self, meta: Mapping[str, Any], finalizer: str, annotations: dict[str, str]
@@ -144,7 +153,7 @@ class Kube:
 
     async def _patch(self, meta: Mapping[str, Any], body: Any, content: Content) -> str | None:
         path = objects(meta["namespace"], PLURAL, meta["name"])
-        return await self._write(Method.PATCH, path, body, content)
+        return self._ours(await self._write(Method.PATCH, path, body, content))
 
     async def get(self, namespace: str, name: str, plural: str = PLURAL) -> TaskRunBody:
         """A TaskRun (or an object of our group's kind `plural`)."""

@@ -56,7 +56,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         max_record_bytes=config.maxRecordBytes,
         timeout=config.backendTimeout,
     )
-    kube = Kube(connect(seconds=config.apiTimeout))
+    kube = Kube(connect(seconds=config.apiTimeout), written=memo["echoes"].written)
     # Closed until the election says the Lease is ours, and whenever it may not be.
     fence = Fence(until=-math.inf)
     tracker = Tracker(

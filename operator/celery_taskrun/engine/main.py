@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     for generated in ("kubernetes", "kubernetes_asyncio"):
         sys.modules.setdefault(generated, None)  # type: ignore[arg-type]
     import kopf
+    from kopf._cogs.clients import watching
 
     from celery_taskrun.engine import handlers  # noqa: F401  (registers the Kopf handlers)
+    from celery_taskrun.engine.echoes import Echoes, without_echoes
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     # watch, and is never served.  A glob is served by one cluster-wide watch instead,
     # the tracker keeping what matches.
     clusterwide = not namespaces or globbed(namespaces)
+    # Kopf has no hook before its per-event work: its watcher reads this stream.
+    echoes = Echoes()
+    watching.infinite_watch = without_echoes(watching.infinite_watch, echoes)
     if config.metricsPort is not None:
         metrics.serve(config.metricsHost, config.metricsPort)
     asyncio.run(
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             standalone=True,
             clusterwide=clusterwide,
             namespaces=[] if clusterwide else namespaces,
-            memo=kopf.Memo(config=config, namespaces=namespaces),
+            memo=kopf.Memo(config=config, namespaces=namespaces, echoes=echoes),
             liveness_endpoint=args.liveness,
         )
     )
