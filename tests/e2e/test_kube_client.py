@@ -8,18 +8,28 @@ generated client in the operator's process."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from celery_taskrun.api.model import FINALIZER, GROUP, KIND, PLURAL, VERSION
-from celery_taskrun.clients.apiserver import ApiServer, Bearer, Content, Endpoint, Method, connect
+from celery_taskrun.clients.apiserver import (
+    ApiServer,
+    Bearer,
+    Content,
+    Endpoint,
+    Method,
+    connect,
+    in_cluster,
+)
 from celery_taskrun.clients.errors import (
     ApiUnavailable,
     Conflict,
@@ -148,6 +158,29 @@ async def test_a_rotated_token_file_is_read_again(stack: Stack, tmp_path: Path) 
         assert "gitVersion" in await api.read("/version")
     finally:
         await api.close()
+
+
+async def test_in_a_pod_the_service_account_is_used(stack: Stack, tmp_path: Path) -> None:
+    """What the kubelet mounts (token, CA, namespace) and the service's address."""
+    config = yaml.safe_load(stack.operator_kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    (tmp_path / "token").write_text(stack.mint_token("celery-taskrun-operator"))
+    (tmp_path / "namespace").write_text("celery-taskrun-system\n")
+    where = urlsplit(cluster["server"])
+    environ = {
+        "KUBERNETES_SERVICE_HOST": str(where.hostname),
+        "KUBERNETES_SERVICE_PORT": str(where.port),
+    }
+    api = ApiServer(in_cluster(environ, tmp_path))
+    try:
+        assert api.namespace == "celery-taskrun-system"
+        found = await api.read(objects("celery-taskrun-system"))
+        assert found["kind"] == "TaskRunList"
+    finally:
+        await api.close()
+    with pytest.raises(ValueError):
+        in_cluster({}, tmp_path)
 
 
 async def test_a_silent_server_is_cut_off_by_the_timeout() -> None:

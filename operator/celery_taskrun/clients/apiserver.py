@@ -202,9 +202,9 @@ def kubeconfig_paths(explicit: str | None, environ: Mapping[str, str]) -> list[P
     return [Path("~/.kube/config").expanduser()]
 
 
-def pod_namespace() -> str:
+def pod_namespace(file: Path = POD_NAMESPACE_FILE) -> str:
     try:
-        return POD_NAMESPACE_FILE.read_text().strip() or "default"
+        return file.read_text().strip() or "default"
     except OSError:
         return "default"
 
@@ -227,16 +227,17 @@ def connect(
     return ApiServer(endpoint, seconds)
 
 
-def in_cluster(environ: Mapping[str, str]) -> Endpoint:
+def in_cluster(environ: Mapping[str, str], account: Path = SERVICE_ACCOUNT) -> Endpoint:
+    """The pod's ServiceAccount (`account`: where the kubelet mounts it)."""
     host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
     if not host or not port:
         raise ValueError("not in a pod (no KUBERNETES_SERVICE_HOST) and no kubeconfig")
     host = f"[{host}]" if ":" in host else host
-    tls = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT / "ca.crt"))
-    bearer = Bearer(path=SERVICE_ACCOUNT / "token")
+    tls = ssl.create_default_context(cafile=str(account / "ca.crt"))
+    bearer = Bearer(path=account / "token")
     if not bearer.current():
-        raise ValueError(f"no ServiceAccount token in {SERVICE_ACCOUNT}")
-    return Endpoint(f"https://{host}:{port}", tls, bearer, pod_namespace())
+        raise ValueError(f"no ServiceAccount token in {account}")
+    return Endpoint(f"https://{host}:{port}", tls, bearer, pod_namespace(account / "namespace"))
 
 
 def _named(files: list[tuple[Path, dict[str, Any]]], section: str, name: str) -> dict[str, Any]:
