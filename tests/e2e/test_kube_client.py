@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -39,7 +41,10 @@ from celery_taskrun.clients.errors import (
     KubeError,
 )
 from celery_taskrun.clients.kube import Kube, objects
+from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
+
+from support import TaskRuns, wait_for
 
 OTHER = "example.com/another-controller"
 # The client lives on the loop of the fixture that made it.
@@ -254,3 +259,28 @@ async def test_the_operator_process_imports_no_generated_client() -> None:
         check=True,
     )
     assert found.stdout.strip().splitlines()[-1] == "[]", found.stdout
+
+
+def echoes_dropped(metrics_url: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.search(r"^taskrun_watch_echoes_total ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_the_echoes_of_the_operators_writes_are_dropped(
+    runs: TaskRuns, operator: ManagedProcess
+) -> None:
+    """The shared operator's own writes come back unhandled; its runs still end.  An
+    echo that arrives before its write's answer is handled as any event: of 10 runs'
+    30 writes, some are dropped."""
+    url = operator.url or ""
+    before = await asyncio.to_thread(echoes_dropped, url)
+    for i in range(10):
+        runs.apply(f"sum{i}", "calculate_sum", args=[[i, 2]])
+    for i in range(10):
+        done = await asyncio.to_thread(runs.finished, f"sum{i}")
+        assert (done["phase"], done["result"]) == ("Succeeded", i + 2)
+    await asyncio.to_thread(
+        wait_for, lambda: echoes_dropped(url) > before, timeout=30, what="echoes dropped"
+    )
