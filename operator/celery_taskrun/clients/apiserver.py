@@ -113,9 +113,7 @@ class ApiServer:
         # Made on first use: a session belongs to the event loop it was made in.
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=CONNECTIONS, ssl=self.endpoint.tls or False)
-            self._session = aiohttp.ClientSession(
-                self.endpoint.server, connector=connector, auto_decompress=True
-            )
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def close(self) -> None:
@@ -145,8 +143,13 @@ class ApiServer:
             headers["Content-Type"] = content.value
         try:
             async with asyncio.timeout(seconds or self.timeout):
+                # The server's own path, if any (a proxy's), goes before ours.
                 async with self.session().request(
-                    method.value, path, params=query, data=data, headers=headers
+                    method.value,
+                    self.endpoint.server + path,
+                    params=query,
+                    data=data,
+                    headers=headers,
                 ) as response:
                     answer = await _bounded(response)
                     status, reason = response.status, response.reason or ""
