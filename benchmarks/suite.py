@@ -263,6 +263,11 @@ class Bench:
         assert self.operator is not None and self.operator.url
         return by_label(metric(self.operator.url, "taskrun_api_writes_total"), "kind")
 
+    def echoes(self) -> float:
+        """Watch events of the operator's own writes it dropped unhandled, so far."""
+        assert self.operator is not None and self.operator.url
+        return sum(metric(self.operator.url, "taskrun_watch_echoes_total").values())
+
     def events(self, namespace: str) -> int:
         listed = self.core.list_namespaced_event(namespace, _request_timeout=60)
         return sum(1 for e in listed.items if e.involved_object.kind == "TaskRun")
@@ -339,6 +344,7 @@ def drive(
     try:
         watcher.expect("ready", 60)
         metric_before, cpu_before = bench.metric_writes(), cpu_seconds(bench.operator.pid)
+        echoes_before = bench.echoes()
         mark = bench.cpu_mark()
         with ExitStack() as sampling:
             if profile:
@@ -355,6 +361,7 @@ def drive(
         cpu = cpu_seconds(bench.operator.pid) - cpu_before
         used = bench.cores_since(mark, runs)
         metric_after = bench.metric_writes()
+        echoes = bench.echoes() - echoes_before
         report = watcher.stop()
     finally:
         watcher.kill()
@@ -381,6 +388,7 @@ def drive(
         "created_s": offsets(created, start),
         "finished_s": offsets(finished, start),
         "operator_cpu_ms_per_run": round(1000 * cpu / runs, 2),
+        "echoes_dropped_per_run": round(echoes / runs, 2),
         "cores": used,
         "profiled": profile is not None,
         "writes": {
@@ -635,6 +643,12 @@ def main(argv: list[str] | None = None) -> int:
     draw(results, args.png)
     print(render_table(rows))
     print(contention(results))
+    for phase in ("paced", "burst"):
+        if phase in results:
+            dropped = results[phase]["echoes_dropped_per_run"]
+            print(
+                f"watch echoes of the operator's writes dropped unhandled, {phase}: {dropped}/run"
+            )
     print("\n".join(profile_lines(results)))
     print(f"figures: {args.json}\nchart:   {args.png}")
     return 0

@@ -1,19 +1,50 @@
-"""The operator's own Kubernetes client against the real API server: its finalizer
-writes keep other controllers' finalizers and cost no refused write when the
-operator's view of the object is merely stale."""
+"""The operator's own Kubernetes client against the real API server: the credentials
+of the stack's kubeconfigs (client certificates, a token, a token file read again as it
+rotates), each refusal as its typed error, a silent server cut off by the timeout; its
+finalizer writes keep other controllers' finalizers and cost no refused write when the
+operator's view of the object is merely stale; the Lease's create and replace; and no
+generated client in the operator's process."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import re
+import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-from kubernetes_asyncio import client, config
+import yaml
 
 from celery_taskrun.api.model import FINALIZER, GROUP, KIND, PLURAL, VERSION
-from celery_taskrun.clients.kube import Kube
+from celery_taskrun.clients.apiserver import (
+    ApiServer,
+    Bearer,
+    Content,
+    Endpoint,
+    Method,
+    connect,
+    in_cluster,
+)
+from celery_taskrun.clients.errors import (
+    ApiUnavailable,
+    Conflict,
+    Forbidden,
+    Gone,
+    Invalid,
+    KubeError,
+)
+from celery_taskrun.clients.kube import Kube, objects
+from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
+
+from support import TaskRuns, wait_for
 
 OTHER = "example.com/another-controller"
 # The client lives on the loop of the fixture that made it.
@@ -28,8 +59,7 @@ def place(make_namespace: Callable[[str], str]) -> str:
 
 @pytest.fixture
 async def kube(stack: Stack) -> AsyncIterator[Kube]:
-    api = await config.new_client_from_config(str(stack.admin_kubeconfig))
-    the_kube = Kube(api)
+    the_kube = Kube(connect(str(stack.admin_kubeconfig)))
     yield the_kube
     await the_kube.close()
 
@@ -41,15 +71,19 @@ async def created(kube: Kube, namespace: str, finalizers: list[str]) -> dict[str
         "metadata": {"name": "r", "finalizers": finalizers},
         "spec": {"task": "x.y"},
     }
-    made: dict[str, Any] = await kube.objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
-    return made
+    return await kube.create({**body, "metadata": {**body["metadata"], "namespace": namespace}})
 
 
 async def touched(kube: Kube, namespace: str) -> None:
     """Another write, which leaves any view taken before it stale."""
     await kube.patch_status(namespace, "r", {"message": uuid.uuid4().hex}, None, whole=True)
+
+
+async def others_finalizers(kube: Kube, namespace: str, listed: list[str]) -> None:
+    """Another controller sets the finalizers (a merge patch, not on any version)."""
+    body = {"metadata": {"finalizers": listed}}
+    path = objects(namespace, PLURAL, "r")
+    await kube.api.call(Method.PATCH, path, body=body, content=Content.MERGE_PATCH)
 
 
 async def finalizers(kube: Kube, namespace: str) -> list[str]:
@@ -73,23 +107,180 @@ async def test_removing_on_a_stale_view_writes_once(
 
 async def test_removing_when_the_list_moved_keeps_the_others(kube: Kube, place: str) -> None:
     meta = (await created(kube, place, [FINALIZER]))["metadata"]
-    patch = client.CustomObjectsApi(kube.api).patch_namespaced_custom_object
-    await patch(
-        GROUP, VERSION, place, PLURAL, "r", {"metadata": {"finalizers": [OTHER, FINALIZER]}},
-        _content_type="application/merge-patch+json",
-    )  # fmt: skip
+    await others_finalizers(kube, place, [OTHER, FINALIZER])
     await kube.remove_finalizer(meta, FINALIZER)  # our view says index 0: tested, read again
     assert await finalizers(kube, place) == [OTHER]
 
 
 async def test_adding_on_a_stale_view_keeps_what_another_added(kube: Kube, place: str) -> None:
     meta = (await created(kube, place, []))["metadata"]
-    patch = client.CustomObjectsApi(kube.api).patch_namespaced_custom_object
-    await patch(
-        GROUP, VERSION, place, PLURAL, "r", {"metadata": {"finalizers": [OTHER]}},
-        _content_type="application/merge-patch+json",
-    )  # fmt: skip
+    await others_finalizers(kube, place, [OTHER])
     await kube.add_finalizer(meta, FINALIZER, {"note": "x"})  # a conflict, then read again
     body = await kube.get(place, "r")
     assert body["metadata"]["finalizers"] == [OTHER, FINALIZER]
     assert body["metadata"]["annotations"]["note"] == "x"
+
+
+async def test_token_kubeconfig_and_each_refusal_typed(
+    stack: Stack, kube: Kube, place: str
+) -> None:
+    operator = Kube(connect(str(stack.operator_kubeconfig)))  # a ServiceAccount's token
+    try:
+        await created(kube, place, [])
+        assert (await operator.get(place, "r"))["spec"] == {"task": "x.y"}
+        with pytest.raises(Gone) as gone:
+            await operator.get(place, "missing")
+        assert (gone.value.status, gone.value.reason) == (404, "NotFound")
+        with pytest.raises(Conflict):
+            await operator.patch_status(place, "r", {"message": "m"}, "1", whole=True)
+        with pytest.raises(Invalid):
+            await operator.patch_status(place, "r", {"phase": "NoSuchPhase"}, None, whole=True)
+        with pytest.raises(Conflict):
+            await created(kube, place, [])
+        # Its RBAC reads no Secrets: refused, typed, and (an ApiUnavailable) retried.
+        with pytest.raises(Forbidden) as forbidden:
+            await operator.api.read("/api/v1/namespaces/kube-system/secrets")
+        assert isinstance(forbidden.value, ApiUnavailable)
+        assert forbidden.value.status == 403
+    finally:
+        await operator.close()
+
+
+async def test_a_rotated_token_file_is_read_again(stack: Stack, tmp_path: Path) -> None:
+    config = yaml.safe_load(stack.operator_kubeconfig.read_text())
+    token = tmp_path / "token"
+    token.write_text("not-a-token")
+    config["users"][0]["user"] = {"tokenFile": "token"}  # relative: the kubeconfig's dir
+    (tmp_path / "config").write_text(yaml.safe_dump(config))
+    api = connect(str(tmp_path / "config"))
+    try:
+        assert isinstance(api.endpoint.bearer, Bearer)
+        with pytest.raises(ApiUnavailable) as refused:
+            await api.read("/version")
+        assert refused.value.status == 401
+        token.write_text(stack.mint_token("celery-taskrun-operator"))
+        api.endpoint.bearer.read_at -= 3600  # a minute (and more) later
+        assert "gitVersion" in await api.read("/version")
+    finally:
+        await api.close()
+
+
+async def test_in_a_pod_the_service_account_is_used(stack: Stack, tmp_path: Path) -> None:
+    """What the kubelet mounts (token, CA, namespace) and the service's address."""
+    config = yaml.safe_load(stack.operator_kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    (tmp_path / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    (tmp_path / "token").write_text(stack.mint_token("celery-taskrun-operator"))
+    (tmp_path / "namespace").write_text("celery-taskrun-system\n")
+    where = urlsplit(cluster["server"])
+    environ = {
+        "KUBERNETES_SERVICE_HOST": str(where.hostname),
+        "KUBERNETES_SERVICE_PORT": str(where.port),
+    }
+    api = ApiServer(in_cluster(environ, tmp_path))
+    try:
+        assert api.namespace == "celery-taskrun-system"
+        found = await api.read(objects("celery-taskrun-system"))
+        assert found["kind"] == "TaskRunList"
+    finally:
+        await api.close()
+    with pytest.raises(ValueError):
+        in_cluster({}, tmp_path)
+
+
+async def test_a_silent_server_is_cut_off_by_the_timeout() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # accepts, reads nothing, never answers
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    api = Kube(connect_to(f"http://127.0.0.1:{port}", seconds=0.5))
+    try:
+        with pytest.raises(ApiUnavailable) as unheard:
+            await asyncio.wait_for(api.get("default", "r"), 10)
+        assert unheard.value.status == 0
+        assert accepted
+    finally:
+        await api.close()
+        server.close()
+        for writer in accepted:
+            writer.close()
+        await server.wait_closed()
+    with pytest.raises(ApiUnavailable) as refused:  # nothing listens there any more
+        await Kube(connect_to(f"http://127.0.0.1:{port}", seconds=5)).get("default", "r")
+    assert refused.value.status == 0
+
+
+def connect_to(server: str, seconds: float) -> ApiServer:
+    return ApiServer(Endpoint(server, None, None, "default"), seconds)
+
+
+async def test_the_lease_is_created_then_replaced_on_its_version(kube: Kube, place: str) -> None:
+    assert await kube.lease(place, "l", 5) is None
+    spec = {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    await kube.write_lease(place, "l", spec, None, 5)
+    with pytest.raises(Conflict):  # another operator created it first
+        await kube.write_lease(place, "l", spec, None, 5)
+    lease = await kube.lease(place, "l", 5)
+    assert lease is not None and lease["spec"]["holderIdentity"] == "a"
+    version = lease["metadata"]["resourceVersion"]
+    await kube.write_lease(place, "l", {**spec, "holderIdentity": "b"}, version, 5)
+    with pytest.raises(Conflict):  # written since that version
+        await kube.write_lease(place, "l", spec, version, 5)
+
+
+async def test_delete_keeps_an_object_of_another_uid(kube: Kube, place: str) -> None:
+    made = await created(kube, place, [])
+    with pytest.raises(KubeError) as refused:
+        await kube.delete(place, "r", str(uuid.uuid4()))
+    assert refused.value.status == 409
+    await kube.delete(place, "r", made["metadata"]["uid"])
+    with pytest.raises(Gone):
+        await kube.get(place, "r")
+
+
+async def test_the_operator_process_imports_no_generated_client() -> None:
+    """What the operator's process loads: its entry point imports Kopf and the handlers
+    before it reads its arguments (`--help`: then it exits)."""
+    probe = (
+        "import sys\n"
+        "from celery_taskrun.engine import main\n"
+        "try:\n    main.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m, v in sys.modules.items() if m.startswith('kubernetes') and v))"
+    )
+    found = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert found.stdout.strip().splitlines()[-1] == "[]", found.stdout
+
+
+def echoes_dropped(metrics_url: str) -> float:
+    with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.search(r"^taskrun_watch_echoes_total ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_the_echoes_of_the_operators_writes_are_dropped(
+    runs: TaskRuns, operator: ManagedProcess
+) -> None:
+    """The shared operator's own writes come back unhandled; its runs still end.  An
+    echo that arrives before its write's answer is handled as any event: of 10 runs'
+    30 writes, some are dropped."""
+    url = operator.url or ""
+    before = await asyncio.to_thread(echoes_dropped, url)
+    for i in range(10):
+        runs.apply(f"sum{i}", "calculate_sum", args=[[i, 2]])
+    for i in range(10):
+        done = await asyncio.to_thread(runs.finished, f"sum{i}")
+        assert (done["phase"], done["result"]) == ("Succeeded", i + 2)
+    await asyncio.to_thread(
+        wait_for, lambda: echoes_dropped(url) > before, timeout=30, what="echoes dropped"
+    )

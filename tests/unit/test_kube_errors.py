@@ -9,6 +9,7 @@ import pytest
 from celery_taskrun.clients.errors import (
     ApiUnavailable,
     Conflict,
+    Forbidden,
     Gone,
     Invalid,
     KubeError,
@@ -32,7 +33,7 @@ def status(reason: str, message: str) -> str:
         (500, status("InternalError", "etcdserver: request is too large"), TooLarge),
         (422, status("Invalid", "bad"), Invalid),
         (400, status("BadRequest", "bad"), ApiUnavailable),
-        (403, status("Forbidden", "no"), ApiUnavailable),
+        (403, status("Forbidden", "no"), Forbidden),
         (500, status("InternalError", "etcd leader changed"), ApiUnavailable),
     ],
 )

@@ -49,6 +49,10 @@ class ApiUnavailable(KubeError):
     """Unreachable, timed out, or refused for a reason worth retrying."""
 
 
+class Forbidden(ApiUnavailable):
+    """Refused by RBAC (403): worth retrying, as a role may be granted meanwhile."""
+
+
 def refused(status: int, reason: str, body: str | bytes | None) -> KubeError:
     """The KubeError of a refused request, with the reason and message of the API
     server's Status when the body is one."""
@@ -74,6 +78,8 @@ def _kind(status: int, text: str) -> type[KubeError]:
         return TooLarge
     if status == 422:
         return Invalid
+    if status == 403:
+        return Forbidden
     return ApiUnavailable
 
 

@@ -12,52 +12,48 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-from kubernetes_asyncio import client
-
 from celery_taskrun.api.bodies import LeaseBody, ObjectMeta, TaskRunBody
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
-from celery_taskrun.clients.errors import Conflict, Gone, Invalid, refused
+from celery_taskrun.clients.apiserver import ApiServer, Content, Method, decoded, path_of
+from celery_taskrun.clients.errors import Conflict, Gone, Invalid
 from celery_taskrun.clients.paging import OPERATOR_PAGE, pages
-from celery_taskrun.clients.transport import guarded
 
-MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
-DEFAULT_TIMEOUT = 10.0
+LEASES = ("apis", "coordination.k8s.io", "v1", "namespaces")
+
+
+def objects(namespace: str, plural: str = PLURAL, *rest: str) -> str:
+    """The path of our group's `plural` in `namespace` (then a name, a subresource)."""
+    return path_of("apis", GROUP, VERSION, "namespaces", namespace, plural, *rest)
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, api: ApiServer, written: Callable[[str], None] | None = None) -> None:
         self.api = api
-        self.timeout = timeout
-        self.objects = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.leases = client.CoordinationV1Api(api)
+        # Told the resourceVersion of each TaskRun status or metadata write of ours
+        # (engine/echoes.py drops their watch events); never a change of the spec.
+        self.written = written
 
     async def close(self) -> None:
         await self.api.close()
 
     async def _write(
-        self, call: Awaitable[aiohttp.ClientResponse], seconds: float | None = None
+        self,
+        method: Method,
+        path: str,
+        body: Any,
+        content: Content = Content.JSON,
+        seconds: float | None = None,
     ) -> str | None:
-        """A write whose answer is not decoded (decoding the whole object back, or an Event
-        into models, was most of the client's cost); the resourceVersion written."""
-        seconds = seconds or self.timeout
-        response = await guarded(call, seconds)
-        try:
-            # Read (not decoded): a connection whose answer was read goes back to the pool.
-            body = await guarded(response.read(), seconds)
-        finally:
-            response.release()
-        if not 200 <= response.status <= 299:
-            raise refused(response.status, str(response.reason or ""), body)
+        """A write whose answer is not decoded (decoding the whole object back was most
+        of a client's cost); the resourceVersion written."""
+        answer = await self.api.call(method, path, body=body, content=content, seconds=seconds)
         # The API server writes map keys in order: metadata's resourceVersion is the first.
-        version = RESOURCE_VERSION.search(body)
+        version = RESOURCE_VERSION.search(answer)
         return version.group(1).decode() if version else None
 
     async def patch_status(
@@ -89,19 +85,14 @@ class Kube:
                 path = "/status/" + key.replace("~", "~0").replace("/", "~1")
                 op = {"op": "remove", "path": path} if field is None else None
                 ops.append(op or {"op": "add", "path": path, "value": field})
-        return await self._write(
-            self.objects.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                ops,
-                _content_type=JSON_PATCH,
-                _request_timeout=self.timeout,
-                _preload_content=False,
-            )
-        )
+        path = objects(namespace, plural, name, "status")
+        version = await self._write(Method.PATCH, path, ops, Content.JSON_PATCH)
+        return self._ours(version) if plural == PLURAL else version
+
+    def _ours(self, version: str | None) -> str | None:
+        if version and self.written is not None:
+            self.written(version)
+        return version
 
     async def add_finalizer(
         self, meta: Mapping[str, Any], finalizer: str, annotations: dict[str, str]
@@ -119,7 +110,7 @@ class Kube:
             if meta.get("resourceVersion"):
                 changes["resourceVersion"] = meta["resourceVersion"]
             try:
-                return await self._patch(meta, {"metadata": changes}, MERGE_PATCH)
+                return await self._patch(meta, {"metadata": changes}, Content.MERGE_PATCH)
             except Conflict:
                 if attempt:
                     raise
@@ -153,53 +144,31 @@ class Kube:
             if meta.get("uid"):  # this object, not another one created under its name
                 ops.insert(0, {"op": "test", "path": "/metadata/uid", "value": meta["uid"]})
             try:
-                return await self._patch(meta, ops, JSON_PATCH)
+                return await self._patch(meta, ops, Content.JSON_PATCH)
             except Invalid:
                 if attempt:
                     raise
             meta = await self._same(meta)
         return None
 
-    async def _patch(self, meta: Mapping[str, Any], body: Any, content_type: str) -> str | None:
-        return await self._write(
-            self.objects.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                meta["namespace"],
-                PLURAL,
-                meta["name"],
-                body,
-                _content_type=content_type,
-                _request_timeout=self.timeout,
-                _preload_content=False,
-            )
-        )
+    async def _patch(self, meta: Mapping[str, Any], body: Any, content: Content) -> str | None:
+        path = objects(meta["namespace"], PLURAL, meta["name"])
+        return self._ours(await self._write(Method.PATCH, path, body, content))
 
     async def get(self, namespace: str, name: str, plural: str = PLURAL) -> TaskRunBody:
         """A TaskRun (or an object of our group's kind `plural`)."""
-        body: TaskRunBody = await guarded(
-            self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout
-            ),
-            self.timeout,
-        )
-        return body
+        body: Any = await self.api.read(objects(namespace, plural, name))
+        return body  # type: ignore[no-any-return]
 
     async def list_taskruns(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
         """Every TaskRun of a namespace (or of the cluster), a bounded page at a time."""
+        path = objects(namespace) if namespace else path_of("apis", GROUP, VERSION, PLURAL)
 
         async def fetch(token: str | None, size: int) -> dict[str, Any]:
-            options: dict[str, Any] = {"limit": size, "_request_timeout": self.timeout}
+            query: dict[str, str | int] = {"limit": size}
             if token:
-                options["_continue"] = token
-            if namespace is None:
-                call = self.objects.list_cluster_custom_object(GROUP, VERSION, PLURAL, **options)
-            else:
-                call = self.objects.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, **options
-                )
-            found: dict[str, Any] = await guarded(call, self.timeout)
-            return found
+                query["continue"] = token
+            return await self.api.read(path, query=query)
 
         async for page in pages(fetch, page=OPERATOR_PAGE):
             for item in page.get("items") or []:
@@ -208,14 +177,12 @@ class Kube:
     async def lease(self, namespace: str, name: str, seconds: float) -> LeaseBody | None:
         """The Lease, or None when there is none."""
         try:
-            found = await guarded(
-                self.leases.read_namespaced_lease(name, namespace, _request_timeout=seconds),
-                seconds,
+            body: Any = await self.api.read(
+                path_of(*LEASES, namespace, "leases", name), seconds=seconds
             )
         except Gone:
             return None
-        body: LeaseBody = self.api.sanitize_for_serialization(found)
-        return body
+        return body  # type: ignore[no-any-return]
 
     async def write_lease(
         self,
@@ -234,38 +201,23 @@ class Kube:
             "spec": spec,
         }
         if version is None:
-            call = self.leases.create_namespaced_lease(
-                namespace, body, _request_timeout=seconds, _preload_content=False
+            await self._write(
+                Method.POST, path_of(*LEASES, namespace, "leases"), body, seconds=seconds
             )
         else:
             body["metadata"]["resourceVersion"] = version
-            call = self.leases.replace_namespaced_lease(
-                name, namespace, body, _request_timeout=seconds, _preload_content=False
-            )
-        await self._write(call, seconds)
+            path = path_of(*LEASES, namespace, "leases", name)
+            await self._write(Method.PUT, path, body, seconds=seconds)
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:
-        await self._write(
-            self.objects.delete_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                body={"preconditions": {"uid": uid}},
-                _request_timeout=self.timeout,
-                _preload_content=False,
-            )
-        )
+        body = {"preconditions": {"uid": uid}}
+        await self._write(Method.DELETE, objects(namespace, PLURAL, name), body)
 
     async def create(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create a TaskRun; the object made (a Conflict when the name is taken)."""
         namespace = body["metadata"]["namespace"]
-        call = self.objects.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, dict(body), _request_timeout=self.timeout
-        )
-        made: dict[str, Any] = await guarded(call, self.timeout)
-        return made
+        answer = await self.api.call(Method.POST, objects(namespace), body=dict(body))
+        return decoded(answer)
 
     async def cancel(self, namespace: str, name: str, uid: str) -> None:
         """Set `spec.cancel` on the TaskRun `uid` (a name now holding another: Invalid)."""
@@ -273,19 +225,7 @@ class Kube:
             {"op": "test", "path": "/metadata/uid", "value": uid},
             {"op": "add", "path": "/spec/cancel", "value": True},
         ]
-        await self._write(
-            self.objects.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                ops,
-                _content_type=JSON_PATCH,
-                _request_timeout=self.timeout,
-                _preload_content=False,
-            )
-        )
+        await self._write(Method.PATCH, objects(namespace, PLURAL, name), ops, Content.JSON_PATCH)
 
     async def event(
         self,
@@ -324,7 +264,5 @@ class Kube:
             "count": 1,
         }
         await self._write(
-            self.core.create_namespaced_event(
-                namespace, body, _request_timeout=self.timeout, _preload_content=False
-            )
+            Method.POST, path_of("api", "v1", "namespaces", namespace, "events"), body
         )

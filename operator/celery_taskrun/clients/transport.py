@@ -1,26 +1,23 @@
-"""The one way to the API server, for the operator, the gateway and the CLI alike:
-`connect` finds the credentials, `guarded` makes each call within a timeout and
-turns its failure into a `KubeError`.
+"""The generated client's way to the API server, for the gateway and the CLI (the
+operator speaks through `apiserver.py`): `connect` finds the credentials, `guarded`
+makes each call within a timeout and turns its failure into a `KubeError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Mapping
-from pathlib import Path
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from celery_taskrun.clients.apiserver import kubeconfig_paths, pod_namespace
 from celery_taskrun.clients.errors import KubeError, refused, unreachable
 
 T = TypeVar("T")
-
-# Where a pod finds its namespace (the in-cluster fallback of `connect`).
-POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 async def guarded(call: Awaitable[T], seconds: float) -> T:
@@ -33,16 +30,6 @@ async def guarded(call: Awaitable[T], seconds: float) -> T:
         raise refused(int(exc.status or 0), str(exc.reason or ""), exc.body) from exc
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise unreachable(exc) from exc
-
-
-def kubeconfig_paths(explicit: str | None, environ: Mapping[str, str]) -> list[Path]:
-    """The kubeconfig files kubectl would read: --kubeconfig, $KUBECONFIG, ~/.kube/config."""
-    if explicit:
-        return [Path(explicit).expanduser()]
-    listed = environ.get("KUBECONFIG", "")
-    if listed:
-        return [Path(p).expanduser() for p in listed.split(os.pathsep) if p]
-    return [Path("~/.kube/config").expanduser()]
 
 
 async def connect(
@@ -75,10 +62,3 @@ async def connect(
         where = " ".join(map(str, paths or wanted))
         raise KubeError(0, "NoConfig", f"no usable kubeconfig ({where}): {exc}") from exc
     return client.ApiClient(configuration), pod_namespace()
-
-
-def pod_namespace() -> str:
-    try:
-        return POD_NAMESPACE_FILE.read_text().strip() or "default"
-    except OSError:
-        return "default"

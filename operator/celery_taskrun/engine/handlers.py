@@ -17,11 +17,11 @@ import kopf
 from celery_taskrun.api.config import OperatorConfig, globbed
 from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
 from celery_taskrun.api.model import GROUP, PLURAL, VERSION
+from celery_taskrun.clients.apiserver import connect
 from celery_taskrun.clients.backend import open_backend
 from celery_taskrun.clients.celery_client import CeleryClient, make_app
 from celery_taskrun.clients.kube import Kube
 from celery_taskrun.clients.paging import OPERATOR_PAGE
-from celery_taskrun.clients.transport import connect
 from celery_taskrun.engine.elector import Elector
 from celery_taskrun.engine.fence import Fence
 from celery_taskrun.engine.schedules import Schedules
@@ -56,7 +56,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         max_record_bytes=config.maxRecordBytes,
         timeout=config.backendTimeout,
     )
-    kube = Kube((await connect())[0], timeout=config.apiTimeout)
+    kube = Kube(connect(seconds=config.apiTimeout), written=memo["echoes"].written)
     # Closed until the election says the Lease is ours, and whenever it may not be.
     fence = Fence(until=-math.inf)
     tracker = Tracker(
@@ -80,7 +80,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         await schedules.step_down()
         await tracker.step_down()
 
-    lease_kube = Kube((await connect())[0], timeout=config.apiTimeout)
+    lease_kube = Kube(connect(seconds=config.apiTimeout))
     elector = Elector(lease_kube, config, on_lead=lead, on_lose=step_down, fence=fence)
     # Each operator says who it is in its requests: the API server's audit log then
     # tells two replicas of one ServiceAccount apart (a leader that lost its Lease must

@@ -44,14 +44,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # Kopf imports the synchronous `kubernetes` client whenever it is installed (to log
-    # in through it, and to know its models); the operator speaks through the
-    # asynchronous one, as in its image, where the other is not installed.  Kept out,
-    # a development install runs as the image does, without the client's 8 MiB.
-    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    # Kopf imports the generated Kubernetes clients whenever they are installed (to log
+    # in through them, and to know their models); the operator speaks through its own
+    # (clients/apiserver.py), and the gateway's `kubernetes_asyncio` is in the image.
+    # Kept out, Kopf logs in by itself, and the operator is spared the clients' models
+    # (55 MiB for `kubernetes_asyncio`'s alone).
+    for generated in ("kubernetes", "kubernetes_asyncio"):
+        sys.modules.setdefault(generated, None)  # type: ignore[arg-type]
     import kopf
+    from kopf._cogs.clients import watching
 
     from celery_taskrun.engine import handlers  # noqa: F401  (registers the Kopf handlers)
+    from celery_taskrun.engine.echoes import Echoes, without_echoes
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
@@ -72,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     # watch, and is never served.  A glob is served by one cluster-wide watch instead,
     # the tracker keeping what matches.
     clusterwide = not namespaces or globbed(namespaces)
+    # Kopf has no hook before its per-event work: its watcher reads this stream.
+    echoes = Echoes()
+    watching.infinite_watch = without_echoes(watching.infinite_watch, echoes)
     if config.metricsPort is not None:
         metrics.serve(config.metricsHost, config.metricsPort)
     asyncio.run(
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             standalone=True,
             clusterwide=clusterwide,
             namespaces=[] if clusterwide else namespaces,
-            memo=kopf.Memo(config=config, namespaces=namespaces),
+            memo=kopf.Memo(config=config, namespaces=namespaces, echoes=echoes),
             liveness_endpoint=args.liveness,
         )
     )

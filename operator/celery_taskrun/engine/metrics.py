@@ -13,6 +13,7 @@ BACKEND_READS = Counter("taskrun_backend_reads_total", "Batched reads of the res
 BACKEND_ERRORS = Counter("taskrun_backend_errors_total", "Failed reads of the result backend")
 WAKEUPS = Counter("taskrun_wakeups_total", "State changes heard from the backend's publish")
 API_WRITES = Counter("taskrun_api_writes_total", "Writes to the Kubernetes API", ["kind"])
+ECHOES = Counter("taskrun_watch_echoes_total", "Watch events of our own writes, dropped unhandled")
 STEP_ERRORS = Counter(
     "taskrun_step_errors_total", "Unexpected errors while handling one run (operator bugs)"
 )
