@@ -13,6 +13,7 @@ restarted or stalled, while runs are sent.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -328,7 +329,7 @@ def test_a_plain_queue_the_operator_sent_to_first_serves_a_plain_worker(
     operator = runs.stack.process("operator")
     assert operator is not None
     for log in (worker.log_text(), operator.log_text()):
-        assert not re.search(r"PRECONDITION_FAILED|\b406\b", log)
+        assert not re.search(r"PRECONDITION_FAILED|PreconditionFailed|inequivalent arg", log)
 
 
 def counting_worker(
@@ -347,8 +348,20 @@ def counting_worker(
 
 
 def apply_counted(runs: TaskRuns, names: list[str], queue: str, seconds: float) -> None:
-    for name in names:
-        runs.apply(name, "hostile.count", args=[f"n:{runs.namespace}:{name}", seconds], queue=queue)
+    """All in one `kubectl apply`: a burst."""
+    items = [
+        runs.manifest(
+            name,
+            {
+                "task": "hostile.count",
+                "args": [f"n:{runs.namespace}:{name}", seconds],
+                "queue": queue,
+            },
+        )
+        for name in names
+    ]
+    body = {"apiVersion": "v1", "kind": "List", "items": items}
+    runs.kubectl("apply", "-f", "-", input=json.dumps(body), check=True)
 
 
 def executions(runs: TaskRuns, counts: str, names: list[str]) -> dict[str, int]:
@@ -384,11 +397,13 @@ def test_a_stalled_rabbitmq_runs_each_task_once(
     try:
         apply_counted(runs, names, queue, 0.5)
 
-        def tried(name: str) -> bool:
-            return f"could not submit {runs.namespace}/{name}:" in operator.log_text()
+        def tried_again(name: str) -> bool:
+            # The first send timed out and the next found no answer either: the stall
+            # outlasted every client timeout of a send.
+            return operator.log_text().count(f"could not submit {runs.namespace}/{name}:") >= 2
 
         for name in (names[0], names[-1]):
-            wait_for(lambda n=name: tried(n), timeout=60, what=f"{name} tried in the stall")
+            wait_for(lambda n=name: tried_again(n), timeout=90, what=f"{name} tried again")
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
@@ -414,11 +429,14 @@ def test_a_rabbitmq_restart_loses_no_run(
     counted = executions(runs, counts, [*before, *after])
     operator = runs.stack.process("operator")
     assert operator is not None
-    retried = len(re.findall(rf"could not submit {runs.namespace}/", operator.log_text()))
-    print(f"executions across a RabbitMQ restart: {counted}; sends that failed: {retried}")
+    failed = set(re.findall(rf"could not submit {runs.namespace}/(\w+):", operator.log_text()))
+    twice = {name for name, count in counted.items() if count > 1}
+    print(
+        f"executions across a RabbitMQ restart: {counted}; "
+        f"sends that failed, then sent again: {sorted(failed)}; executed twice: {sorted(twice)}"
+    )
     assert min(counted.values()) >= 1, counted  # none lost
-    twice = sorted(name for name, count in counted.items() if count > 1)
-    assert len(twice) <= 1, twice  # only the send in flight when RabbitMQ went
+    assert twice <= failed, (twice, failed)  # only a send whose confirm never came
 
 
 def test_an_operator_killed_while_sending_loses_no_run(
@@ -437,9 +455,10 @@ def test_an_operator_killed_while_sending_loses_no_run(
     names = [f"k{i}" for i in range(20)]
     apply_counted(runs, names, queue, 1)
     wait_for(
-        lambda: f"submitting {runs.namespace}/k" in operator.log_text(),
+        lambda: operator.log_text().count(f"submitting {runs.namespace}/k") >= 6,
         timeout=30,
         what="sends under way",
+        interval=0.01,
     )
     os.kill(operator.pid, signal.SIGKILL)
     wait_for(lambda: not is_running(proc_info(operator.pid)), timeout=10, what="operator gone")

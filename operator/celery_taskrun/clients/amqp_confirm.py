@@ -87,7 +87,7 @@ class ConfirmedPublisher:
         connection: Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self.app.connection_for_write()
-            connection.ensure_connection(max_retries=1)
+            connection.ensure_connection(max_retries=0)  # one attempt: the tracker retries
             # The ack of a returned message follows its return: the publish waits for it
             # either way, and reads the return here.
             channel: Any = connection.default_channel  # py-amqp's, with its events
