@@ -417,8 +417,10 @@ def test_a_rabbitmq_restart_loses_no_run(
     runs: TaskRuns, counts: str, own_workers: list[ManagedProcess]
 ) -> None:
     """RabbitMQ stopped and started again (its data kept) while runs are sent: every run
-    ends Succeeded, none lost. A message whose confirm was lost with the connection
-    is sent again and may run twice: counted, and printed."""
+    ends Succeeded, none lost. Runs twice are counted and printed, not refused: a
+    message whose confirm was lost with the connection is sent again, and RabbitMQ
+    redelivers a message whose consumer's connection went before its ack (seen once:
+    a run whose send never failed ran twice on a plain worker)."""
     queue = f"restart-{uuid.uuid4().hex[:6]}"
     counting_worker(runs, counts, own_workers, queue)
     before = [f"b{i}" for i in range(10)]
@@ -436,7 +438,6 @@ def test_a_rabbitmq_restart_loses_no_run(
         f"sends that failed, then sent again: {sorted(failed)}; executed twice: {sorted(twice)}"
     )
     assert min(counted.values()) >= 1, counted  # none lost
-    assert twice <= failed, (twice, failed)  # only a send whose confirm never came
 
 
 def test_an_operator_killed_while_sending_loses_no_run(
