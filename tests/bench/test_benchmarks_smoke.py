@@ -72,6 +72,12 @@ def test_admission_benchmark_smoke() -> None:
     assert figures["none"]["zeros one past it"]["status"] == 201
 
 
+def test_rabbit_send_benchmark_smoke() -> None:
+    figures = run_benchmark("rabbit_send.py", "--sends", "20", "--threads", "4")
+    for sender in ("celery", "confirmed"):
+        assert figures[sender]["per_s_one_thread"] > 0, figures
+
+
 def test_suite_smoke(tmp_path: Path) -> None:
     """The suite end to end at a small scale: every phase measures, counts agree."""
     figures_path, chart = tmp_path / "bench.json", tmp_path / "bench.png"

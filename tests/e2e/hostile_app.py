@@ -3,6 +3,7 @@ result encoding the test chooses: what a tenant's worker may do to the operator.
 
     HOSTILE_SERIALIZER   result_serializer (json, pickle, msgpack, yaml); default json
     HOSTILE_COMPRESSION  result_compression (gzip, bzip2, lzma); default none
+    HOSTILE_COUNT_URL    the Redis that `hostile.count` counts in; default the broker
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ app.conf.update(
 @app.task(name="hostile.count")
 def count(key: str, seconds: float = 0) -> int:
     """Counts its own executions (in Redis): what a run executed twice would show."""
-    executions = int(redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).incr(key))
+    url = os.environ.get("HOSTILE_COUNT_URL") or os.environ["CELERY_BROKER_URL"]
+    executions = int(redis.Redis.from_url(url).incr(key))
     time.sleep(seconds)
     return executions
 

@@ -5,12 +5,19 @@ Each combination is a stack of its own (`taskrun-dev up --broker ... --backend .
 control plane, the servers, the default worker and operator), one after the other; the
 stack's control plane cannot be shared with another stack. The basics a user meets
 first: a result, an error, a cancelled queued run, a deadline, and status carried by the
-backend's wake-ups where it has them (Redis) and by polling where it has none.
+backend's wake-ups where it has them (Redis) and by polling where it has none. Then
+RabbitMQ's own: priority on a queue declared with x-max-priority, a plain queue left
+plain, and how often each run executes when the operator is killed, or RabbitMQ
+restarted or stalled, while runs are sent.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
 import time
 import urllib.request
 import uuid
@@ -19,12 +26,14 @@ from pathlib import Path
 
 import amqp
 import pytest
+import redis
 
-from taskrun_dev.processes import ManagedProcess
+from taskrun_dev.processes import ManagedProcess, free_port
 from taskrun_dev.procfs import is_running, proc_info
 from taskrun_dev.servers import EPMD, POSTGRESQL, RABBITMQ
-from taskrun_dev.services import REDIS
+from taskrun_dev.services import REDIS, redis_argv
 from taskrun_dev.stack import Stack
+from taskrun_workers.ledger import read_ledger
 
 from support import TaskRuns, beyond_loopback, listening_addresses, wait_for
 
@@ -235,3 +244,231 @@ def test_an_unchosen_server_is_stopped_when_the_choice_changes(tmp_path: Path) -
         assert not [pid for pid in pids if is_running(proc_info(pid))]
     finally:
         stack.down()
+
+
+# -- RabbitMQ's own: priority, queues' arguments, exactly once ---------------------------
+# Last on each combination: the faults below leave warnings in the operator's log.
+
+
+@pytest.fixture(scope="module")
+def counts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of this module's own, for what the workers count (the execution
+    ledger, `hostile.count`): RabbitMQ/PostgreSQL has no Redis, and the backend's would
+    be stalled and restarted with nothing else here."""
+    port = free_port()
+    proc = subprocess.Popen(
+        redis_argv(port, tmp_path_factory.mktemp("counts")), stdout=subprocess.DEVNULL
+    )
+    client = redis.Redis(port=port, socket_timeout=2)
+    try:
+        wait_for(client.ping, timeout=15, what="the counting redis up")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def own_workers(combination: Stack) -> Iterator[list[ManagedProcess]]:
+    started: list[ManagedProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def test_a_higher_priority_run_starts_first_on_a_queue_with_max_priority(
+    runs: TaskRuns, counts: str, own_workers: list[ManagedProcess]
+) -> None:
+    """The worker declares its queue with x-max-priority (Celery's
+    task_queue_max_priority), the operator (queueMaxPriority unset) sends to it as it
+    is; one process, one message at a time (late acks: the running one holds the
+    prefetch slot), so the two waiting runs are taken in RabbitMQ's order."""
+    queue = f"prio-{uuid.uuid4().hex[:6]}"
+    worker = runs.stack.start_worker(
+        f"w-{queue}",
+        env_overrides={"TASKRUN_LEDGER_URL": counts},
+        queues=[queue],
+        concurrency=1,
+        extra_args=["--", "task_queue_max_priority=10", "task_acks_late=true"],
+    )
+    own_workers.append(worker)
+    runs.apply("busy", "sleep", args=[6], queue=queue)
+    runs.wait_phase("busy", "Running", timeout=30)
+    runs.apply("low", "sleep", args=[0.2], queue=queue, priority=1)
+    runs.wait_phase("low", "Queued")
+    runs.apply("high", "sleep", args=[0.2], queue=queue, priority=9)
+    ids = {name: runs.wait_phase(name, "Queued", "Running", "Succeeded")["taskId"]
+           for name in ("low", "high")}  # fmt: skip
+    wait_for(
+        lambda: rabbitmq_queue_length(runs.stack, queue) == 2,
+        timeout=15,
+        what="both waiting in RabbitMQ",
+    )
+    assert runs.status("busy")["phase"] == "Running"  # both were sent while it ran
+    for name in ("busy", "low", "high"):
+        assert runs.finished(name, timeout=60)["phase"] == "Succeeded"
+    starts = {e["task_id"]: e["time"] for e in read_ledger(counts) if e["event"] == "start"}
+    assert starts[ids["high"]] < starts[ids["low"]], starts
+    assert "PRECONDITION_FAILED" not in worker.log_text()
+
+
+def test_a_plain_queue_the_operator_sent_to_first_serves_a_plain_worker(
+    runs: TaskRuns, own_workers: list[ManagedProcess]
+) -> None:
+    """No worker yet: the operator declares the queue (plain, as Celery's defaults do);
+    a worker with Celery's defaults then declares it alike and runs the task."""
+    queue = f"plain-{uuid.uuid4().hex[:6]}"
+    runs.apply("first", "calculate_sum", args=[[1, 2]], queue=queue)
+    runs.wait_phase("first", "Queued")
+    assert rabbitmq_queue_length(runs.stack, queue) == 1
+    worker = runs.stack.start_worker(f"w-{queue}", queues=[queue])
+    own_workers.append(worker)
+    assert runs.finished("first")["result"] == 3
+    runs.apply("second", "calculate_sum", args=[[3]], queue=queue)
+    assert runs.finished("second")["result"] == 3
+    operator = runs.stack.process("operator")
+    assert operator is not None
+    for log in (worker.log_text(), operator.log_text()):
+        assert not re.search(r"PRECONDITION_FAILED|PreconditionFailed|inequivalent arg", log)
+
+
+def counting_worker(
+    runs: TaskRuns, counts: str, own_workers: list[ManagedProcess], queue: str
+) -> None:
+    """A plain Celery worker (no guard) counting each task's executions."""
+    own_workers.append(
+        runs.stack.start_worker(
+            f"w-{queue}",
+            env_overrides={"HOSTILE_COUNT_URL": counts},
+            queues=[queue],
+            app="hostile_app",
+            cwd=Path(__file__).parent,
+        )
+    )
+
+
+def apply_counted(runs: TaskRuns, names: list[str], queue: str, seconds: float) -> None:
+    """All in one `kubectl apply`: a burst."""
+    items = [
+        runs.manifest(
+            name,
+            {
+                "task": "hostile.count",
+                "args": [f"n:{runs.namespace}:{name}", seconds],
+                "queue": queue,
+            },
+        )
+        for name in names
+    ]
+    body = {"apiVersion": "v1", "kind": "List", "items": items}
+    runs.kubectl("apply", "-f", "-", input=json.dumps(body), check=True)
+
+
+def executions(runs: TaskRuns, counts: str, names: list[str]) -> dict[str, int]:
+    for name in names:
+        assert runs.finished(name, timeout=180)["phase"] == "Succeeded", name
+    client = redis.Redis.from_url(counts)
+    return {name: int(client.get(f"n:{runs.namespace}:{name}") or 0) for name in names}
+
+
+def stopped(stack: Stack, name: str) -> list[int]:
+    proc = stack.process(name)
+    assert proc is not None
+    pids = sorted(proc.group_pids())
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def test_a_stalled_rabbitmq_runs_each_task_once(
+    runs: TaskRuns, counts: str, own_workers: list[ManagedProcess]
+) -> None:
+    """RabbitMQ stops answering (SIGSTOP: connections still accept what is written) past
+    every client timeout while runs are sent: each send fails on the queue check before
+    its message leaves, so none lands late beside its resend; each runs once."""
+    queue = f"stall-{uuid.uuid4().hex[:6]}"
+    counting_worker(runs, counts, own_workers, queue)
+    apply_counted(runs, ["warm"], queue, 0)
+    runs.finished("warm")
+    operator = runs.stack.process("operator")
+    assert operator is not None
+    names = [f"s{i}" for i in range(10)]
+    pids = stopped(runs.stack, RABBITMQ)
+    try:
+        apply_counted(runs, names, queue, 0.5)
+
+        def tried_again(name: str) -> bool:
+            # The first send timed out and the next found no answer either: the stall
+            # outlasted every client timeout of a send.
+            return operator.log_text().count(f"could not submit {runs.namespace}/{name}:") >= 2
+
+        for name in (names[0], names[-1]):
+            wait_for(lambda n=name: tried_again(n), timeout=90, what=f"{name} tried again")
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    after = [f"r{i}" for i in range(5)]
+    apply_counted(runs, after, queue, 0.5)
+    counted = executions(runs, counts, ["warm", *names, *after])
+    assert set(counted.values()) == {1}, counted
+
+
+def test_a_rabbitmq_restart_loses_no_run(
+    runs: TaskRuns, counts: str, own_workers: list[ManagedProcess]
+) -> None:
+    """RabbitMQ stopped and started again (its data kept) while runs are sent: every run
+    ends Succeeded, none lost. Runs twice are counted and printed, not refused: a
+    message whose confirm was lost with the connection is sent again, and RabbitMQ
+    redelivers a message whose consumer's connection went before its ack (seen once:
+    a run whose send never failed ran twice on a plain worker)."""
+    queue = f"restart-{uuid.uuid4().hex[:6]}"
+    counting_worker(runs, counts, own_workers, queue)
+    before = [f"b{i}" for i in range(10)]
+    apply_counted(runs, before, queue, 0.5)
+    runs.stack.restart(RABBITMQ, down_for=3)
+    after = [f"a{i}" for i in range(10)]
+    apply_counted(runs, after, queue, 0.5)
+    counted = executions(runs, counts, [*before, *after])
+    operator = runs.stack.process("operator")
+    assert operator is not None
+    failed = set(re.findall(rf"could not submit {runs.namespace}/(\w+):", operator.log_text()))
+    twice = {name for name, count in counted.items() if count > 1}
+    print(
+        f"executions across a RabbitMQ restart: {counted}; "
+        f"sends that failed, then sent again: {sorted(failed)}; executed twice: {sorted(twice)}"
+    )
+    assert min(counted.values()) >= 1, counted  # none lost
+
+
+def test_an_operator_killed_while_sending_loses_no_run(
+    runs: TaskRuns, counts: str, own_workers: list[ManagedProcess]
+) -> None:
+    """The operator killed (SIGKILL) while it sends a burst, then started again: every
+    run ends Succeeded, none lost. A run whose message was confirmed but whose status
+    was not written yet is sent again by the next operator (it cannot ask RabbitMQ
+    whether a queued message is there): such a run, and only such a one, may run
+    twice."""
+    queue = f"kill-{uuid.uuid4().hex[:6]}"
+    counting_worker(runs, counts, own_workers, queue)
+    stack = runs.stack
+    operator = stack.process("operator")
+    assert operator is not None
+    names = [f"k{i}" for i in range(20)]
+    apply_counted(runs, names, queue, 1)
+    wait_for(
+        lambda: operator.log_text().count(f"submitting {runs.namespace}/k") >= 6,
+        timeout=30,
+        what="sends under way",
+        interval=0.01,
+    )
+    os.kill(operator.pid, signal.SIGKILL)
+    wait_for(lambda: not is_running(proc_info(operator.pid)), timeout=10, what="operator gone")
+    again = stack.restart("operator")
+    counted = executions(runs, counts, names)
+    print("executions across an operator kill:", counted)
+    assert min(counted.values()) >= 1, counted  # none lost
+    recovered = set(re.findall(rf"submitting {runs.namespace}/(k\d+) as \S+ \(recovering\)",
+                               again.log_text()))  # fmt: skip
+    twice = {name for name, count in counted.items() if count > 1}
+    print(f"sent again after the kill: {sorted(recovered)}; executed twice: {sorted(twice)}")
+    assert twice <= recovered, (twice, recovered)

@@ -78,16 +78,23 @@ def test_the_slots_a_run_takes(
 
 
 @pytest.mark.parametrize(
-    ("broker", "priorities"),
+    ("broker", "max_priority", "priorities"),
     [
-        # Redis: 0 first, 9 last, none is 0.
-        ("redis://x", [(0, 0), (None, 0), (9, 9)]),
+        # Redis: 0 first, 9 last, none is 0 (queueMaxPriority is RabbitMQ's alone).
+        ("redis://x", None, [(0, 0), (None, 0), (9, 9)]),
+        ("redis://x", 5, [(0, 0), (9, 9)]),
         # RabbitMQ: the highest first, none is 0 (the lowest).
-        ("amqp://x", [(255, -255), (None, 0), (1, -1)]),
+        ("amqp://x", None, [(255, -255), (None, 0), (1, -1)]),
+        ("pyamqp://x", None, [(9, -9), (1, -1)]),
+        # Above the queues' x-max-priority RabbitMQ reads every priority as the maximum.
+        ("amqp://x", 5, [(255, -5), (6, -5), (5, -5), (4, -4), (None, 0)]),
     ],
 )
-def test_urgency_is_the_brokers_order(broker: str, priorities: list[tuple[int, int]]) -> None:
-    assert [urgency(p, broker) for p, _ in priorities] == [u for _, u in priorities]
+def test_urgency_is_the_brokers_order(
+    broker: str, max_priority: int | None, priorities: list[tuple[int, int]]
+) -> None:
+    got = [urgency(p, broker, max_priority) for p, _ in priorities]
+    assert got == [u for _, u in priorities]
 
 
 def test_order_is_urgency_then_creation_then_arrival() -> None:

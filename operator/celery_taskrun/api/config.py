@@ -202,6 +202,17 @@ class OperatorConfig(BaseModel):
         description="The queue of a TaskRun without spec.queue (Celery's task_default_queue), "
         "as policies see it.",
     )
+    queueMaxPriority: int | None = Field(
+        None,
+        ge=1,
+        le=255,
+        description="RabbitMQ only: the x-max-priority of a queue the operator declares, "
+        "which it does only for a queue that does not exist yet (it checks first, and "
+        "never declares one again with other arguments, which RabbitMQ refuses). Set it "
+        "to the workers' task_queue_max_priority so that whoever declares a queue first "
+        "declares it alike. Unset: queues are declared plain, as Celery's defaults do, "
+        "and RabbitMQ ignores priority on them.",
+    )
     messageExpires: float = Field(
         86400.0,
         ge=1,

@@ -201,7 +201,8 @@ class TaskRunSpec(_Model):  # type: ignore[no-redef]  # pydantic-mypy: clashes w
         ge=0,
         le=255,
         description="Message priority as the broker reads it: Redis 0 (first) to 9, "
-        "RabbitMQ 0-255 (highest first).",
+        "RabbitMQ 0-255 (highest first) on a queue declared with x-max-priority (above "
+        "it, as its maximum; a plain queue ignores priority).",
     )
     countdown: float | None = Field(
         None, ge=0, le=MAX_SECONDS, description="Seconds to wait before running."

@@ -21,7 +21,7 @@ from kombu.exceptions import EncodeError, KombuError
 from sqlalchemy.exc import SQLAlchemyError
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.clients import redis_once
+from celery_taskrun.clients import amqp_confirm, redis_once
 from celery_taskrun.core.sending import Message
 
 # No retry inside a publish: the tracker retries on its own schedule, each time past the
@@ -32,7 +32,13 @@ PING_SECONDS = 2.0
 SOCKET_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 5}
 # The longest a publish can take once started (no retries inside it): a new leader
 # waits this long before it sends again what an earlier leader may have been sending.
+# On RabbitMQ the leader's fence is asked after connecting and checking the queue, so
+# only the write remains, which is shorter.
 PUBLISH_BOUND_SECONDS = float(sum(SOCKET_OPTIONS.values()))
+
+
+def broker_scheme(url: str) -> str:
+    return urlsplit(url).scheme.split("+")[0].lower()
 
 
 def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
@@ -41,13 +47,19 @@ def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
     `AsyncResult.get`, which the operator never calls), retrying for 20 s when Redis is
     down and holding a subscription per task in flight."""
     app = Celery("celery-taskrun-operator", broker=config.brokerUrl, backend=config.resultBackend)
+    scheme = broker_scheme(config.brokerUrl)
+    transport_options: dict[str, Any] = dict(SOCKET_OPTIONS)
     if not results:
         # The class wins over the setting, which CELERY_RESULT_BACKEND in the environment
         # would set again.
         app.backend_cls = "disabled"
         # On Redis, a task id is queued once whatever an earlier publish did (redis_once).
-        scheme = urlsplit(config.brokerUrl).scheme
         app.conf.broker_transport = redis_once.BY_SCHEME.get(scheme)
+        if scheme in amqp_confirm.SCHEMES:
+            transport_options = dict(amqp_confirm.TRANSPORT_OPTIONS)
+            app.conf.broker_connection_timeout = amqp_confirm.CONNECT_SECONDS
+            # A queue the sender declares (one that does not exist yet) gets this.
+            app.conf.task_queue_max_priority = config.queueMaxPriority
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -60,7 +72,7 @@ def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
         # that reaches the database makes them instead (clients/backend.py).
         database_create_tables_at_setup=False,
         task_publish_retry_policy=PUBLISH_RETRY,
-        broker_transport_options=SOCKET_OPTIONS,
+        broker_transport_options=transport_options,
         result_backend_transport_options=SOCKET_OPTIONS,
         broker_connection_retry=False,
         broker_connection_retry_on_startup=False,
@@ -91,6 +103,11 @@ class CeleryClient:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="celery-client")
         # Sends whose caller stopped waiting, by task id, until a later send settles them.
         self._sends: dict[str, Future[None]] = {}
+        self.confirmed = (
+            amqp_confirm.ConfirmedPublisher(sender)
+            if broker_scheme(sender.conf.broker_url or "") in amqp_confirm.SCHEMES
+            else None
+        )
         # What the broker's transport and the backend raise when they are unreachable.
         connection = app.connection_for_write()
         self.unavailable: tuple[type[BaseException], ...] = (
@@ -101,6 +118,8 @@ class CeleryClient:
             KombuError,
             OSError,
             TimeoutError,
+            amqp_confirm.NotTaken,
+            amqp_confirm.NotAllowed,
         )
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -149,6 +168,9 @@ class CeleryClient:
                 del self._sends[task_id]
 
     def _publish(self, message: Message, may_publish: Callable[[], bool]) -> None:
+        if self.confirmed is not None:
+            self.confirmed.publish(message, may_publish)
+            return
         if not may_publish():
             raise BrokerUnavailable("not sent: this operator's Lease is not surely its own")
         self.sender.send_task(

@@ -87,13 +87,16 @@ def slots_for(
     return tuple(found)
 
 
-def urgency(priority: int | None, broker_url: str) -> int:
+def urgency(priority: int | None, broker_url: str, max_priority: int | None = None) -> int:
     """How soon a run of this `priority` goes, smallest first, as its broker would take
     it: on Redis 0 first and 9 last (no priority is 0 to kombu); elsewhere (RabbitMQ)
-    the highest first (no priority is 0, the lowest)."""
+    the highest first (no priority is 0, the lowest), and above the queues'
+    x-max-priority (`max_priority`, when configured) all alike, as RabbitMQ reads them."""
     scheme = broker_url.split("://", 1)[0].split("+")[0].lower()
     value = priority or 0
-    return value if scheme in REDIS_SCHEMES else -value
+    if scheme in REDIS_SCHEMES:
+        return value
+    return -min(value, max_priority) if max_priority is not None else -value
 
 
 def order_of(urgency: int, created: datetime | None, arrival: int) -> Order:

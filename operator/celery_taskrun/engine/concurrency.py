@@ -44,6 +44,7 @@ class Limiter:
         self.groups = config.concurrency
         self.limits = {group.name: group.limit for group in self.groups}
         self.broker = config.brokerUrl
+        self.max_priority = config.queueMaxPriority
         self.default_queue = config.defaultQueue
         self.wake = wake  # a step for a run admitted (or to be told it waits)
         self.monotonic = monotonic
@@ -147,7 +148,7 @@ class Limiter:
             metrics.CONCURRENCY_IN_USE.labels(slot.group).inc()
 
     def _join_line(self, run: Run, slots: tuple[Slot, ...]) -> None:
-        urgency = concurrency.urgency(run.spec.priority, self.broker)
+        urgency = concurrency.urgency(run.spec.priority, self.broker, self.max_priority)
         order = concurrency.order_of(urgency, run.created, next(self.arrivals))
         self.queues.add(Waiter(order, run.uid, slots))
         self.runs[run.uid] = run
