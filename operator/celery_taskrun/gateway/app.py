@@ -3,9 +3,9 @@
 An application in the cluster gets the operator's guarantees without speaking
 Kubernetes: it POSTs a spec, follows the run by `wait` or a WebSocket, cancels it.
 Identity and rights are Kubernetes' own (see auth.py); the gateway then acts with its
-own ServiceAccount. Waits and streams follow the API server's watch, never a loop of
-reads. This module assembles the app: its errors, its routes (routes.py), its streams
-(streams.py) and the live page.
+own ServiceAccount. Waits and streams follow the API server's watch (one per namespace,
+shared: watches.py), never a loop of reads. This module assembles the app: its errors,
+its routes (routes.py), its streams (streams.py), its metrics and the live page.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from kubernetes_asyncio import client
+from prometheus_client import make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from celery_taskrun.clients.errors import KubeError
@@ -61,10 +62,11 @@ def create_app(connector: Connector | None = None, settings: Settings | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api = await (connector or default_connector)()
         auth = Authorizer(api, settings.audiences)
-        app.state.gateway = Gateway(TaskRunClient(api), auth, settings)
+        app.state.gateway = gateway = Gateway(TaskRunClient(api), auth, settings)
         try:
             yield
         finally:
+            await gateway.watches.close()
             await api.close()
 
     app = FastAPI(
@@ -122,6 +124,8 @@ def _page(app: FastAPI) -> None:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The gateway's figures (watches held, followers): counts only, no tenant's names.
+    app.mount("/metrics", make_asgi_app())
 
     @app.middleware("http")
     async def no_sniffing(request: Request, call_next: Callable[..., Any]) -> Response:

@@ -225,7 +225,7 @@ def add_routes(app: FastAPI) -> None:
     ) -> JSONResponse:
         gateway = gateway_of(request)
         with gateway.followers.hold(who):
-            obj, _ = await wait(gateway.runs, namespace, name, seconds)
+            obj, _ = await wait(gateway.watches, namespace, name, seconds)
         return JSONResponse(views.run_view(obj))
 
     @app.post(

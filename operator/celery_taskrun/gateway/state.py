@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from celery_taskrun.clients.taskruns import TaskRunClient
 from celery_taskrun.gateway.auth import Authorizer
 from celery_taskrun.gateway.followers import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CALLER, Followers
+from celery_taskrun.gateway.watches import Watches
 
 # A stream's token and rights are checked again this often (seconds).
 RECHECK_SECONDS = 60.0
@@ -29,12 +30,14 @@ class Settings:
 
 
 class Gateway:
-    """What the routes share: the TaskRun client, the authorizer, the open followers."""
+    """What the routes share: the TaskRun client, the authorizer, the namespaces'
+    watches and the open followers."""
 
     def __init__(self, runs: TaskRunClient, auth: Authorizer, settings: Settings) -> None:
         self.runs = runs
         self.auth = auth
         self.settings = settings
+        self.watches = Watches(runs)
         self.followers = Followers(settings.max_followers, settings.max_followers_per_caller)
 
 
