@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -263,14 +263,8 @@ class TaskRunClient:
                 yield obj
 
 
-class Follows(Protocol):
-    """What follows a run: a TaskRunClient (its own watch) or the gateway's shared watches."""
-
-    def follow(self, namespace: str, name: str) -> AsyncGenerator[TaskRunBody, None]: ...
-
-
 async def wait(
-    runs: Follows, namespace: str, name: str, seconds: float | None
+    runs: TaskRunClient, namespace: str, name: str, seconds: float | None
 ) -> tuple[TaskRunBody, bool]:
     """The seed's `get(timeout=...)` over the watch: (the run, whether it finished).
 

@@ -15,7 +15,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
 from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.paging import continue_of
-from celery_taskrun.clients.taskruns import wait
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.auth import Caller, Verb
 from celery_taskrun.gateway.state import gateway_of
@@ -225,7 +224,7 @@ def add_routes(app: FastAPI) -> None:
     ) -> JSONResponse:
         gateway = gateway_of(request)
         with gateway.followers.hold(who):
-            obj, _ = await wait(gateway.watches, namespace, name, seconds)
+            obj = await gateway.watches.wait(namespace, name, seconds)
         return JSONResponse(views.run_view(obj))
 
     @app.post(

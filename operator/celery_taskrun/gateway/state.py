@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from celery_taskrun.clients.taskruns import TaskRunClient
 from celery_taskrun.gateway.auth import Authorizer
 from celery_taskrun.gateway.followers import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CALLER, Followers
-from celery_taskrun.gateway.watches import Watches
+from celery_taskrun.gateway.watches import LINGER_SECONDS, Watches
 
 # A stream's token and rights are checked again this often (seconds).
 RECHECK_SECONDS = 60.0
@@ -24,6 +24,8 @@ class Settings:
     max_followers: int = MAX_FOLLOWERS
     max_followers_per_caller: int = MAX_FOLLOWERS_PER_CALLER
     recheck_seconds: float = RECHECK_SECONDS
+    # A namespace's watch stops this long after its last wait or stream ends.
+    watch_linger_seconds: float = LINGER_SECONDS
     # The TokenReview audiences a caller's token must have one of; none: the API
     # server's own.
     audiences: tuple[str, ...] = ()
@@ -37,7 +39,7 @@ class Gateway:
         self.runs = runs
         self.auth = auth
         self.settings = settings
-        self.watches = Watches(runs)
+        self.watches = Watches(runs, settings.watch_linger_seconds)
         self.followers = Followers(settings.max_followers, settings.max_followers_per_caller)
 
 
