@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -67,9 +68,9 @@ WAITER = "waiter"
 WAITER_NAMESPACE = "bench-gw"
 # Waits opened at once; the next batch once these are held (the listen backlog is 2,048).
 BATCH = 500
-HELD_TIMEOUT = 120.0
+HELD_TIMEOUT = 30.0
 WAIT_SECONDS = 600
-RETRIES = 5
+RETRIES = 3
 
 
 def _say(message: str) -> None:
@@ -168,11 +169,11 @@ def waiter_objects(namespace: str) -> list[dict[str, Any]]:
     ]
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float) -> None:
+async def until(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not await check():
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {seconds:g} s waiting for {what}")
+            raise TimeoutError(f"not so after {seconds:g} s")
         await asyncio.sleep(0.2)  # polling a figure, not synchronising a test
 
 
@@ -238,7 +239,7 @@ async def _measure(
             except aiohttp.ClientError:
                 return gateway.poll() is not None
 
-        await until(answers, "the gateway", 60)
+        await until(answers, 60)
         if gateway.poll() is not None:
             raise SystemExit(f"{design.label}: the gateway exited ({gateway.returncode})")
 
@@ -288,15 +289,20 @@ async def _measure(
         for first in range(0, design.waits, BATCH):
             batch = range(first, min(first + BATCH, design.waits))
             waiters += [asyncio.create_task(wait(i)) for i in batch]
-            await until(
-                functools.partial(_at_least, held, len(waiters), failures),
-                f"{len(waiters)} waits held",
-                HELD_TIMEOUT,
-            )
+            # The gateway before the shared watch holds at most its client's connection
+            # pool (100) of watches at once: the other waits queue for one. Go on after
+            # HELD_TIMEOUT, and say how many were held.
+            with contextlib.suppress(TimeoutError):
+                await until(
+                    functools.partial(_at_least, held, len(waiters), failures), HELD_TIMEOUT
+                )
         opening_s = time.monotonic() - started
+        held_at_once = await held()
         rss_held = rss_mib(gateway.pid)
         watches_held = await watches() - others
-        _say(f"{design.label}: {design.waits} waits held after {opening_s:.1f} s")
+        _say(
+            f"{design.label}: {held_at_once:g} of {design.waits} waits held after {opening_s:.1f} s"
+        )
 
         peak = rss_held
         written: dict[int, float] = {}
@@ -332,6 +338,7 @@ async def _measure(
             "retried_503": len(retries),
             "failure_sample": failures[:3],
             "opening_s": round(opening_s, 1),
+            "held_at_once": held_at_once,
             "rss_held_mib": round(rss_held, 1),
             "rss_peak_mib": round(peak, 1),
             "apiserver_watches": watches_held,
@@ -345,9 +352,8 @@ async def _measure(
 
 
 async def _at_least(held: Callable[[], Awaitable[float]], n: int, failures: list[str]) -> bool:
-    if failures:
-        raise SystemExit(f"waits refused: {failures[:3]}")
-    return await held() >= n
+    """Whether the n waits opened so far are held, but those refused (counted apart)."""
+    return await held() >= n - len(failures)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -424,6 +430,7 @@ def table(results: dict[str, Any]) -> str:
         ("failures", "refused or failed"),
         ("retried_503", "503s retried (a review timed out)"),
         ("opening_s", "seconds to open them all"),
+        ("held_at_once", "waits held at once before the writes"),
         ("rss_held_mib", "gateway RSS, all held (MiB)"),
         ("rss_peak_mib", "gateway RSS, peak (MiB)"),
         ("apiserver_watches", "API-server watches on taskruns (the gateway's)"),
