@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
@@ -221,11 +221,11 @@ def add_routes(app: FastAPI) -> None:
                 description="Seconds to wait at most; then the current state, finished false.",
             ),
         ] = DEFAULT_WAIT_SECONDS,
-    ) -> JSONResponse:
+    ) -> Response:
         gateway = gateway_of(request)
         with gateway.followers.hold(who):
             obj = await gateway.watches.wait(namespace, name, seconds)
-        return JSONResponse(views.run_view(obj))
+        return gateway.rendered.answer(obj)
 
     @app.post(
         f"{one}/cancel",
