@@ -32,6 +32,7 @@ test: setup-tests lint
 bench: setup
 	python benchmarks/suite.py $(BENCH_ARGS)
 	python benchmarks/admission.py
+	python benchmarks/gateway_waits.py
 
 # Refresh requirements.lock from pyproject.toml (newest versions its ranges allow), then
 # `make setup` installs it.

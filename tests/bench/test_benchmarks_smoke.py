@@ -78,6 +78,20 @@ def test_rabbit_send_benchmark_smoke() -> None:
         assert figures[sender]["per_s_one_thread"] > 0, figures
 
 
+def test_gateway_waits_benchmark_smoke() -> None:
+    figures = run_benchmark(
+        "gateway_waits.py",
+        *("--waits", "40", "--runs", "4", "--baseline-waits", "20", "--baseline-runs", "2"),
+    )
+    ours, baseline = figures["shared"], figures["per-wait"]
+    assert (ours["answered"], baseline["answered"]) == (40, 20)
+    assert ours["unfinished"] == baseline["unfinished"] == ours["failures"] == 0
+    # The shared watch: one for the namespace; the baseline: one per wait.
+    assert ours["apiserver_watches"] == 1
+    assert baseline["apiserver_watches"] == 20
+    assert ours["p99_ms"] > 0 and ours["rss_peak_mib"] > 0
+
+
 def test_suite_smoke(tmp_path: Path) -> None:
     """The suite end to end at a small scale: every phase measures, counts agree."""
     figures_path, chart = tmp_path / "bench.json", tmp_path / "bench.png"

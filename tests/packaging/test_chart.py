@@ -490,7 +490,7 @@ def test_gateway_component(render: Render) -> None:
     assert c["args"] == [
         "--host=0.0.0.0",
         "--port=8080",
-        "--max-followers=1000",
+        "--max-followers=10000",
         "--max-followers-per-caller=100",
         "--recheck-seconds=60",
     ]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client
@@ -27,7 +27,6 @@ from celery_taskrun.clients.transport import guarded
 from celery_taskrun.core.outcomes import Step, Verdict, WatchError, finished, interpret, status_of
 
 MERGE_PATCH = "application/merge-patch+json"
-Shown = TypeVar("Shown")
 # One request (not a watch): connect, send, read the answer.
 REQUEST_TIMEOUT = 15.0
 # A watch asks the server to end it after this long; we then watch again from the
@@ -194,7 +193,7 @@ class TaskRunClient:
 
         return pages(fetch, page=GATEWAY_PAGE, limit=limit, token=continue_token)
 
-    async def _watch(
+    async def watch(
         self, namespace: str, version: str, field_selector: str | None
     ) -> AsyncGenerator[Verdict, None]:
         """One watch from `version`, until the server ends it (WATCH_SECONDS)."""
@@ -248,7 +247,7 @@ class TaskRunClient:
         selector = f"metadata.name={name}"
         while True:
             resync = False
-            async with aclosing(self._watch(namespace, version, selector)) as verdicts:
+            async with aclosing(self.watch(namespace, version, selector)) as verdicts:
                 async for verdict in verdicts:
                     version = verdict.resource_version or version
                     if verdict.step is Step.UPDATE and verdict.obj is not None:
@@ -262,31 +261,6 @@ class TaskRunClient:
                 obj = await self.get(namespace, name)
                 version = resource_version(obj) or "0"
                 yield obj
-
-    async def follow_namespace(
-        self, namespace: str, *, limit: int, view: Callable[[TaskRunBody], Shown]
-    ) -> AsyncGenerator[tuple[str, list[Shown] | Shown], None]:
-        """`("SNAPSHOT", views)` of at most `limit` runs (again after the watch expires),
-        then `(event type, view)` for each change in the namespace.  Each page of the
-        snapshot is viewed as it comes, and dropped."""
-        while True:
-            shown: list[Shown] = []
-            version = "0"
-            async for page in self.pages(namespace, limit=limit):
-                shown += [view(obj) for obj in page.get("items") or []]
-                version = resource_version(page) or version
-            yield "SNAPSHOT", shown
-            resync = False
-            while not resync:
-                async with aclosing(self._watch(namespace, version, None)) as verdicts:
-                    async for verdict in verdicts:
-                        version = verdict.resource_version or version
-                        if verdict.step is Step.RESYNC:
-                            resync = True
-                            break
-                        if verdict.obj is not None:
-                            kind = "DELETED" if verdict.step is Step.GONE else "MODIFIED"
-                            yield kind, view(verdict.obj)
 
 
 async def wait(

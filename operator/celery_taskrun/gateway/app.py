@@ -3,9 +3,9 @@
 An application in the cluster gets the operator's guarantees without speaking
 Kubernetes: it POSTs a spec, follows the run by `wait` or a WebSocket, cancels it.
 Identity and rights are Kubernetes' own (see auth.py); the gateway then acts with its
-own ServiceAccount. Waits and streams follow the API server's watch, never a loop of
-reads. This module assembles the app: its errors, its routes (routes.py), its streams
-(streams.py) and the live page.
+own ServiceAccount. Waits and streams follow the API server's watch (one per namespace,
+shared: watches.py), never a loop of reads. This module assembles the app: its errors,
+its routes (routes.py), its streams (streams.py), its metrics and the live page.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from kubernetes_asyncio import client
+from prometheus_client import make_asgi_app
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.clients.taskruns import TaskRunClient
@@ -61,10 +63,11 @@ def create_app(connector: Connector | None = None, settings: Settings | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api = await (connector or default_connector)()
         auth = Authorizer(api, settings.audiences)
-        app.state.gateway = Gateway(TaskRunClient(api), auth, settings)
+        app.state.gateway = gateway = Gateway(TaskRunClient(api), auth, settings)
         try:
             yield
         finally:
+            await gateway.watches.close()
             await api.close()
 
     app = FastAPI(
@@ -122,9 +125,26 @@ def _page(app: FastAPI) -> None:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The gateway's figures (watches held, followers): counts only, no tenant's names.
+    app.mount("/metrics", make_asgi_app())
+    app.add_middleware(NoSniffing)
 
-    @app.middleware("http")
-    async def no_sniffing(request: Request, call_next: Callable[..., Any]) -> Response:
-        response: Response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
+
+class NoSniffing:
+    """Every HTTP answer says `X-Content-Type-Options: nosniff`. Plain ASGI: Starlette's
+    `@app.middleware` costs each open request (10,000 waits) a task group and streams."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, sending)

@@ -74,6 +74,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="how often a stream checks its caller's token and rights again, closing when "
         f"they lapse (default $TASKRUN_GATEWAY_RECHECK_SECONDS or {DEFAULTS.recheck_seconds:g})",
     )
+    parser.add_argument(
+        "--watch-linger-seconds",
+        type=float,
+        default=float(env("TASKRUN_GATEWAY_WATCH_LINGER_SECONDS", DEFAULTS.watch_linger_seconds)),
+        help="how long a namespace's API-server watch outlives its last wait or stream "
+        f"(default $TASKRUN_GATEWAY_WATCH_LINGER_SECONDS or {DEFAULTS.watch_linger_seconds:g})",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument(
         "--verbose", "-v", action="store_true", help="log at debug level (tokens masked)"
@@ -86,6 +93,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         max_followers=args.max_followers,
         max_followers_per_caller=args.max_followers_per_caller,
         recheck_seconds=args.recheck_seconds,
+        watch_linger_seconds=args.watch_linger_seconds,
         audiences=tuple(args.audiences),
     )
 

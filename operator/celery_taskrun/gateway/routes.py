@@ -9,13 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
 from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.paging import continue_of
-from celery_taskrun.clients.taskruns import wait
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.auth import Caller, Verb
 from celery_taskrun.gateway.state import gateway_of
@@ -222,11 +221,11 @@ def add_routes(app: FastAPI) -> None:
                 description="Seconds to wait at most; then the current state, finished false.",
             ),
         ] = DEFAULT_WAIT_SECONDS,
-    ) -> JSONResponse:
+    ) -> Response:
         gateway = gateway_of(request)
         with gateway.followers.hold(who):
-            obj, _ = await wait(gateway.runs, namespace, name, seconds)
-        return JSONResponse(views.run_view(obj))
+            obj = await gateway.watches.wait(namespace, name, seconds)
+        return gateway.rendered.answer(obj)
 
     @app.post(
         f"{one}/cancel",

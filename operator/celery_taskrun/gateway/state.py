@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
+from celery_taskrun.api.bodies import TaskRunBody
 from celery_taskrun.clients.taskruns import TaskRunClient
+from celery_taskrun.gateway import views
 from celery_taskrun.gateway.auth import Authorizer
 from celery_taskrun.gateway.followers import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CALLER, Followers
+from celery_taskrun.gateway.watches import LINGER_SECONDS, Watches
 
+# Versions of runs kept rendered: the waits of a run are answered within moments.
+RENDERED = 16
 # A stream's token and rights are checked again this often (seconds).
 RECHECK_SECONDS = 60.0
 
@@ -23,18 +29,47 @@ class Settings:
     max_followers: int = MAX_FOLLOWERS
     max_followers_per_caller: int = MAX_FOLLOWERS_PER_CALLER
     recheck_seconds: float = RECHECK_SECONDS
+    # A namespace's watch stops this long after its last wait or stream ends.
+    watch_linger_seconds: float = LINGER_SECONDS
     # The TokenReview audiences a caller's token must have one of; none: the API
     # server's own.
     audiences: tuple[str, ...] = ()
 
 
+class Rendered:
+    """Each version of a run rendered once (its view, as JSON), however many waits it
+    answers: the waits of a run get the same object from the namespace's watch, and
+    rendering it for each of 20 waits was most of a terminal event's cost."""
+
+    def __init__(self, size: int = RENDERED) -> None:
+        self.size = size
+        # By the object's id; the object is kept, so its id is not reused meanwhile.
+        self._items: OrderedDict[int, tuple[TaskRunBody, bytes]] = OrderedDict()
+
+    def answer(self, obj: TaskRunBody) -> Response:
+        key = id(obj)
+        item = self._items.get(key)
+        if item is not None and item[0] is obj:
+            body = item[1]
+        else:
+            body = bytes(JSONResponse(views.run_view(obj)).body)
+            self._items[key] = (obj, body)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        return Response(body, media_type=JSONResponse.media_type)
+
+
 class Gateway:
-    """What the routes share: the TaskRun client, the authorizer, the open followers."""
+    """What the routes share: the TaskRun client, the authorizer, the namespaces'
+    watches and the open followers."""
 
     def __init__(self, runs: TaskRunClient, auth: Authorizer, settings: Settings) -> None:
         self.runs = runs
         self.auth = auth
         self.settings = settings
+        self.watches = Watches(runs, settings.watch_linger_seconds)
+        self.rendered = Rendered()
         self.followers = Followers(settings.max_followers, settings.max_followers_per_caller)
 
 

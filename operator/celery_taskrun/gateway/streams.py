@@ -146,7 +146,7 @@ def add_streams(app: FastAPI) -> None:
         if admitted is None:
             return
         access, who = admitted
-        async with aclosing(access.gateway.runs.follow(namespace, name)) as versions:
+        async with aclosing(access.gateway.watches.follow(namespace, name)) as versions:
             try:
                 first = await anext(versions)
             except KubeError as exc:
@@ -177,7 +177,7 @@ def add_streams(app: FastAPI) -> None:
         access, who = admitted
 
         async def pump() -> None:
-            events = access.gateway.runs.follow_namespace(
+            events = access.gateway.watches.follow_namespace(
                 namespace, limit=LIVE_LIMIT, view=views.summary
             )
             async with aclosing(events) as changes:
