@@ -12,7 +12,7 @@ steady state (every run already at its longest poll interval, 5 s, first looks s
 over those 5 s):
 
 - operator: the operator's poll schedule (`core.schedule.Schedule`, `core.timing.next_delay`:
-  polls on a one-second grid) and its reader (`clients.backend.DatabaseResultBackend`),
+  polls on a one-second grid) and its reader (`clients.database.DatabaseResultBackend`),
   one `read` for every run due;
 - operator-per-task: the same schedule, read through Celery's `get_task_meta` for each
   run (`CeleryResultBackend`, the operator's read before this one; in slices of 50 runs
@@ -50,12 +50,9 @@ from kombu.utils.encoding import ensure_bytes
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.model import Phase, TaskRunStatus
-from celery_taskrun.clients.backend import (
-    CeleryResultBackend,
-    DatabaseResultBackend,
-    ResultBackend,
-)
+from celery_taskrun.clients.backend import CeleryResultBackend, ResultBackend
 from celery_taskrun.clients.celery_client import make_app
+from celery_taskrun.clients.database import DatabaseResultBackend
 from celery_taskrun.core.backoff import Backoff
 from celery_taskrun.core.schedule import Schedule
 from celery_taskrun.core.timing import next_delay

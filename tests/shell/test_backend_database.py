@@ -19,13 +19,9 @@ from celery import Celery
 from celery.app.task import Context
 
 from celery_taskrun.api.config import OperatorConfig
-from celery_taskrun.clients.backend import (
-    HEAD_BYTES,
-    BackendUnavailable,
-    DatabaseResultBackend,
-    open_backend,
-)
+from celery_taskrun.clients.backend import HEAD_BYTES, BackendUnavailable, open_backend
 from celery_taskrun.clients.celery_client import make_app
+from celery_taskrun.clients.database import DatabaseResultBackend
 from celery_taskrun.core import records
 from celery_taskrun.core.records import TaskRecord, Unreadable
 from taskrun_dev import servers

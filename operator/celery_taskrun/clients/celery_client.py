@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 from celery import Celery
 from celery.backends.redis import RedisBackend
 from kombu.exceptions import EncodeError, KombuError
-from sqlalchemy.exc import SQLAlchemyError
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.clients import amqp_confirm, redis_once
@@ -80,6 +79,16 @@ def make_app(config: OperatorConfig, *, results: bool = True) -> Celery:
     return app
 
 
+def database_errors(app: Celery) -> tuple[type[BaseException], ...]:
+    """What a database result backend raises (revoke marks are stored there); SQLAlchemy
+    is imported only when the backend is one (it costs the operator some 26 MiB)."""
+    if not type(app.backend).__module__.startswith("celery.backends.database"):
+        return ()
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (SQLAlchemyError,)
+
+
 class SendRefused(Exception):
     """The message itself cannot be sent (it does not encode): sending again cannot help."""
 
@@ -114,7 +123,7 @@ class CeleryClient:
             *connection.connection_errors,
             *connection.channel_errors,
             *getattr(app.backend, "connection_errors", ()),
-            SQLAlchemyError,  # database result backends (revoke marks are stored there)
+            *database_errors(app),
             KombuError,
             OSError,
             TimeoutError,
