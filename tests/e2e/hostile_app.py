@@ -32,8 +32,9 @@ app.conf.update(
 
 @app.task(name="hostile.count")
 def count(key: str, seconds: float = 0) -> int:
-    """Counts its own executions (in Redis): what a run executed twice would show."""
-    executions = int(redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).incr(key))
+    """Counts its own executions (in the Redis of the stack's execution ledger, whatever
+    the broker and backend): what a run executed twice would show."""
+    executions = int(redis.Redis.from_url(os.environ["TASKRUN_LEDGER_URL"]).incr(key))
     time.sleep(seconds)
     return executions
 
