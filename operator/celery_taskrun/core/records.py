@@ -17,6 +17,7 @@ from __future__ import annotations
 import bz2
 import json
 import lzma
+import math
 import re
 import zlib
 from collections.abc import Callable
@@ -227,9 +228,24 @@ def parse_partial(stored: Stored) -> Reading:
     )
 
 
+def constants_as_strings(value: Any, depth: int = 0) -> Any:
+    """NaN and the infinities as the strings `parse_json` reads them as (not JSON in
+    status), in a value a backend's own client decoded (a database's); past MAX_DEPTH
+    levels the value is left as it is (too deep to show anyway)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if depth >= bounded.MAX_DEPTH:
+        return value
+    if isinstance(value, list | tuple):
+        return [constants_as_strings(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {key: constants_as_strings(item, depth + 1) for key, item in value.items()}
+    return value
+
+
 def from_meta(data: dict[str, Any]) -> TaskRecord:
     """Celery's meta dict -> TaskRecord; backends that decode exceptions are re-encoded."""
-    result = data.get("result")
+    result = constants_as_strings(data.get("result"))
     if isinstance(result, BaseException):
         result = {"exc_type": type(result).__name__, "exc_message": [str(a) for a in result.args]}
     traceback = data.get("traceback")
