@@ -310,7 +310,9 @@ def test_an_unreadable_record_ends_its_run_alone(
     runs.apply("pickled", "hostile.echo", args=[1], queue=queue)
     status = runs.finished("pickled")
     assert (status["phase"], status["reason"]) == ("Failed", "ResultLost")
-    assert "pickle" in status["message"] and "result_serializer='json'" in status["message"]
+    assert "result_serializer='json'" in status["message"]
+    if stack.backend == REDIS:  # its record names the encoding; a database's holds bytes
+        assert "pickle" in status["message"]
 
     # Garbage where a record should be: written as bytes on Redis; a database's column
     # types hold what Celery wrote (tests/unit/test_transitions.py, unreadable records).
@@ -366,6 +368,13 @@ def test_huge_and_odd_outputs_end_in_small_clear_statuses(
 def test_a_custom_state_of_any_size_is_bounded(runs: TaskRuns, hostile_worker: Any) -> None:
     queue = hostile_worker()
     runs.apply("odd", "hostile.odd_state", args=[10_000, 3], queue=queue)
+    if runs.stack.backend != REDIS:
+        # A database's status column holds 50 characters: Celery's store fails in the task.
+        failed = runs.finished("odd")
+        assert (failed["phase"], failed["reason"]) == ("Failed", "TaskError")
+        assert failed["error"]["type"] == "BackendStoreError"
+        assert status_bytes(runs, "odd") < 64 * 1024
+        return
     running = runs.wait(
         "odd", lambda s: s.get("reason") == "Progress", "a Progress status", timeout=30
     )
@@ -386,4 +395,5 @@ def test_a_publish_storm_for_one_run_delays_no_other(runs: TaskRuns, hostile_wor
     late = seconds(timed["completedAt"]) - (seconds(queued["submittedAt"]) + 2)
     assert timed["reason"] == "DeadlineExceeded" and late < 1.0, late
     storm = runs.finished("storm", timeout=60)
-    assert storm["phase"] == "Succeeded" and storm["result"] > 1000
+    # A storm: thousands of writes on Redis, hundreds on PostgreSQL in the same time.
+    assert storm["phase"] == "Succeeded" and storm["result"] > 300
