@@ -34,6 +34,7 @@ import pytest
 from taskrun_dev.processes import ManagedProcess, tail
 from taskrun_dev.services import REDIS
 from taskrun_dev.stack import Stack
+from taskrun_workers.ledger import read_ledger
 
 STACK_KEY = pytest.StashKey[Stack]()
 LOG_TAIL_LINES = 25
@@ -106,8 +107,25 @@ def stack(
             ledger_redis=True,
         )
         yield the_stack
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n{the_stack.broker}/{the_stack.backend}: {ledger_summary(the_stack)}")
     finally:
         the_stack.down()
+
+
+def ledger_summary(stack: Stack) -> str:
+    """What the session's workers executed, per the ledger: the figures of the README's
+    table of promises by broker and backend (a duplicate: an attempt started twice)."""
+    url = stack.ledger_url
+    if url is None:
+        return "no execution ledger"
+    entries = read_ledger(url)
+    starts = [(e["task_id"], e.get("retries")) for e in entries if e["event"] == "start"]
+    refused = sum(1 for e in entries if e["event"].startswith("skipped-"))
+    return (
+        f"{len(starts)} executions of {len({tid for tid, _ in starts})} task ids, "
+        f"{len(starts) - len(set(starts))} duplicates; {refused} deliveries refused by the guard"
+    )
 
 
 @pytest.fixture(scope="session")
