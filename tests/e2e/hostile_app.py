@@ -82,3 +82,18 @@ def progress_flood(self: Any, seconds: float) -> int:
         count += 1
         self.update_state(state="PROGRESS", meta={"current": count, "total": 10**9})
     return count
+
+
+class _OpensWhenUnpickled:
+    """Unpickling it creates the file at `path`: proof that a reader ran a worker's code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+@app.task(name="hostile.pickle_bomb")
+def pickle_bomb(path: str) -> Any:
+    return _OpensWhenUnpickled(path)
