@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (the local stack with the operator and the
 # example TaskRuns) and `make test` (lint, types, and every test against the real stack);
 # `make bench` runs the benchmark suite (README, "Benchmarks").
-.PHONY: setup setup-tests demo down lint test bench lock
+.PHONY: setup setup-tests demo down lint test test-matrix bench lock
 
 # Everything runs from the project's own environment (.venv, made by setup from
 # requirements.lock), never the system interpreter.
@@ -28,6 +28,22 @@ lint:
 
 test: setup-tests lint
 	python -m pytest -q -p no:cacheprovider --durations=25
+
+# The lifecycle, limits and reliability suites on each broker/backend combination the
+# README lists as supported, one session stack after the other (README, "Brokers and
+# backends"); exits non-zero if any combination failed.
+MATRIX := redis/redis rabbitmq/redis rabbitmq/postgresql
+MATRIX_SUITES := tests/e2e/test_lifecycle.py tests/e2e/test_control.py \
+	tests/e2e/test_hostile.py tests/e2e/test_tenancy.py tests/e2e/test_priority.py
+
+test-matrix: setup-tests
+	@failed=""; for pair in $(MATRIX); do \
+		echo "== broker/backend $$pair"; \
+		TASKRUN_E2E_BROKER=$${pair%/*} TASKRUN_E2E_BACKEND=$${pair#*/} \
+			python -m pytest -q -p no:cacheprovider $(MATRIX_SUITES) $(PYTEST_ARGS) \
+			|| failed="$$failed $$pair"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed on:$$failed"; exit 1; fi
 
 bench: setup
 	python benchmarks/suite.py $(BENCH_ARGS)

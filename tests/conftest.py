@@ -1,8 +1,11 @@
 """Shared fixtures: a real local stack (kube-apiserver + etcd, kube-controller-manager,
-redis) for e2e tests.
+the broker and result backend) for e2e tests.
 
-- `stack` (session): control plane + redis, started once under a pytest tmp dir, with
-  deploy/crd.yaml and deploy/rbac.yaml installed. No worker, no operator: take the
+- `stack` (session): control plane + broker + backend, started once under a pytest tmp
+  dir, with deploy/crd.yaml and deploy/rbac.yaml installed. The broker and backend are
+  TASKRUN_E2E_BROKER (redis, rabbitmq) and TASKRUN_E2E_BACKEND (redis, postgresql,
+  sqlite), Redis and Redis by default; where neither is Redis, a Redis of the stack's
+  own keeps the workers' execution ledger (`stack.ledger_url`). No worker, no operator: take the
   fixtures below, or start your own (`stack.start_worker("w2", queues=[...])`,
   `stack.start_operator("op2", env_overrides={...}, config_path=...)`).
 - `worker` (session): the default Celery worker `worker1` (taskrun_workers.app).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import re
 import signal
 import uuid
@@ -28,7 +32,9 @@ from types import FrameType
 import pytest
 
 from taskrun_dev.processes import ManagedProcess, tail
+from taskrun_dev.services import REDIS
 from taskrun_dev.stack import Stack
+from taskrun_workers.ledger import read_ledger
 
 STACK_KEY = pytest.StashKey[Stack]()
 LOG_TAIL_LINES = 25
@@ -83,7 +89,8 @@ def _install_emergency_down(stack: Stack) -> None:
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """Control plane + redis, once per session; everything it recorded stops at the end."""
+    """Control plane, broker and backend, once per session; everything it recorded stops
+    at the end."""
     the_stack = Stack(tmp_path_factory.mktemp("taskrun-dev"))
     request.config.stash[STACK_KEY] = the_stack
     _install_emergency_down(the_stack)
@@ -92,15 +99,38 @@ def stack(
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         the_stack.binaries  # noqa: B018 (builds or finds the binaries)
     try:
-        the_stack.up(operator=False, worker=False)
+        the_stack.up(
+            operator=False,
+            worker=False,
+            broker=os.environ.get("TASKRUN_E2E_BROKER", REDIS),
+            backend=os.environ.get("TASKRUN_E2E_BACKEND", REDIS),
+            ledger_redis=True,
+        )
         yield the_stack
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n{the_stack.broker}/{the_stack.backend}: {ledger_summary(the_stack)}")
     finally:
         the_stack.down()
 
 
+def ledger_summary(stack: Stack) -> str:
+    """What the session's workers executed, per the ledger: the figures of the README's
+    table of promises by broker and backend (a duplicate: an attempt started twice)."""
+    url = stack.ledger_url
+    if url is None:
+        return "no execution ledger"
+    entries = read_ledger(url)
+    starts = [(e["task_id"], e.get("retries")) for e in entries if e["event"] == "start"]
+    refused = sum(1 for e in entries if e["event"].startswith("skipped-"))
+    return (
+        f"{len(starts)} executions of {len({tid for tid, _ in starts})} task ids, "
+        f"{len(starts) - len(set(starts))} duplicates; {refused} deliveries refused by the guard"
+    )
+
+
 @pytest.fixture(scope="session")
 def worker(stack: Stack) -> Iterator[ManagedProcess]:
-    """The default worker `worker1` (prefork, concurrency 2) on the stack's redis."""
+    """The default worker `worker1` (prefork, concurrency 2) on the stack's broker."""
     proc = stack.start_worker()
     yield proc
     proc.stop()

@@ -26,6 +26,9 @@ OPERATOR_SCRIPT = "celery-taskrun-operator"
 GATEWAY_SCRIPT = "celery-taskrun-gateway"
 # Process names (redis's and the gateway's are also their ports' keys in stack.json).
 REDIS = "redis"
+# A Redis for the tests' aids only (the execution ledger), on a stack whose broker and
+# backend are neither Redis: never a broker or a backend.
+LEDGER_REDIS = "ledger-redis"
 DEFAULT_WORKER = "worker1"
 DEFAULT_OPERATOR = "operator"
 GATEWAY = "gateway"
@@ -176,6 +179,17 @@ class Services:
             return servers.sqlite_url(self._dir.dir / SQLITE / "results.db")
         return f"redis://{HOST}:{self.redis_port}/1"
 
+    @property
+    def ledger_url(self) -> str | None:
+        """The Redis holding the workers' execution ledger (a test aid): the broker's or
+        the result backend's when one is Redis, else the aid `start_ledger_redis` runs."""
+        if self.broker == REDIS:
+            return self.broker_url
+        if self.backend == REDIS:
+            return self.result_backend
+        port = self._supervisor.alive_port(LEDGER_REDIS)
+        return f"redis://{HOST}:{port}/0" if port else None
+
     def start_servers(
         self, broker: str = REDIS, backend: str = REDIS, *, wait: bool = True
     ) -> None:
@@ -219,11 +233,18 @@ class Services:
 
     def start_redis(self, timeout: float = 20.0) -> ManagedProcess:
         """Start redis (on its remembered port, so URLs stay valid across restarts)."""
-        port = self._ports.port(REDIS, self._supervisor.alive_port(REDIS))
-        data_dir = self._dir.dir / "redis"
+        return self._start_redis(REDIS, timeout)
+
+    def start_ledger_redis(self, timeout: float = 20.0) -> ManagedProcess:
+        """Start the aid Redis of `ledger_url` (workers started later write to it)."""
+        return self._start_redis(LEDGER_REDIS, timeout)
+
+    def _start_redis(self, name: str, timeout: float) -> ManagedProcess:
+        port = self._ports.port(name, self._supervisor.alive_port(name))
+        data_dir = self._dir.dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         proc, started = self._supervisor.ensure(
-            REDIS,
+            name,
             REDIS,
             redis_argv(port, data_dir),
             settings={},
@@ -231,7 +252,7 @@ class Services:
             url=f"redis://{HOST}:{port}",
         )
         if started:
-            self._say(f"redis on 127.0.0.1:{port}")
+            self._say(f"{name} on 127.0.0.1:{port}")
             self._supervisor.wait(proc, lambda: redis_pings(port), "answer PING", timeout)
         return proc
 
@@ -325,10 +346,9 @@ class Services:
             "CELERY_RESULT_BACKEND": self.result_backend,
         }
         # The execution ledger (a test aid, off by default) in the stack's Redis, if any.
-        if self.broker == REDIS:
-            settings["TASKRUN_LEDGER_URL"] = "broker"
-        elif self.backend == REDIS:
-            settings["TASKRUN_LEDGER_URL"] = self.result_backend
+        ledger = self.ledger_url
+        if ledger is not None:
+            settings["TASKRUN_LEDGER_URL"] = ledger
         if imports:
             settings["TASKRUN_WORKER_IMPORTS"] = ",".join(imports)
         settings.update(env_overrides or {})

@@ -128,6 +128,7 @@ class Stack:
         self.status = self._supervisor.status
         self.start_servers = self._services.start_servers
         self.start_redis = self._services.start_redis
+        self.start_ledger_redis = self._services.start_ledger_redis
         self.start_rabbitmq = self._services.start_rabbitmq
         self.start_postgresql = self._services.start_postgresql
         self.start_etcd = self._control_plane.start_etcd
@@ -180,6 +181,11 @@ class Stack:
         return self._services.result_backend
 
     @property
+    def ledger_url(self) -> str | None:
+        """The Redis of the workers' execution ledger (a test aid), if the stack has one."""
+        return self._services.ledger_url
+
+    @property
     def binaries(self) -> Binaries:
         """kube-apiserver, kube-controller-manager, etcd, kubectl: from KUBEBUILDER_ASSETS
         or the build cache."""
@@ -213,17 +219,22 @@ class Stack:
         gateway: bool = False,
         broker: str = REDIS,
         backend: str = REDIS,
+        ledger_redis: bool = False,
     ) -> Stack:
         """Start whatever is not running yet; return self. Safe to call again.
 
         `broker`: redis or rabbitmq; `backend`: redis, postgresql or sqlite. Servers
         another choice ran are stopped; workers and operators get the new URLs.
+        `ledger_redis`: where neither is Redis, a Redis of the stack's own for the
+        workers' execution ledger (the tests' aid; never a broker or backend).
         """
         started_at = time.monotonic()
         with self._paths.lock():
             self._ports.record_binaries(self.binaries.dir)
             # RabbitMQ and PostgreSQL boot beside the control plane; ready before the worker.
             self._services.start_servers(broker, backend, wait=False)
+            if ledger_redis and REDIS not in (broker, backend):
+                self._services.start_ledger_redis()
             self.start_etcd()
             self.start_apiserver(wait=False)
             self._services.wait_servers()

@@ -3,7 +3,7 @@ result encoding the test chooses: what a tenant's worker may do to the operator.
 
     HOSTILE_SERIALIZER   result_serializer (json, pickle, msgpack, yaml); default json
     HOSTILE_COMPRESSION  result_compression (gzip, bzip2, lzma); default none
-    HOSTILE_COUNT_URL    the Redis that `hostile.count` counts in; default the broker
+    HOSTILE_COUNT_URL    the Redis that `hostile.count` counts in; default the ledger's
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ app.conf.update(
 
 @app.task(name="hostile.count")
 def count(key: str, seconds: float = 0) -> int:
-    """Counts its own executions (in Redis): what a run executed twice would show."""
-    url = os.environ.get("HOSTILE_COUNT_URL") or os.environ["CELERY_BROKER_URL"]
+    """Counts its own executions (in HOSTILE_COUNT_URL's Redis, or the stack's execution
+    ledger's, whatever the broker and backend): what a run executed twice would show."""
+    url = os.environ.get("HOSTILE_COUNT_URL") or os.environ["TASKRUN_LEDGER_URL"]
     executions = int(redis.Redis.from_url(url).incr(key))
     time.sleep(seconds)
     return executions
@@ -83,3 +84,18 @@ def progress_flood(self: Any, seconds: float) -> int:
         count += 1
         self.update_state(state="PROGRESS", meta={"current": count, "total": 10**9})
     return count
+
+
+class _OpensWhenUnpickled:
+    """Unpickling it creates the file at `path`: proof that a reader ran a worker's code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+@app.task(name="hostile.pickle_bomb")
+def pickle_bomb(path: str) -> Any:
+    return _OpensWhenUnpickled(path)

@@ -3,28 +3,45 @@
 Reads go through the Kubernetes Python client with the admin kubeconfig (fast enough
 to poll); assertions that the issue phrases as `kubectl ...` use the real kubectl.
 Every wait is on a condition with a timeout, never a bare sleep.
+
+What the tests read beside the API (the execution ledger, the result backend, a queue's
+length) goes through helpers that hold on every broker and backend the session stack
+may run (TASKRUN_E2E_BROKER, TASKRUN_E2E_BACKEND): Celery's own result backend client,
+AMQP or Redis for queues, the ledger's Redis (`stack.ledger_url`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import amqp
 import redis
 import yaml
+from celery import Celery
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from taskrun_dev.servers import POSTGRESQL, RABBITMQ
+from taskrun_dev.services import REDIS
 from taskrun_dev.stack import Stack
+from taskrun_workers.ledger import read_ledger
 
 GROUP, VERSION, PLURAL = "celery.taskrun.dev", "v1alpha1", "taskruns"
 TASKS = "taskrun_workers.tasks"
 TERMINAL = ("Succeeded", "Failed", "TimedOut", "Revoked")
+# The session stack's broker and backend (tests/conftest.py), for skips decided before
+# it runs.
+E2E_BROKER = os.environ.get("TASKRUN_E2E_BROKER", "redis")
+E2E_BACKEND = os.environ.get("TASKRUN_E2E_BACKEND", "redis")
+ON_REDIS = E2E_BROKER == E2E_BACKEND == "redis"
 
 Body = dict[str, Any]
 
@@ -41,14 +58,89 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, interval: f
         time.sleep(interval)
 
 
+def ledger(stack: Stack) -> list[dict[str, Any]]:
+    """Every entry of the workers' execution ledger (taskrun_workers.ledger), oldest first."""
+    url = stack.ledger_url
+    assert url is not None, "this stack keeps no execution ledger (no Redis: up(ledger_redis=True))"
+    return read_ledger(url)
+
+
+def starts(stack: Stack, task_id: str) -> int:
+    """How many times the task started executing in a worker, per the ledger."""
+    return sum(1 for e in ledger(stack) if e["task_id"] == task_id and e["event"] == "start")
+
+
+@functools.cache
+def _results(result_backend: str) -> Celery:
+    # Celery's own client of the backend: the same reads on Redis, PostgreSQL or SQLite.
+    return Celery("e2e-results", backend=result_backend, set_as_current=False)
+
+
+def result_state(stack: Stack, task_id: str) -> str:
+    """The state the result backend holds for the task (PENDING when it holds none)."""
+    state: str = _results(stack.result_backend).backend.get_task_meta(task_id)["status"]
+    return state
+
+
+def forget_result(stack: Stack, task_id: str) -> None:
+    """Delete the task's record from the result backend, as result_expires would."""
+    _results(stack.result_backend).backend.forget(task_id)
+
+
 def wait_revoked(stack: Stack, task_id: str) -> None:
     """The operator stored REVOKED for the task in the result backend (workers check it)."""
-    backend = redis.Redis.from_url(stack.result_backend)
     wait_for(
-        lambda: b'"REVOKED"' in (backend.get(f"celery-task-meta-{task_id}") or b""),
+        lambda: result_state(stack, task_id) == "REVOKED",
         timeout=15,
         what=f"{task_id} REVOKED in the result backend",
+        interval=0.2,
     )
+
+
+def queue_length(stack: Stack, queue: str) -> int:
+    """Messages waiting in the broker's queue (Redis: its list; RabbitMQ: the queue)."""
+    if stack.broker != RABBITMQ:
+        client = redis.Redis.from_url(stack.broker_url, socket_timeout=5)
+        try:
+            return int(client.llen(queue))
+        finally:
+            client.close()
+    connection = amqp.Connection(
+        host=stack.broker_url.split("@", 1)[1].split("/", 1)[0],
+        userid="guest",
+        password="guest",
+        connect_timeout=5,
+    )
+    connection.connect()
+    try:
+        # passive: only asks; a queue never declared has nothing waiting
+        _, count, _ = connection.channel().queue_declare(queue, passive=True)
+        return int(count)
+    except amqp.NotFound:
+        return 0
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def stopped(stack: Stack, *servers: str) -> Iterator[None]:
+    """The stack's `servers` (its broker, its backend: redis, rabbitmq, postgresql) down
+    for the block, then started again on their ports."""
+    start = {
+        REDIS: stack.start_redis,
+        RABBITMQ: stack.start_rabbitmq,
+        POSTGRESQL: stack.start_postgresql,
+    }
+    unique = list(dict.fromkeys(servers))
+    for name in unique:
+        proc = stack.process(name)
+        assert proc is not None and name in start, f"no server {name} in the stack"
+        proc.stop()
+    try:
+        yield
+    finally:
+        for name in unique:
+            start[name]()
 
 
 @dataclass

@@ -9,6 +9,11 @@ backend's wake-ups where it has them (Redis) and by polling where it has none. T
 RabbitMQ's own: priority on a queue declared with x-max-priority, a plain queue left
 plain, and how often each run executes when the operator is killed, or RabbitMQ
 restarted or stalled, while runs are sent.
+
+At the end, one test of each promise of the lifecycle, limits and reliability suites
+(a success, a cancel, a hard limit, a retry, an operator kill, a policy refusal) on the
+RabbitMQ/PostgreSQL stack: the reduced matrix `make test` runs; `make test-matrix` runs
+the whole suites on each combination.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from taskrun_dev.services import REDIS, redis_argv
 from taskrun_dev.stack import Stack
 from taskrun_workers.ledger import read_ledger
 
+import test_control as control
+import test_lifecycle as lifecycle
+import test_tenancy as tenancy
 from support import TaskRuns, beyond_loopback, listening_addresses, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +61,7 @@ def combination(
     pids: set[int] = set()
     try:
         began = time.monotonic()
-        stack.up(broker=broker, backend=backend)
+        stack.up(broker=broker, backend=backend, ledger_redis=True)
         print(f"stack up on {broker}/{backend} in {time.monotonic() - began:.1f} s")
         yield stack
     finally:
@@ -472,3 +480,70 @@ def test_an_operator_killed_while_sending_loses_no_run(
     twice = {name for name, count in counted.items() if count > 1}
     print(f"sent again after the kill: {sorted(recovered)}; executed twice: {sorted(twice)}")
     assert twice <= recovered, (twice, recovered)
+
+
+# -- one test of each promise of the suites, on RabbitMQ/PostgreSQL ----------------------
+
+
+@pytest.fixture(scope="module")
+def suites(combination: Stack) -> Iterator[Stack]:
+    """The stack as the suites' session stack is: an operator on the shared `t-*`
+    namespaces only, the cluster-wide default stopped meanwhile (the suites' own
+    operators must be alone on theirs); the default is back afterwards."""
+    if combination.backend != POSTGRESQL:
+        pytest.skip(
+            "the reduced matrix runs on RabbitMQ/PostgreSQL; RabbitMQ/Redis: make test-matrix"
+        )
+    default = combination.process("operator")
+    assert default is not None
+    default.stop()
+    shared = combination.start_operator("op-suites", extra_args=["--namespace", "t-*"])
+    try:
+        yield combination
+    finally:
+        shared.stop()
+        combination.start_operator()
+
+
+def suite_namespace(stack: Stack, prefix: str) -> TaskRuns:
+    namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    stack.kubectl("create", "namespace", namespace, check=True)
+    return TaskRuns(stack, namespace)
+
+
+def test_suites_success(suites: Stack) -> None:
+    lifecycle.test_sum_succeeds_with_its_result(suite_namespace(suites, "t-suites"))
+
+
+def test_suites_cancel(suites: Stack) -> None:
+    control.test_cancel_terminates_a_running_task(suite_namespace(suites, "t-suites"))
+
+
+def test_suites_hard_limit(suites: Stack) -> None:
+    lifecycle.test_hard_time_limit_kills_and_the_worker_serves_on(
+        suite_namespace(suites, "t-suites")
+    )
+
+
+def test_suites_retries(suites: Stack) -> None:
+    control.test_retries_resubmit_after_failure(suite_namespace(suites, "t-suites"))
+
+
+def test_suites_operator_kill(
+    suites: Stack, tmp_path: Path, late_queue: tuple[str, list[ManagedProcess]]
+) -> None:
+    worker = suites.process("worker1")
+    assert worker is not None
+    control.test_operator_killed_mid_flight_loses_and_repeats_nothing(
+        (suite_namespace(suites, "iso-suites"), tmp_path), late_queue, worker
+    )
+
+
+def test_suites_policy_refusal(suites: Stack, tmp_path: Path) -> None:
+    worker = suites.process("worker1")
+    assert worker is not None
+    cluster = tenancy.Cluster(suites, tmp_path)
+    try:
+        tenancy.test_policies_decide_who_may_run_what(cluster, worker)
+    finally:
+        cluster.close()

@@ -24,9 +24,10 @@ import redis
 
 from celery_taskrun.api.model import MAX_ARGS_BYTES, MAX_ARGS_DEPTH, MAX_ARGS_VALUES
 from taskrun_dev.processes import ManagedProcess
+from taskrun_dev.services import REDIS
 from taskrun_dev.stack import Stack
 
-from support import GROUP, PLURAL, VERSION, TaskRuns, wait_for
+from support import GROUP, ON_REDIS, PLURAL, VERSION, TaskRuns, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +81,13 @@ def hostile_worker(stack: Stack) -> Iterator[Any]:
         proc.stop()
 
 
+# The API server's admission alone, whatever the session's broker and backend.
+ADMISSION_ONLY = pytest.mark.skipif(
+    not ON_REDIS,
+    reason="the API server's admission alone, no broker or backend: run on Redis/Redis",
+)
+
+
 # -- specs ------------------------------------------------------------------------------
 
 
@@ -106,6 +114,7 @@ def hostile_worker(stack: Stack) -> Iterator[Any]:
         "queue",
     ],
 )
+@ADMISSION_ONLY
 def test_kubectl_apply_refuses_what_the_operator_cannot_hold(
     runs: TaskRuns, spec_json: str, refusal: str
 ) -> None:
@@ -264,6 +273,7 @@ WORST_SPECS = {
 }
 
 
+@ADMISSION_ONLY
 def test_admission_answers_the_worst_specs(runs: TaskRuns, stack: Stack) -> None:
     """Each bound, and one past it, answered with the bound named.  The time is printed,
     not asserted (a loaded machine makes any threshold flaky): benchmarks/admission.py
@@ -300,23 +310,39 @@ def test_an_unreadable_record_ends_its_run_alone(
     runs.apply("pickled", "hostile.echo", args=[1], queue=queue)
     status = runs.finished("pickled")
     assert (status["phase"], status["reason"]) == ("Failed", "ResultLost")
-    assert "pickle" in status["message"] and "result_serializer='json'" in status["message"]
+    assert "result_serializer='json'" in status["message"]
+    if stack.backend == REDIS:  # its record names the encoding; a database's holds bytes
+        assert "pickle" in status["message"]
 
-    runs.apply("garbage", "calculate_sum", args=[[1]], queue="nobody")
-    task_id = runs.wait_phase("garbage", "Queued")["taskId"]
-    backend = redis.Redis.from_url(stack.result_backend)
-    key = f"celery-task-meta-{task_id}"
-    backend.set(key, b"\x00\xff this is not a record")
-    backend.publish(key, b"\x00\xff this is not a record")
-    status = runs.finished("garbage")
-    assert (status["phase"], status["reason"]) == ("Failed", "ResultLost")
-    assert "not JSON" in status["message"]
+    # Garbage where a record should be: written as bytes on Redis; a database's column
+    # types hold what Celery wrote (tests/unit/test_transitions.py, unreadable records).
+    if stack.backend == REDIS:
+        runs.apply("garbage", "calculate_sum", args=[[1]], queue="nobody")
+        task_id = runs.wait_phase("garbage", "Queued")["taskId"]
+        backend = redis.Redis.from_url(stack.result_backend)
+        key = f"celery-task-meta-{task_id}"
+        backend.set(key, b"\x00\xff this is not a record")
+        backend.publish(key, b"\x00\xff this is not a record")
+        status = runs.finished("garbage")
+        assert (status["phase"], status["reason"]) == ("Failed", "ResultLost")
+        assert "not JSON" in status["message"]
 
     timed = runs.finished("deadline", timeout=30)
     assert timed["reason"] == "DeadlineExceeded"
     assert seconds(timed["completedAt"]) - (seconds(timed["submittedAt"]) + 4) < 1.5
     runs.apply("after", "calculate_sum", args=[[2, 3]])
     assert runs.finished("after")["result"] == 5
+
+
+def test_a_pickled_record_never_runs_code_in_the_operator(
+    runs: TaskRuns, hostile_worker: Any, tmp_path: Path
+) -> None:
+    queue = hostile_worker(serializer="pickle")
+    marker = tmp_path / "unpickled"
+    runs.apply("bomb", "hostile.pickle_bomb", args=[str(marker)], queue=queue)
+    status = runs.finished("bomb")
+    assert not marker.exists(), "the operator unpickled a worker's result"
+    assert (status["phase"], status["reason"]) == ("Failed", "ResultLost")
 
 
 # -- what a task returns, raises and reports -----------------------------------------------
@@ -353,6 +379,13 @@ def test_huge_and_odd_outputs_end_in_small_clear_statuses(
 def test_a_custom_state_of_any_size_is_bounded(runs: TaskRuns, hostile_worker: Any) -> None:
     queue = hostile_worker()
     runs.apply("odd", "hostile.odd_state", args=[10_000, 3], queue=queue)
+    if runs.stack.backend != REDIS:
+        # A database's status column holds 50 characters: Celery's store fails in the task.
+        failed = runs.finished("odd")
+        assert (failed["phase"], failed["reason"]) == ("Failed", "TaskError")
+        assert failed["error"]["type"] == "BackendStoreError"
+        assert status_bytes(runs, "odd") < 64 * 1024
+        return
     running = runs.wait(
         "odd", lambda s: s.get("reason") == "Progress", "a Progress status", timeout=30
     )
@@ -373,4 +406,6 @@ def test_a_publish_storm_for_one_run_delays_no_other(runs: TaskRuns, hostile_wor
     late = seconds(timed["completedAt"]) - (seconds(queued["submittedAt"]) + 2)
     assert timed["reason"] == "DeadlineExceeded" and late < 1.0, late
     storm = runs.finished("storm", timeout=60)
-    assert storm["phase"] == "Succeeded" and storm["result"] > 1000
+    # A storm: thousands of writes on Redis, hundreds on PostgreSQL (fewer on a loaded
+    # machine) in the same time, where a poll reads one.
+    assert storm["phase"] == "Succeeded" and storm["result"] > 100

@@ -91,6 +91,28 @@ def test_nan_and_infinity_become_strings() -> None:
     assert record.result == ["NaN", "Infinity", "-Infinity"]
 
 
+@pytest.mark.parametrize(
+    ("decoded", "shown"),
+    [
+        ([float("nan"), float("inf"), -float("inf")], ["NaN", "Infinity", "-Infinity"]),
+        ({"a": {"b": (float("nan"), 1.5)}}, {"a": {"b": ["NaN", 1.5]}}),
+        (float("inf"), "Infinity"),
+        ([1, "x", None, True], [1, "x", None, True]),
+    ],
+)
+def test_nan_and_infinity_a_database_decoded_become_strings_too(decoded: Any, shown: Any) -> None:
+    """A database backend's client decodes the record itself (floats, not strings)."""
+    record = records.from_meta({"status": "SUCCESS", "result": decoded})
+    assert record.result == shown
+
+
+def test_values_deeper_than_shown_are_left_as_they_are() -> None:
+    deep: Any = float("nan")
+    for _ in range(10_000):
+        deep = [deep]
+    assert records.from_meta({"status": "SUCCESS", "result": deep}).result is not None
+
+
 def test_a_record_read_in_part_still_gives_the_outcome() -> None:
     big = json.dumps({**META, "result": "x" * 100_000}).encode()
     stored = Stored(big[:1000], len(big), big[-300:])

@@ -18,6 +18,7 @@ import bz2
 import dataclasses
 import json
 import lzma
+import math
 import re
 import zlib
 from collections.abc import Callable
@@ -317,9 +318,24 @@ def parse_row(row: Row | None, max_bytes: int) -> Reading:
     return dataclasses.replace(record, partial_size=partial_size)
 
 
+def constants_as_strings(value: Any, depth: int = 0) -> Any:
+    """NaN and the infinities as the strings `parse_json` reads them as (not JSON in
+    status), in a value a backend's own client decoded (a database's); past MAX_DEPTH
+    levels the value is left as it is (too deep to show anyway)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if depth >= bounded.MAX_DEPTH:
+        return value
+    if isinstance(value, list | tuple):
+        return [constants_as_strings(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {key: constants_as_strings(item, depth + 1) for key, item in value.items()}
+    return value
+
+
 def from_meta(data: dict[str, Any]) -> TaskRecord:
     """Celery's meta dict -> TaskRecord; backends that decode exceptions are re-encoded."""
-    result = data.get("result")
+    result = constants_as_strings(data.get("result"))
     if isinstance(result, BaseException):
         result = {"exc_type": type(result).__name__, "exc_message": [str(a) for a in result.args]}
     traceback = data.get("traceback")
