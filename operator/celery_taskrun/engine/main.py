@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     import kopf
 
     from celery_taskrun.engine import handlers  # noqa: F401  (registers the Kopf handlers)
+    from celery_taskrun.engine.memories import Forgetful
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
             clusterwide=clusterwide,
             namespaces=[] if clusterwide else namespaces,
             memo=kopf.Memo(config=config, namespaces=namespaces),
+            memories=Forgetful(),
             liveness_endpoint=args.liveness,
         )
     )
