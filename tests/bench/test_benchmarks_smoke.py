@@ -63,6 +63,18 @@ def test_scale_benchmark_smoke() -> None:
     assert figures["operator"]["api_writes_per_run_total"] > 0
 
 
+def test_finished_benchmark_smoke() -> None:
+    """Finished runs kept: main's operator and this tree's on the same 200 objects."""
+    figures = run_benchmark("finished.py", "--runs", "200", "--window", "5")
+    assert figures["runs"] == 200 and set(figures["variants"]) == {"main", "."}
+    for row in figures["variants"].values():
+        kept = row["kept"]
+        assert row["idle"]["rss_mib"] > 0 and kept["rss_mib"] > 0
+        assert kept["start_ready_s"] > 0 and kept["takeover_ready_s"] > 0
+        assert kept["window_s"] >= 5 and kept["taskrun_calls_per_minute"] >= 0
+        assert set(row["verdicts"]) == {"rss_over_idle", "calls_per_minute", "takeover"}
+
+
 def test_admission_benchmark_smoke() -> None:
     figures = run_benchmark("admission.py", "--reps", "1")
     assert set(figures["now"]) == set(figures["none"]), figures

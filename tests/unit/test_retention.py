@@ -1,13 +1,9 @@
 """What to keep of finished runs: TTLs, history limits, never a GitOps-managed run."""
 
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
 from celery_taskrun.api.model import Phase
-from celery_taskrun.core.retention import Finished, beyond, gitops_owner, history_key, ttl_for
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+from celery_taskrun.core.retention import gitops_owner, history_key, ttl_for
 
 
 @pytest.mark.parametrize(
@@ -39,12 +35,6 @@ def test_gitops_owner(
 )
 def test_ttl_for(own: int | None, default: int | None, owner: str | None, ttl: int | None) -> None:
     assert ttl_for(own, default, owner) == ttl
-
-
-def test_the_oldest_beyond_the_limit_go() -> None:
-    runs = [Finished(T0 + timedelta(seconds=i), "ns", f"r{i}", f"u{i}") for i in (3, 1, 4, 2)]
-    assert [f.name for f in beyond(runs, 2)] == ["r1", "r2"]
-    assert beyond(runs, 4) == []
 
 
 def test_history_counts_per_namespace_or_task_and_outcome() -> None:

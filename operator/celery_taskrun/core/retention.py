@@ -10,8 +10,6 @@ a deleted run would be created, and so run, once more.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 
 from celery_taskrun.api.model import Phase
 
@@ -43,16 +41,6 @@ def ttl_for(own: int | None, default: int | None, owner: str | None) -> int | No
     return None if owner else default
 
 
-@dataclass(frozen=True, order=True)
-class Finished:
-    """A finished run as the history limits see it."""
-
-    completed: datetime
-    namespace: str
-    name: str
-    uid: str
-
-
 History = tuple[str, str, bool]  # (namespace, task or "", succeeded)
 
 
@@ -61,18 +49,6 @@ def history_key(per: str, namespace: str, task: str, phase: Phase) -> History:
     namespace (one namespace's runs never delete another's), and whether it is the
     succeeded or the failed list."""
     return namespace, (task if per == "task" else ""), phase is Phase.SUCCEEDED
-
-
-def beyond(history: list[Finished], limit: int) -> list[Finished]:
-    """The oldest runs past the newest `limit`."""
-    if len(history) <= limit:
-        return []
-    return sorted(history)[: len(history) - limit]
-
-
-def ttl_delay(ttl: int, completed: datetime, now: datetime) -> float:
-    """Seconds until a run finished at `completed` has outlived its TTL (<= 0: now)."""
-    return ttl - (now - completed).total_seconds()
 
 
 def history_limit(succeeded: int | None, failed: int | None, phase: Phase) -> int | None:

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from celery_taskrun.engine import handlers  # noqa: F401  (registers the Kopf handlers)
     from celery_taskrun.engine.echoes import Echoes, without_echoes
+    from celery_taskrun.engine.memories import Forgetful
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             clusterwide=clusterwide,
             namespaces=[] if clusterwide else namespaces,
             memo=kopf.Memo(config=config, namespaces=namespaces, echoes=echoes),
+            memories=Forgetful(),
             liveness_endpoint=args.liveness,
         )
     )

@@ -26,6 +26,7 @@ HEARTBEAT_SECONDS = 1.0
 class Duty(enum.Enum):
     LOOK = "look"  # read the run's record and step it
     EXPIRE = "expire"  # delete the finished run (its TTL or history limit says so)
+    SWEEP = "sweep"  # delete every finished run past its TTL (one entry for them all)
 
 
 Due = tuple[Duty, str]  # (what, the run's uid)
@@ -40,6 +41,7 @@ class Poller:
         run_of: Callable[[str], Run | None],
         deliver: Callable[[Run, News | None], None],
         expire: Callable[[str], None],
+        sweep: Callable[[], None],
         now: Callable[[], datetime],
         monotonic: Callable[[], float],
     ) -> None:
@@ -48,6 +50,7 @@ class Poller:
         self.run_of = run_of
         self.deliver = deliver
         self.expire = expire
+        self.sweep = sweep
         self.now = now
         self.monotonic = monotonic
         self.schedule: Schedule[Due] = Schedule(monotonic)
@@ -84,6 +87,8 @@ class Poller:
             for duty, uid in self.schedule.due():
                 if duty is Duty.EXPIRE:
                     self.expire(uid)
+                elif duty is Duty.SWEEP:
+                    self.sweep()
                 elif (run := self.run_of(uid)) is not None:
                     if run.sent:
                         reads.append(run)

@@ -1,9 +1,9 @@
 """The reaper: what becomes of a run once it ends or is deleted.
 
-A finished run's finalizer comes off (it only guards in-flight work); then its TTL
-and its history limit say when it is deleted (`retention` decides, the poller's
-schedule keeps the time).  A run being deleted has its task revoked if in flight,
-then its finalizer removed.
+A finished run's finalizer comes off (it only guards in-flight work); then it is
+one entry of the index of runs kept (`core.kept`), until its TTL or its history limit
+says it is deleted: one wake-up of the poller's serves every TTL.  A run being
+deleted has its task revoked if in flight, then its finalizer removed.
 """
 
 from __future__ import annotations
@@ -16,15 +16,8 @@ from datetime import datetime
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.errors import Gone, KubeError
-from celery_taskrun.core.retention import (
-    Finished,
-    History,
-    beyond,
-    history_key,
-    history_limit,
-    ttl_delay,
-    ttl_for,
-)
+from celery_taskrun.core.kept import Kept, KeptRun
+from celery_taskrun.core.retention import ttl_for
 from celery_taskrun.core.sending import derived
 from celery_taskrun.core.step import revoke_of
 from celery_taskrun.core.timing import parse_time
@@ -57,15 +50,17 @@ class Reaper:
         self.poller = poller
         self.tasks = tasks
         self.now = now
-        self.expiring: dict[str, tuple[str, str]] = {}  # uid -> (namespace, name)
-        # Finished runs the history limits count: by history, and each run's history.
-        self.history: dict[History, list[Finished]] = {}
-        self.counted: dict[str, History] = {}
+        self.kept = Kept(
+            config.historyLimitsPer,
+            config.successfulRunsHistoryLimit,
+            config.failedRunsHistoryLimit,
+        )
+        self.planned: float | None = None  # when the poller wakes for the next TTL
 
     def clear(self) -> None:
-        self.expiring.clear()
-        self.history.clear()
-        self.counted.clear()
+        self.kept.clear()
+        self.planned = None
+        self.poller.drop((Duty.SWEEP, ""))
 
     async def finish(self, run: Run) -> None:
         """A terminal run: drop the finalizer, then its TTL and history.  Once
@@ -83,43 +78,49 @@ class Reaper:
             metrics.API_WRITE_ERRORS.labels("metadata").inc()
             log.warning("finalizer of %s/%s not removed: %s", run.namespace, run.name, exc)
         done = parse_time(run.status.completedAt) or self.now()
-        ttl = ttl_for(
-            run.spec.ttlSecondsAfterFinished, self.config.ttlSecondsAfterFinished, run.gitops
+        self.keep(
+            KeptRun(
+                uid=run.uid,
+                namespace=run.namespace,
+                name=run.name,
+                task=run.spec.task,
+                phase=run.status.phase or Phase.FAILED,
+                completed=done.timestamp(),
+                ttl=ttl_for(
+                    run.spec.ttlSecondsAfterFinished,
+                    self.config.ttlSecondsAfterFinished,
+                    run.gitops,
+                ),
+                counted=run.gitops is None,
+            )
         )
-        if ttl is not None and run.uid not in self.expiring:
-            self.expiring[run.uid] = (run.namespace, run.name)
-            self.poller.at((Duty.EXPIRE, run.uid), ttl_delay(ttl, done, self.now()))
-        if run.gitops is None:
-            self._count(run, done)
 
-    def _count(self, run: Run, done: datetime) -> None:
-        """Count a finished run in its history; delete what the limits leave out."""
-        phase = run.status.phase or Phase.FAILED
-        limit = history_limit(
-            self.config.successfulRunsHistoryLimit, self.config.failedRunsHistoryLimit, phase
-        )
-        if limit is None or run.uid in self.counted:
-            return
-        key = history_key(self.config.historyLimitsPer, run.namespace, run.spec.task, phase)
-        history = self.history.setdefault(key, [])
-        history.append(Finished(done, run.namespace, run.name, run.uid))
-        self.counted[run.uid] = key
-        for old in beyond(history, limit):
-            self._uncount(old.uid)
-            self.expiring[old.uid] = (old.namespace, old.name)
-            self.expire(old.uid)
+    def keep(self, run: KeptRun) -> None:
+        """A finished run kept: what its history limit leaves out goes now, and the
+        poller wakes for the next TTL (earlier than it was set to: a new one)."""
+        for uid in self.kept.keep(run):
+            self.expire(uid)
+        self._plan()
 
-    def _uncount(self, uid: str) -> None:
-        key = self.counted.pop(uid, None)
-        if key is not None:
-            self.history[key] = [f for f in self.history[key] if f.uid != uid]
+    def _plan(self) -> None:
+        due = self.kept.next_due()
+        if due is not None and (self.planned is None or due < self.planned):
+            self.planned = due
+            self.poller.at((Duty.SWEEP, ""), due - self.now().timestamp())
+
+    def sweep(self) -> None:
+        """The poller's wake-up for TTLs: every run past its TTL goes."""
+        self.planned = None
+        for uid in self.kept.due(self.now().timestamp()):
+            self.expire(uid)
+        self._plan()
 
     def expire(self, uid: str) -> None:
         """Delete a finished run now (its TTL or history limit came)."""
         self.tasks.spawn(self._expire(uid))
 
     async def _expire(self, uid: str) -> None:
-        where = self.expiring.get(uid)
+        where = self.kept.where(uid)
         if where is None:
             return
         try:
@@ -135,9 +136,8 @@ class Reaper:
 
     def gone(self, uid: str) -> None:
         """The run no longer exists: nothing left to delete or count."""
-        self.expiring.pop(uid, None)
+        self.kept.gone(uid)
         self.poller.drop((Duty.EXPIRE, uid))
-        self._uncount(uid)
 
     async def delete(self, run: Run) -> None:
         """The TaskRun is being deleted: revoke its task if in flight (or being sent: the

@@ -21,9 +21,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_taskrun.api.config import OperatorConfig, globbed
-from celery_taskrun.api.model import Phase, TaskRunSpec, TaskRunStatus
+from celery_taskrun.api.model import FINALIZER, Phase, TaskRunSpec, TaskRunStatus
 from celery_taskrun.clients.backend import BackendUnavailable
 from celery_taskrun.core.backoff import backoff_for
+from celery_taskrun.core.kept import kept_of
 from celery_taskrun.core.records import Reading
 from celery_taskrun.core.redact import secrets_of
 from celery_taskrun.core.retention import gitops_owner
@@ -103,6 +104,7 @@ class Tracker:
             run_of=self.registry.get,
             deliver=lambda run, news: self.mailbox.deliver(run, news),
             expire=lambda uid: self.reaper.expire(uid),
+            sweep=lambda: self.reaper.sweep(),
             now=now,
             monotonic=monotonic,
         )
@@ -236,7 +238,12 @@ class Tracker:
             return  # finished and released: later events are our own writes echoed
         known = self.registry.get(uid)
         if known is None:
-            await self._adopt(body)
+            kept = kept_of(body, self.config.ttlSecondsAfterFinished, self.now().timestamp())
+            if kept is not None:
+                self.reaper.keep(kept)  # finished (a takeover lists every one): never decoded
+            elif uid not in self.reaper.kept or FINALIZER in (meta.get("finalizers") or ()):
+                await self._adopt(body)
+            # else: a finished run kept, edited or echoed: nothing to act on
             return
         generation = known.generation
         known.meta = newer(known.meta, slim(meta))
