@@ -64,14 +64,15 @@ def test_scale_benchmark_smoke() -> None:
 
 
 def test_finished_benchmark_smoke() -> None:
-    """Finished runs kept: main's operator and this tree's on the same 200 objects."""
-    figures = run_benchmark("finished.py", "--runs", "200", "--window", "5")
-    assert figures["runs"] == 200 and set(figures["variants"]) == {"main", "."}
+    """Finished runs kept: this tree's operator on 100 objects (the full run sets main's
+    beside it; a clean clone's `main` may be this very tree)."""
+    figures = run_benchmark("finished.py", "--runs", "100", "--window", "3", "--variants", ".")
+    assert figures["runs"] == 100 and set(figures["variants"]) == {"."}
     for row in figures["variants"].values():
         kept = row["kept"]
         assert row["idle"]["rss_mib"] > 0 and kept["rss_mib"] > 0
         assert kept["start_ready_s"] > 0 and kept["takeover_ready_s"] > 0
-        assert kept["window_s"] >= 5 and kept["taskrun_calls_per_minute"] >= 0
+        assert kept["window_s"] >= 3 and kept["taskrun_calls_per_minute"] >= 0
         assert set(row["verdicts"]) == {"rss_over_idle", "calls_per_minute", "takeover"}
 
 
