@@ -43,6 +43,9 @@ test-matrix: setup-tests
 			python -m pytest -q -p no:cacheprovider $(MATRIX_SUITES) $(PYTEST_ARGS) \
 			|| failed="$$failed $$pair"; \
 	done; \
+	echo "== test_brokers.py, RabbitMQ's faults on every combination"; \
+	TASKRUN_E2E_MATRIX=1 python -m pytest -q -p no:cacheprovider tests/e2e/test_brokers.py \
+		$(PYTEST_ARGS) || failed="$$failed test_brokers"; \
 	if [ -n "$$failed" ]; then echo "failed on:$$failed"; exit 1; fi
 
 bench: setup
