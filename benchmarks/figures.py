@@ -18,15 +18,17 @@ from typing import Any
 from taskrun_dev.audit import Write
 
 OPERATOR_USER = "system:serviceaccount:celery-taskrun-system:celery-taskrun-operator"
-MB = 1_000_000
-MIB = 1024 * 1024
 
 # DESIGN.md, "Targets".
 TARGET_WRITES_PER_RUN = 4.0
 TARGET_PACED_P99_MS = 100.0
-TARGET_BURST_RATIO = 0.3
-TARGET_CPU_MS_PER_RUN = 5.0
-TARGET_RSS_MB = 300.0
+# Issue 19's: the burst at 0.8 of the rate its API calls allow (a create and the
+# writes per run, each at the bare-create rate), 4 ms of operator CPU a run, 200 MiB
+# with 10,000 in flight and 80 MiB idle.
+TARGET_BURST_RATIO = 0.8
+TARGET_CPU_MS_PER_RUN = 4.0
+TARGET_RSS_MIB = 200.0
+TARGET_IDLE_RSS_MIB = 80.0
 TARGET_REDIS_PER_S = 20.0
 TARGET_IN_FLIGHT = 10_000
 
@@ -364,9 +366,11 @@ def table_rows(results: Mapping[str, Any]) -> list[Row]:
     """The table's rows from the suite's results; phases not run give no rows."""
     rows: list[Row] = []
     writes = results.get("writes") or {}
+    own_writes = TARGET_WRITES_PER_RUN  # judged against when the writes were not counted
     if writes:
         own = lambda w: w["audit"].get("own_per_run", w["audit"]["per_run"])  # noqa: E731
         worst = max(writes.values(), key=own)
+        own_writes = float(own(worst))
         audit = worst["audit"]
         deletes = {phase: w["audit"]["by_kind"].get("delete", 0) for phase, w in writes.items()}
         rows.append(
@@ -417,15 +421,21 @@ def table_rows(results: Mapping[str, Any]) -> list[Row]:
         )
     if burst:
         ratio = burst["rate"] / bare["rate"] if bare and bare["rate"] else None
+        # What the run's API calls allow: its create and its writes, each at bare's rate.
+        calls = 1 + own_writes
+        allowed = ratio * calls if ratio is not None else None
         seed_burst = (results.get("seed") or {}).get("burst")
         rows.append(
             Row(
                 f"burst of {burst['runs']:,} runs, end to end",
-                f">= {TARGET_BURST_RATIO:g} x bare",
-                f"{burst['rate']:g}/s" + (f" ({ratio:.2f} x bare)" if ratio is not None else ""),
+                f">= {TARGET_BURST_RATIO:g} x bare / {calls:g} calls",
+                f"{burst['rate']:g}/s"
+                + (
+                    f" ({ratio:.2f} x bare, {allowed:.2f} of what its calls allow)" if ratio else ""
+                ),
                 f"{seed_burst['rate']:g}/s (no Kubernetes)" if seed_burst else "",
                 PREVIOUS["burst"],
-                ratio >= TARGET_BURST_RATIO if ratio is not None else None,
+                allowed >= TARGET_BURST_RATIO if allowed is not None else None,
             )
         )
     seed = results.get("seed") or {}
@@ -470,13 +480,25 @@ def table_rows(results: Mapping[str, Any]) -> list[Row]:
         rows.append(
             Row(
                 f"operator RSS, {scale['runs']:,} in flight",
-                f"< {TARGET_RSS_MB:g} MB at {TARGET_IN_FLIGHT:,}",
-                f"{rss:g} MiB ({rss * MIB / MB:.0f} MB)",
+                f"<= {TARGET_RSS_MIB:g} MiB at {TARGET_IN_FLIGHT:,}",
+                f"{rss:g} MiB",
                 "",
                 PREVIOUS["rss"],
-                rss * MIB / MB < TARGET_RSS_MB if at_target else None,
+                rss <= TARGET_RSS_MIB if at_target else None,
             )
         )
+        idle = scale.get("operator_idle_rss_mib")
+        if idle is not None:
+            rows.append(
+                Row(
+                    "operator RSS idle (before the runs)",
+                    f"<= {TARGET_IDLE_RSS_MIB:g} MiB",
+                    f"{idle:g} MiB",
+                    "",
+                    "",
+                    idle <= TARGET_IDLE_RSS_MIB,
+                )
+            )
         seed_scale = seed.get("scale")
         redis_rate = scale["redis_commands_per_s"]
         busiest = list((scale.get("redis_commands_per_s_by_command") or {}).items())[:3]
