@@ -52,6 +52,10 @@ bench: setup
 	python benchmarks/suite.py $(BENCH_ARGS)
 	python benchmarks/admission.py
 	python benchmarks/gateway_waits.py
+	python benchmarks/finished.py --runs $(FINISHED_RUNS)
+
+# Finished runs kept for `finished.py` (issue 19's scale; creating them takes minutes).
+FINISHED_RUNS ?= 100000
 
 # Refresh requirements.lock from pyproject.toml (newest versions its ranges allow), then
 # `make setup` installs it.
