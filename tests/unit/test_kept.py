@@ -57,6 +57,15 @@ def test_histories(per: str, second: KeptRun, beyond: list[str]) -> None:
     assert kept.keep(second) == beyond
 
 
+def test_runs_finished_in_the_same_second_go_by_name_not_by_uid() -> None:
+    """completedAt has whole seconds: a tie is broken by name (a uid is random)."""
+    kept = Kept("namespace", succeeded=1, failed=1)
+    later = KeptRun("u-a", "ns", "run-2", "t.a", Phase.SUCCEEDED, T0, None, True)
+    earlier = KeptRun("u-z", "ns", "run-1", "t.a", Phase.SUCCEEDED, T0, None, True)
+    assert kept.keep(later) == []
+    assert kept.keep(earlier) == ["u-z"]
+
+
 def test_no_limit_keeps_everything() -> None:
     kept = Kept("namespace", succeeded=None, failed=0)
     assert [kept.keep(run(i)) for i in range(3)] == [[], [], []]

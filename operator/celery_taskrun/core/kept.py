@@ -102,7 +102,8 @@ class Kept:
     def __init__(self, per: str, succeeded: int | None, failed: int | None) -> None:
         self.per, self.succeeded, self.failed = per, succeeded, failed
         self._entries: dict[str, _Entry] = {}
-        self._histories: dict[History, list[tuple[float, str]]] = {}
+        # Oldest first: by finish time, then name (finish times are whole seconds).
+        self._histories: dict[History, list[tuple[float, str, str]]] = {}
         self._ttls: list[tuple[float, str]] = []  # (when it expires, uid): a heap
         self._keys: dict[History, History] = {}  # each history's one key tuple
 
@@ -136,12 +137,12 @@ class Kept:
         if key is None or limit is None:
             return []
         history = self._histories.setdefault(key, [])
-        bisect.insort(history, (run.completed, run.uid))
+        bisect.insort(history, (run.completed, run.name, run.uid))
         beyond = history[: max(len(history) - limit, 0)]
         del history[: len(beyond)]
-        for _, uid in beyond:
+        for _, _, uid in beyond:
             self._uncount(uid)
-        return [uid for _, uid in beyond]
+        return [uid for _, _, uid in beyond]
 
     def _uncount(self, uid: str) -> None:
         entry = self._entries.get(uid)
@@ -169,8 +170,8 @@ class Kept:
         if entry is None or entry[3] is None:
             return
         history = self._histories[entry[3]]
-        at = bisect.bisect_left(history, (entry[2], uid))
-        if at < len(history) and history[at][1] == uid:
+        at = bisect.bisect_left(history, (entry[2], entry[1], uid))
+        if at < len(history) and history[at][2] == uid:
             del history[at]
         if not history:
             del self._histories[entry[3]]
