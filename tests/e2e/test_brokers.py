@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import amqp
 import pytest
 import redis
 
@@ -43,7 +42,7 @@ from taskrun_workers.ledger import read_ledger
 import test_control as control
 import test_lifecycle as lifecycle
 import test_tenancy as tenancy
-from support import TaskRuns, beyond_loopback, listening_addresses, wait_for
+from support import TaskRuns, beyond_loopback, listening_addresses, queue_length, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -87,24 +86,6 @@ def operator_metric(stack: Stack, name: str) -> float:
     match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert match, f"no {name} in the operator's metrics"
     return float(match[1])
-
-
-def rabbitmq_queue_length(stack: Stack, queue: str) -> int:
-    rabbitmq = stack.process(RABBITMQ)
-    assert rabbitmq is not None
-    connection = amqp.Connection(
-        host=f"127.0.0.1:{rabbitmq.port}",
-        userid="guest",
-        password="guest",
-        connect_timeout=5,
-    )
-    connection.connect()
-    try:
-        # passive: only asks, and fails if the queue was never declared
-        _, count, _ = connection.channel().queue_declare(queue, passive=True)
-        return int(count)
-    finally:
-        connection.close()
 
 
 def test_the_stack_runs_the_chosen_servers_on_loopback(combination: Stack) -> None:
@@ -169,7 +150,7 @@ def test_cancel_revokes_a_queued_run_and_it_never_runs(
     runs.apply("never", "calculate_sum", args=[[1, 2]], queue=queue)
     queued = runs.wait_phase("never", "Queued")
     wait_for(
-        lambda: rabbitmq_queue_length(runs.stack, queue) == 1,
+        lambda: queue_length(runs.stack, queue) == 1,
         timeout=15,
         what=f"the message in RabbitMQ's {queue}",
     )
@@ -179,7 +160,7 @@ def test_cancel_revokes_a_queued_run_and_it_never_runs(
     worker = runs.stack.start_worker(f"w-{queue}", queues=[queue])
     started.append(worker)
     wait_for(
-        lambda: rabbitmq_queue_length(runs.stack, queue) == 0,
+        lambda: queue_length(runs.stack, queue) == 0,
         timeout=30,
         what=f"{queue} drained",
     )
@@ -317,7 +298,7 @@ def test_a_higher_priority_run_starts_first_on_a_queue_with_max_priority(
     ids = {name: runs.wait_phase(name, "Queued", "Running", "Succeeded")["taskId"]
            for name in ("low", "high")}  # fmt: skip
     wait_for(
-        lambda: rabbitmq_queue_length(runs.stack, queue) == 2,
+        lambda: queue_length(runs.stack, queue) == 2,
         timeout=15,
         what="both waiting in RabbitMQ",
     )
@@ -337,7 +318,7 @@ def test_a_plain_queue_the_operator_sent_to_first_serves_a_plain_worker(
     queue = f"plain-{uuid.uuid4().hex[:6]}"
     runs.apply("first", "calculate_sum", args=[[1, 2]], queue=queue)
     runs.wait_phase("first", "Queued")
-    assert rabbitmq_queue_length(runs.stack, queue) == 1
+    assert queue_length(runs.stack, queue) == 1
     worker = runs.stack.start_worker(f"w-{queue}", queues=[queue])
     own_workers.append(worker)
     assert runs.finished("first")["result"] == 3

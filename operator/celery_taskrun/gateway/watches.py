@@ -268,21 +268,29 @@ class Watches:
             obj = await self.runs.get(namespace, name)
             watch.remember(obj)
             yield obj
-            uid, last = identity(obj)
-            while True:
-                event = await follower.next()
-                if event is None:
-                    obj = await self.runs.get(namespace, name)
-                    uid, last = identity(obj)
-                    yield obj
-                    continue
-                step, obj = event
-                what = delivery(step, obj, uid, last)
-                if what is Delivery.GONE:
-                    raise Gone(404, "NotFound", f"taskrun {name} was deleted")
-                if what is Delivery.SHOW:
-                    last = identity(obj)[1]
-                    yield obj
+            async for newer in self._newer(follower, namespace, name, *identity(obj)):
+                yield newer
+
+    async def _newer(
+        self, follower: Follower, namespace: str, name: str, uid: str | None, last: str | None
+    ) -> AsyncGenerator[TaskRunBody, None]:
+        """Each newer version of the run than `last` (of `uid`), from the follower's
+        events; the run read again when the follower fell behind. Gone (404) when it
+        is deleted."""
+        while True:
+            event = await follower.next()
+            if event is None:
+                obj = await self.runs.get(namespace, name)
+                uid, last = identity(obj)
+                yield obj
+                continue
+            step, obj = event
+            what = delivery(step, obj, uid, last)
+            if what is Delivery.GONE:
+                raise Gone(404, "NotFound", f"taskrun {name} was deleted")
+            if what is Delivery.SHOW:
+                last = identity(obj)[1]
+                yield obj
 
     async def wait(self, namespace: str, name: str, seconds: float) -> TaskRunBody:
         """The seed's `get(timeout=...)`: the run once it finished, or as it is when
@@ -297,25 +305,12 @@ class Watches:
                 if finished(status_of(obj)) or seconds <= 0:
                     return obj
                 known = seen(obj)
-            uid, last = known.uid, known.version
+            newer = self._newer(follower, namespace, name, known.uid, known.version)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    while True:
-                        event = await follower.next()
-                        if event is None:
-                            obj = await self.runs.get(namespace, name)
-                            if finished(status_of(obj)):
-                                return obj
-                            uid, last = identity(obj)
-                            continue
-                        step, obj = event
-                        what = delivery(step, obj, uid, last)
-                        if what is Delivery.GONE:
-                            raise Gone(404, "NotFound", f"taskrun {name} was deleted")
-                        if what is Delivery.SHOW:
-                            if finished(status_of(obj)):
-                                return obj
-                            last = identity(obj)[1]
+                async with asyncio.timeout_at(deadline), contextlib.aclosing(newer):
+                    async for obj in newer:
+                        if finished(status_of(obj)):
+                            return obj
         # Ran out: the run as it is now.
         return await self.runs.get(namespace, name)
 
