@@ -10,8 +10,9 @@ default history limits (1,000 per namespace), the runs spread over namespaces of
 `--per-namespace` each, so none is deleted.
 
 1. Idle: the operator started with no TaskRuns; ready once it sends a probe run; RSS.
-2. N finished TaskRuns are created straight through the API server, their terminal
-   status written at once through the status subresource (16 clients).
+2. N finished TaskRuns are created straight through the API server, labelled finished
+   as the operator leaves them, their terminal status written at once through the
+   status subresource (16 clients).
 3. With them kept: the operator started again, time until it sends a probe run (a
    start lists every run), then, once its CPU is quiet, over `--window` seconds: its
    RSS, CPU, and every request the API server answered about TaskRuns (its
@@ -47,6 +48,7 @@ from kubernetes import client, config
 from latency import GROUP, PLURAL, VERSION
 from scale import cpu_seconds
 
+from celery_taskrun.api.model import FINISHED_LABEL
 from taskrun_dev.audit import AuditLog
 from taskrun_dev.procfs import memory_mib
 from taskrun_dev.stack import Stack
@@ -108,14 +110,16 @@ def create_finished(api: client.CustomObjectsApi, runs: int, per_namespace: int)
 
     def create(i: int) -> None:
         namespace = namespace_of(i, per_namespace)
+        status = finished_status(i, began + timedelta(milliseconds=i))
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "TaskRun",
-            "metadata": {"name": f"f{i}"},
+            # Labelled as the operator leaves a finished run (a baseline without the
+            # label ignores it).
+            "metadata": {"name": f"f{i}", "labels": {FINISHED_LABEL: status["phase"]}},
             "spec": {"task": TASK, "args": [[i, 1]]},
         }
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        status = finished_status(i, began + timedelta(milliseconds=i))
         api.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, f"f{i}", {"status": status}
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from celery_taskrun.api.model import FINISHED_LABEL
 from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
 
@@ -70,7 +71,8 @@ def test_runs_found_finished_on_start_are_kept_by_the_same_limits_and_never_writ
     stack: Stack, worker: ManagedProcess, tmp_path: Path
 ) -> None:
     """A start (or a takeover) lists runs that finished before it: each is counted in
-    its history and TTL from its raw body, and none is written until deleted."""
+    its history and TTL from its raw body; one this version left (labelled finished)
+    is never written until deleted, one an earlier version left gets the label alone."""
     namespace = f"found-{uuid.uuid4().hex[:6]}"
     stack.kubectl("create", "namespace", namespace, check=True)
     runs = TaskRuns(stack, namespace)
@@ -86,6 +88,8 @@ def test_runs_found_finished_on_start_are_kept_by_the_same_limits_and_never_writ
         body = runs.manifest(name, {"task": "taskrun_workers.tasks.calculate_sum", **extra})
         if name == "from-git":
             body["metadata"]["labels"] = {"kustomize.toolkit.fluxcd.io/name": "apps"}
+        elif name != "ok-1":  # ok-1 as an earlier version left it: no label
+            body["metadata"]["labels"] = {FINISHED_LABEL: phase}
         runs.api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         runs.api.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": finished_status(phase, completed)}
@@ -107,8 +111,10 @@ def test_runs_found_finished_on_start_are_kept_by_the_same_limits_and_never_writ
         # ok-0 and ok-1 beyond the limit of 2 once ok-new ends; bad-0 past its TTL.
         wanted = {"ok-2", "ok-new", "from-git"}
         wait_for(lambda: kept() == wanted, timeout=30, what=f"only {sorted(wanted)} kept")
-        for name in ("ok-2", "from-git"):  # never sent again, never written
-            assert runs.get(name)["metadata"]["resourceVersion"] == versions[name]
+        assert runs.get("ok-2")["metadata"]["resourceVersion"] == versions["ok-2"]
+        labelled = runs.get("from-git")  # labelled, never sent again, its status as it was
+        assert labelled["metadata"]["labels"][FINISHED_LABEL] == "Succeeded"
+        assert labelled["status"]["taskId"] == "written-by-someone-before"
     finally:
         operator.stop()
         stack.kubectl("delete", "namespace", namespace, "--wait=false")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from celery_taskrun.api.model import FINALIZER, GROUP, KIND, PLURAL, VERSION
+from celery_taskrun.api.model import FINISHED_LABEL as FINISHED
 from celery_taskrun.clients.apiserver import (
     ApiServer,
     Bearer,
@@ -91,25 +93,51 @@ async def finalizers(kube: Kube, namespace: str) -> list[str]:
     return found
 
 
-async def test_removing_on_a_stale_view_writes_once(
-    kube: Kube, place: str, monkeypatch: pytest.MonkeyPatch
+async def labels(kube: Kube, namespace: str) -> dict[str, str]:
+    found: dict[str, str] = (await kube.get(namespace, "r"))["metadata"].get("labels") or {}
+    return found
+
+
+async def others_labels(kube: Kube, namespace: str, put: dict[str, str]) -> None:
+    body = {"metadata": {"labels": put}}
+    path = objects(namespace, PLURAL, "r")
+    await kube.api.call(Method.PATCH, path, body=body, content=Content.MERGE_PATCH)
+
+
+@pytest.mark.parametrize("had", [{}, {"team": "a"}], ids=["no-labels", "labelled"])
+async def test_releasing_on_a_stale_view_writes_once(
+    kube: Kube, place: str, had: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    meta = (await created(kube, place, [FINALIZER, OTHER]))["metadata"]
+    body = await created(kube, place, [FINALIZER, OTHER])
+    if had:
+        await others_labels(kube, place, had)
+        body = await kube.get(place, "r")
+    meta = body["metadata"]
     await touched(kube, place)
     reads = []
     monkeypatch.setattr(kube, "get", lambda *a: reads.append(a))  # a refusal would read
-    assert await kube.remove_finalizer(meta, FINALIZER) is not None
+    assert await kube.release(meta, FINALIZER, (FINISHED, "Succeeded")) is not None
     assert reads == []
     monkeypatch.undo()
     assert await finalizers(kube, place) == [OTHER]
-    assert await kube.remove_finalizer({**meta, "finalizers": [OTHER]}, FINALIZER) is None
+    assert await labels(kube, place) == {**had, FINISHED: "Succeeded"}
+    done = {**meta, "finalizers": [OTHER], "labels": {**had, FINISHED: "Succeeded"}}
+    assert await kube.release(done, FINALIZER, (FINISHED, "Succeeded")) is None
 
 
-async def test_removing_when_the_list_moved_keeps_the_others(kube: Kube, place: str) -> None:
+async def test_releasing_when_the_list_moved_keeps_the_others(kube: Kube, place: str) -> None:
     meta = (await created(kube, place, [FINALIZER]))["metadata"]
     await others_finalizers(kube, place, [OTHER, FINALIZER])
-    await kube.remove_finalizer(meta, FINALIZER)  # our view says index 0: tested, read again
+    await kube.release(meta, FINALIZER, None)  # our view says index 0: tested, read again
     assert await finalizers(kube, place) == [OTHER]
+
+
+async def test_labelling_keeps_labels_another_set_since_our_view(kube: Kube, place: str) -> None:
+    meta = (await created(kube, place, [FINALIZER]))["metadata"]  # our view: no labels
+    await others_labels(kube, place, {"team": "a"})
+    await kube.release(meta, FINALIZER, (FINISHED, "Failed"))  # tested absent: read again
+    assert await labels(kube, place) == {"team": "a", FINISHED: "Failed"}
+    assert await finalizers(kube, place) == []
 
 
 async def test_adding_on_a_stale_view_keeps_what_another_added(kube: Kube, place: str) -> None:
@@ -284,3 +312,48 @@ async def test_the_echoes_of_the_operators_writes_are_dropped(
     await asyncio.to_thread(
         wait_for, lambda: echoes_dropped(url) > before, timeout=30, what="echoes dropped"
     )
+    for i in range(10):  # each labelled finished as its finalizer came off
+        await asyncio.to_thread(
+            wait_for,
+            lambda i=i: (
+                (runs.get(f"sum{i}")["metadata"].get("labels") or {}).get(FINISHED) == "Succeeded"
+            ),
+            timeout=30,
+            what=f"sum{i} labelled",
+        )
+
+
+async def test_a_finished_label_leaves_the_watch_with_the_writes_own_version(
+    kube: Kube, place: str
+) -> None:
+    """What `engine/echoes.py` relies on: the write that labels a run finished reaches
+    a watch selecting unfinished runs as a DELETED event carrying that write's
+    resourceVersion (so it is known for an echo, not taken for a deletion)."""
+    meta = (await created(kube, place, [FINALIZER]))["metadata"]
+    query = {
+        "watch": "true",
+        "labelSelector": f"!{FINISHED}",
+        "resourceVersion": meta["resourceVersion"],
+        "timeoutSeconds": 10,
+    }
+    path = objects(place)
+
+    async def deleted() -> dict[str, Any]:
+        async with kube.api.session().get(
+            kube.api.endpoint.server + path,
+            params=query,
+            headers={"Authorization": f"Bearer {kube.api.endpoint.bearer.current()}"}
+            if kube.api.endpoint.bearer
+            else {},
+        ) as answer:
+            async for line in answer.content:
+                event: dict[str, Any] = json.loads(line)
+                if event["type"] == "DELETED":
+                    return event
+        raise AssertionError("no DELETED event")
+
+    watching = asyncio.create_task(deleted())
+    version = await kube.release(meta, FINALIZER, (FINISHED, "Succeeded"))
+    event = await asyncio.wait_for(watching, 15)
+    assert event["object"]["metadata"]["resourceVersion"] == version
+    assert (await kube.get(place, "r"))["metadata"]["uid"] == meta["uid"]  # not gone

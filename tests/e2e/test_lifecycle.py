@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from celery_taskrun.api.model import FINISHED_LABEL
 from taskrun_dev.services import REDIS
 
 from support import TaskRuns, kubectl_wait, ledger
@@ -224,6 +225,10 @@ def test_spec_is_immutable_but_cancel(runs: TaskRuns) -> None:
             "patch", "taskrun", "frozen", "--type=merge", "-p", json.dumps({"spec": change})
         )
         assert result.returncode != 0 and words in result.stderr
+    # The operator's watch leaves out runs labelled finished: never on one still going.
+    labelled = json.dumps({"metadata": {"labels": {FINISHED_LABEL: "Succeeded"}}})
+    result = runs.kubectl("patch", "taskrun", "frozen", "--type=merge", "-p", labelled)
+    assert result.returncode != 0 and "on finished runs only" in result.stderr
     runs.patch("frozen", {"cancel": True})
     status = runs.finished("frozen")
     assert (status["phase"], status["reason"]) == ("Revoked", "Cancelled")

@@ -176,7 +176,7 @@ def test_defaults_render_the_cluster_wide_operator(render: Render) -> None:
             "Deployment",
             # Bounded args/kwargs on create, frozen ones on update; bounded in a
             # CronTaskRun's template.
-            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3,
+            *["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 4,
         ]
     )
     deployment = one(docs, "Deployment")

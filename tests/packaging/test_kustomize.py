@@ -245,7 +245,7 @@ def test_chart_and_kustomize_render_the_same_objects(stack: Stack, render: Rende
         ("Service", "broker"),
     }
     assert set(chart) <= set(ours)
-    assert len(chart) == 20
+    assert len(chart) == 22
     for k in sorted(chart):
         assert chart[k] == ours[k], k
 

@@ -45,6 +45,12 @@ T = TypeVar("T")
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 
 
+def selects(selector: str, labels: Any) -> bool:
+    """The two label selectors the tracker lists with: `key` (present), `!key` (absent)."""
+    present = isinstance(labels, dict) and selector.lstrip("!") in labels
+    return present != selector.startswith("!")
+
+
 def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
@@ -187,17 +193,24 @@ class FakeKube:
         self.seen.note()
         return self._bump(self._get(meta["name"]))
 
-    async def remove_finalizer(self, meta: Body, finalizer: str) -> str | None:
+    async def release(
+        self, meta: Body, finalizer: str, label: tuple[str, str] | None
+    ) -> str | None:
         stored = self._get(meta["name"])["metadata"]
         found = list(stored.get("finalizers") or [])
-        if finalizer not in found:
+        labels = stored.get("labels") or {}
+        relabel = label is not None and labels.get(label[0]) != label[1]
+        if finalizer not in found and not relabel:
             return None
-        self._check("remove_finalizer", meta["name"])
+        self._check("release", meta["name"])
         stored["finalizers"] = [f for f in found if f != finalizer]
-        change = {"finalizers": stored["finalizers"]}
+        change: Body = {"finalizers": stored["finalizers"]}
+        if label is not None and relabel:
+            stored["labels"] = {**labels, label[0]: label[1]}
+            change["labels"] = {label[0]: label[1]}
         self.metadata_writes.append(Write(loop_time(), meta["name"], change))
         self.seen.note()
-        return "1"
+        return self._bump(self._get(meta["name"]))
 
     async def read(self, meta: Mapping[str, Any]) -> TaskRunBody:
         body = self._get(meta["name"])
@@ -205,8 +218,12 @@ class FakeKube:
             raise Gone(404, "NotFound", f"{meta['name']} was replaced by another object")
         return cast(TaskRunBody, copy.deepcopy(body))
 
-    async def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]:
+    async def list_taskruns(
+        self, namespace: str | None, selector: str | None = None
+    ) -> AsyncIterator[Body]:
         for body in list(self.objects.values()):
+            if selector is not None and not selects(selector, body["metadata"].get("labels")):
+                continue
             await asyncio.sleep(self.list_pause)
             yield copy.deepcopy(body)
 

@@ -172,7 +172,7 @@ async def test_a_status_write_that_fails_is_written_again_two_seconds_later(
 async def test_a_finalizer_not_removed_is_removed_at_the_next_event(harness: Harness) -> None:
     run = await harness.apply({"task": "t.a"})
     await harness.until_phase(run, "Queued")
-    harness.kube.faults.add("remove_finalizer", ApiUnavailable(0, "", "connection reset"))
+    harness.kube.faults.add("release", ApiUnavailable(0, "", "connection reset"))
     await harness.backend.publish(harness.task_id(run), TaskRecord("SUCCESS", 1))
     await harness.until_phase(run, "Succeeded")
     await harness.seen.until(lambda: harness.kube.refused, what="the removal refused")

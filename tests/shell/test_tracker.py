@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from celery_taskrun.api.model import FINISHED_LABEL
 from celery_taskrun.core import records
 from celery_taskrun.core import step as step_module
 from celery_taskrun.core.records import TaskRecord, Unreadable
@@ -190,6 +191,40 @@ async def test_one_ttl_deletion_per_run_whatever_the_watch_repeats(harness: Harn
     await pass_time(600)
     ((when, name),) = harness.kube.delete_calls  # one call, when its TTL came
     assert name == name_of(run) and when == pytest.approx(done + 60, abs=MS)
+
+
+async def test_a_finished_run_leaving_the_watch_is_still_deleted_at_its_ttl(
+    harness: Harness,
+) -> None:
+    """The label that marks a run finished takes it out of the operator's watch (a
+    DELETED event); one that comes before its write's answer is not a deletion."""
+    run = await harness.apply({"task": "t.a", "ttlSecondsAfterFinished": 60})
+    await harness.until_phase(run, "Queued")
+    await harness.backend.publish(harness.task_id(run), SUCCESS)
+    done = await harness.until_phase(run, "Succeeded")
+    await harness.seen.until(
+        lambda: (
+            FINISHED_LABEL in (harness.kube.objects[name_of(run)]["metadata"].get("labels") or {})
+        ),
+        within=5,
+        what="the finished label",
+    )
+    await harness.tracker.observe("DELETED", copy.deepcopy(harness.kube.objects[name_of(run)]))
+    await harness.seen.until(lambda: harness.kube.deletes, within=70, what="the TTL deletion")
+    ((when, name),) = harness.kube.delete_calls
+    assert name == name_of(run) and when == pytest.approx(done + 60, abs=MS)
+
+
+async def test_a_finished_run_deleted_by_another_is_forgotten(harness: Harness) -> None:
+    run = await harness.apply({"task": "t.a", "ttlSecondsAfterFinished": 60})
+    await harness.until_phase(run, "Queued")
+    await harness.backend.publish(harness.task_id(run), SUCCESS)
+    await harness.until_phase(run, "Succeeded")
+    body = harness.kube.objects.pop(name_of(run))  # deleted by someone else
+    await harness.tracker.observe("DELETED", copy.deepcopy(body))
+    await pass_time(120)
+    assert body["metadata"]["uid"] not in harness.tracker.reaper.kept
+    assert harness.kube.delete_calls == []  # nothing left to delete at its TTL
 
 
 async def test_echoes_of_a_finished_run_cost_no_write(harness: Harness) -> None:

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from celery_taskrun.api.model import FINALIZER, Phase
-from celery_taskrun.core.kept import Kept, KeptRun, kept_of
+from celery_taskrun.api.cron import CRON_LABEL
+from celery_taskrun.api.model import FINALIZER, FINISHED_LABEL, Phase
+from celery_taskrun.clients.kube import release_ops
+from celery_taskrun.core.kept import Kept, KeptRun, finished_label, kept_of
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 NOW = T0 + 3600
@@ -168,3 +170,57 @@ PLAIN = KeptRun("u1", "ns", "r1", "t.a", Phase.SUCCEEDED, T0 + 7, 60, True)
 )
 def test_kept_of_a_raw_body(changes: dict[str, Any], expected: KeptRun | None) -> None:
     assert kept_of(body(**changes), 60, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "phase", "wanted"),
+    [
+        ({}, Phase.SUCCEEDED, (FINISHED_LABEL, "Succeeded")),
+        ({"team": "a"}, Phase.FAILED, (FINISHED_LABEL, "Failed")),
+        ({FINISHED_LABEL: "Succeeded"}, Phase.SUCCEEDED, None),  # has it
+        ({FINISHED_LABEL: "Failed"}, Phase.SUCCEEDED, (FINISHED_LABEL, "Succeeded")),
+        ({CRON_LABEL: "nightly"}, Phase.SUCCEEDED, None),  # its schedule follows it
+    ],
+)
+def test_the_label_a_finished_run_is_to_carry(
+    labels: dict[str, str], phase: Phase, wanted: tuple[str, str] | None
+) -> None:
+    assert finished_label(labels, phase) == wanted
+
+
+LABEL = (FINISHED_LABEL, "Succeeded")
+UID = {"op": "test", "path": "/metadata/uid", "value": "u"}
+OFF = [
+    {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+    {"op": "remove", "path": "/metadata/finalizers/1"},
+]
+KEY = "/metadata/labels/" + FINISHED_LABEL.replace("/", "~1")
+
+
+@pytest.mark.parametrize(
+    ("meta", "label", "wanted"),
+    [
+        # finalizer off, label added to the labels there are
+        (
+            {"uid": "u", "finalizers": ["x", FINALIZER], "labels": {"a": "b"}},
+            LABEL,
+            [UID, *OFF, {"op": "add", "path": KEY, "value": "Succeeded"}],
+        ),
+        # no labels seen: the map is tested absent, then made
+        (
+            {"uid": "u", "finalizers": ["x", FINALIZER]},
+            LABEL,
+            [
+                UID,
+                *OFF,
+                {"op": "test", "path": "/metadata/labels", "value": None},
+                {"op": "add", "path": "/metadata/labels", "value": {LABEL[0]: LABEL[1]}},
+            ],
+        ),
+        ({"uid": "u", "finalizers": ["x", FINALIZER]}, None, [UID, *OFF]),  # no label
+        ({"uid": "u", "labels": {LABEL[0]: LABEL[1]}}, LABEL, []),  # nothing to change
+        ({"uid": "u", "finalizers": ["x"]}, None, []),
+    ],
+)
+def test_release_ops(meta: dict[str, Any], label: tuple[str, str] | None, wanted: Any) -> None:
+    assert release_ops(meta, FINALIZER, label) == wanted

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from celery_taskrun.api import cron
 from celery_taskrun.api.model import (
+    FINISHED_LABEL,
     GROUP,
     KIND,
     MAX_ARGS_BYTES,
@@ -27,6 +28,7 @@ from celery_taskrun.api.model import (
     MAX_ARGS_VALUES,
     PLURAL,
     VERSION,
+    Phase,
     TaskRunSpec,
     TaskRunStatus,
 )
@@ -422,6 +424,16 @@ def admission_policy() -> list[JSONSchema]:
         }
         for field in FREE_FORM_SPEC_FIELDS
     ]
+    # The operator's watch leaves out runs labelled finished: on a run still going, the
+    # label would hide its cancel and its deletion from the operator.
+    terminal = ", ".join(f"'{phase.value}'" for phase in Phase if phase.terminal)
+    finished = {
+        "expression": f"!has(object.metadata.labels) || !('{FINISHED_LABEL}' in"
+        f" object.metadata.labels) || (has(object.status) && has(object.status.phase)"
+        f" && object.status.phase in [{terminal}])",
+        "message": f"the label {FINISHED_LABEL} is the operator's, on finished runs only",
+        "reason": "Invalid",
+    }
     return [
         *_policy(
             f"{PLURAL}.{GROUP}-bounded-input",
@@ -430,6 +442,7 @@ def admission_policy() -> list[JSONSchema]:
             *bounded_input("object.spec"),
         ),
         *_policy(f"{PLURAL}.{GROUP}-immutable-input", PLURAL, ["UPDATE"], frozen),
+        *_policy(f"{PLURAL}.{GROUP}-finished-label", PLURAL, ["CREATE", "UPDATE"], [finished]),
         *_policy(
             f"{cron.PLURAL}.{GROUP}-bounded-input",
             cron.PLURAL,

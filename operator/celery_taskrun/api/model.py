@@ -29,6 +29,10 @@ PLURAL = "taskruns"
 FINALIZER = f"{GROUP}/revoke-on-delete"
 # Written (with the finalizer) before a task is sent: the id we are about to send.
 INTENT_ANNOTATION = f"{GROUP}/submitting"
+# On a finished run (its phase as value), with the finalizer's removal: the operator's
+# watch selects runs without it, so finished runs cost it nothing (a takeover lists
+# them apart, and never through Kopf).
+FINISHED_LABEL = f"{GROUP}/finished"
 
 # Bounds every spec meets (the CRD's schema and admission policy refuse the rest, and
 # the operator checks them again for objects that got past an older or edited CRD).

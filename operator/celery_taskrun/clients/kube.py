@@ -129,20 +129,18 @@ class Kube:
             raise Gone(404, "NotFound", f"{meta['name']} was replaced by another object")
         return body
 
-    async def remove_finalizer(self, meta: Mapping[str, Any], finalizer: str) -> str | None:
-        """Remove `finalizer` with a JSON patch that first tests the object's uid and that
-        the finalizer is where `meta` says: no resourceVersion is needed, so a view of the
-        object that later writes made stale costs nothing unless the list itself moved;
+    async def release(
+        self, meta: Mapping[str, Any], finalizer: str, label: tuple[str, str] | None
+    ) -> str | None:
+        """Remove `finalizer` and set `label`, in one JSON patch made on what `meta` says
+        (`release_ops`): no resourceVersion is needed, so a view of the object that later
+        writes made stale costs nothing unless the finalizers or the labels' map moved;
         then (422) the object is read and the patch made once more.  Returns the
-        resourceVersion written, None when there was nothing to remove."""
+        resourceVersion written, None when there was nothing to change."""
         for attempt in range(2):
-            current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
-            if finalizer not in current:
+            ops = release_ops(meta, finalizer, label)
+            if not ops:
                 return None
-            path = f"/metadata/finalizers/{current.index(finalizer)}"
-            ops = [{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}]
-            if meta.get("uid"):  # this object, not another one created under its name
-                ops.insert(0, {"op": "test", "path": "/metadata/uid", "value": meta["uid"]})
             try:
                 return await self._patch(meta, ops, Content.JSON_PATCH)
             except Invalid:
@@ -160,12 +158,17 @@ class Kube:
         body: Any = await self.api.read(objects(namespace, plural, name))
         return body  # type: ignore[no-any-return]
 
-    async def list_taskruns(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
-        """Every TaskRun of a namespace (or of the cluster), a bounded page at a time."""
+    async def list_taskruns(
+        self, namespace: str | None, selector: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every TaskRun of a namespace (or of the cluster), a bounded page at a time;
+        those `selector` (a label selector) selects."""
         path = objects(namespace) if namespace else path_of("apis", GROUP, VERSION, PLURAL)
 
         async def fetch(token: str | None, size: int) -> dict[str, Any]:
             query: dict[str, str | int] = {"limit": size}
+            if selector:
+                query["labelSelector"] = selector
             if token:
                 query["continue"] = token
             return await self.api.read(path, query=query)
@@ -266,3 +269,36 @@ class Kube:
         await self._write(
             Method.POST, path_of("api", "v1", "namespaces", namespace, "events"), body
         )
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def release_ops(
+    meta: Mapping[str, Any], finalizer: str, label: tuple[str, str] | None
+) -> list[dict[str, Any]]:
+    """The JSON patch that takes `finalizer` off and puts `label` on the object `meta`
+    describes, each part tested first against what `meta` says (the uid: this object,
+    not another made under its name; the finalizer at its index; the labels' map
+    present, or absent: a test for null passes only on a missing member), so a patch
+    made on a stale view is refused (422) rather than remove another's finalizer or
+    replace labels someone else just set.  Empty when there is nothing to change."""
+    ops: list[dict[str, Any]] = []
+    current = [f for f in meta.get("finalizers") or [] if isinstance(f, str)]
+    if finalizer in current:
+        path = f"/metadata/finalizers/{current.index(finalizer)}"
+        ops += [{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}]
+    labels = meta.get("labels")
+    if label is not None and (not isinstance(labels, Mapping) or labels.get(label[0]) != label[1]):
+        key, value = label
+        if isinstance(labels, Mapping) and labels:
+            ops.append({"op": "add", "path": f"/metadata/labels/{_pointer(key)}", "value": value})
+        else:
+            ops += [
+                {"op": "test", "path": "/metadata/labels", "value": None},
+                {"op": "add", "path": "/metadata/labels", "value": {key: value}},
+            ]
+    if ops and meta.get("uid"):
+        ops.insert(0, {"op": "test", "path": "/metadata/uid", "value": meta["uid"]})
+    return ops

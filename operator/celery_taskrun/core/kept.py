@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from celery_taskrun.api.model import FINALIZER, Phase
+from celery_taskrun.api.cron import CRON_LABEL
+from celery_taskrun.api.model import FINALIZER, FINISHED_LABEL, Phase
 from celery_taskrun.core.retention import (
     History,
     gitops_owner,
@@ -85,6 +86,20 @@ def kept_of(body: Mapping[str, Any], default_ttl: int | None, now: float) -> Kep
         ttl=ttl_for(own_ttl, default_ttl, owner),
         counted=owner is None,
     )
+
+
+def labels_of(meta: Mapping[str, Any]) -> Mapping[str, Any]:
+    labels = meta.get("labels")
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def finished_label(labels: Mapping[str, Any], phase: Phase) -> tuple[str, str] | None:
+    """The label a finished run is to carry, None when it needs none: it has it, or a
+    CronTaskRun owns it (its schedule follows its finished runs through the watch; its
+    history limits keep a few)."""
+    if CRON_LABEL in labels or labels.get(FINISHED_LABEL) == phase.value:
+        return None
+    return FINISHED_LABEL, phase.value
 
 
 # uid -> (namespace, name, when it finished, its history or None)

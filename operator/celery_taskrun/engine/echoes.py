@@ -8,6 +8,10 @@ dropped where Kopf's watcher reads the stream.  Only what our own write made is
 dropped: the API server's watch delivers every other writer's change as an event of its
 own, with its own version, before ours.  An echo that arrives before its write's answer
 is simply handled (the tracker ignores it as before).
+
+The write that labels a run finished takes it out of the watch's selection: the API
+server says so with a DELETED event carrying that write's version, an echo too (the
+run is not gone: the reaper keeps it).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from celery_taskrun.engine import metrics
 # Versions remembered at most: an echo Kopf never sees (a watch restarted past it)
 # leaves its entry until pushed out, a few hundred bytes each.
 REMEMBERED = 16_384
+# A write of ours changes the object (MODIFIED) or takes it out of the selection (DELETED).
+ECHOED = ("MODIFIED", "DELETED")
 
 
 class Echoes:
@@ -39,7 +45,7 @@ class Echoes:
         """Whether the watch event is the echo of a write of ours (then forgotten).  A
         run a CronTaskRun owns is always handled: the schedule learns its end from the
         status written."""
-        if not isinstance(event, dict) or event.get("type") != "MODIFIED" or not self.versions:
+        if not isinstance(event, dict) or event.get("type") not in ECHOED or not self.versions:
             return False
         meta = (event.get("object") or {}).get("metadata") or {}
         version = meta.get("resourceVersion")

@@ -23,7 +23,7 @@ from celery_taskrun.core.sending import Message
 from celery_taskrun.core.step import AskWorkers, Revoke, held
 from celery_taskrun.engine import metrics
 from celery_taskrun.engine.fence import Fence
-from celery_taskrun.engine.ports import BrokerPort, KubePort
+from celery_taskrun.engine.ports import Body, BrokerPort, KubePort
 from celery_taskrun.engine.runs import Run
 from celery_taskrun.engine.sender import Deleted, NotSent, Sender, Sent
 from celery_taskrun.engine.writer import StatusWriter, Written
@@ -56,6 +56,10 @@ class Effects:
         """The object as the API server has it now (raises Gone when it no longer
         exists, or the name now holds another object)."""
         return await self.kube.read(run.meta)
+
+    async def exists(self, meta: Body) -> None:
+        """Raises Gone unless the object `meta` names (its uid) still exists."""
+        await self.kube.read(meta)
 
     def took_over(self) -> None:
         """This operator now leads: what an earlier leader was publishing may still land
@@ -105,10 +109,10 @@ class Effects:
             return None
         return held(question.task_id, answers)
 
-    async def release(self, run: Run) -> None:
-        """Our finalizer off a run (raises Gone, KubeError)."""
+    async def release(self, meta: Body, label: tuple[str, str] | None) -> None:
+        """Our finalizer off a run and `label` on (raises Gone, KubeError)."""
         await self.fence.wait()
-        if await self.kube.remove_finalizer(run.meta, FINALIZER):
+        if await self.kube.release(meta, FINALIZER, label):
             metrics.API_WRITES.labels("metadata").inc()
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:

@@ -16,7 +16,7 @@ import kopf
 
 from celery_taskrun.api.config import OperatorConfig, globbed
 from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
-from celery_taskrun.api.model import GROUP, PLURAL, VERSION
+from celery_taskrun.api.model import FINISHED_LABEL, GROUP, PLURAL, VERSION
 from celery_taskrun.clients.apiserver import connect
 from celery_taskrun.clients.backend import open_backend
 from celery_taskrun.clients.celery_client import CeleryClient, make_app
@@ -43,6 +43,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.networking.request_timeout = 30
     # Kopf lists every object in one response unless told otherwise.
     settings.watching.chunk_size = OPERATOR_PAGE
+    # Finished runs are the reaper's alone (its index, filled by a takeover's listing):
+    # Kopf neither lists nor follows them, however many are kept.
+    settings.watching.label_selectors[GROUP, PLURAL] = f"!{FINISHED_LABEL}"
     # Named namespaces are watched by name.  Kopf would otherwise list the namespaces,
     # then watch them from a listing of their own, and never serve one created between
     # the two (globs are served by one cluster-wide watch: see main).  Kopf's CRD

@@ -48,11 +48,16 @@ class KubePort(Protocol):
         self, meta: Body, finalizer: str, annotations: dict[str, str]
     ) -> str | None: ...
 
-    async def remove_finalizer(self, meta: Body, finalizer: str) -> str | None:
-        """The resourceVersion written; None when there was nothing to remove."""
+    async def release(
+        self, meta: Body, finalizer: str, label: tuple[str, str] | None
+    ) -> str | None:
+        """`finalizer` off, `label` on: the resourceVersion written; None when there was
+        nothing to change."""
         ...
 
-    def list_taskruns(self, namespace: str | None) -> AsyncIterator[Body]: ...
+    def list_taskruns(
+        self, namespace: str | None, selector: str | None = None
+    ) -> AsyncIterator[Body]: ...
 
     async def delete(self, namespace: str, name: str, uid: str) -> None: ...
 

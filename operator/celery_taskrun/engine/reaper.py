@@ -12,11 +12,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from celery_taskrun.api.config import OperatorConfig
 from celery_taskrun.api.model import Phase
 from celery_taskrun.clients.errors import Gone, KubeError
-from celery_taskrun.core.kept import Kept, KeptRun
+from celery_taskrun.core.kept import Kept, KeptRun, finished_label, labels_of
 from celery_taskrun.core.retention import ttl_for
 from celery_taskrun.core.sending import derived
 from celery_taskrun.core.step import revoke_of
@@ -68,9 +69,11 @@ class Reaper:
         the finalizer still on) are not news: see `Tracker.observe`."""
         self.registry.forget(run.uid)
         self.registry.release(run.uid)  # at once: an echo arriving during the write is none
+        phase = run.status.phase or Phase.FAILED
+        label = finished_label(labels_of(run.meta), phase)
         try:
-            if run.guarded:
-                await self.effects.release(run)
+            if run.guarded or label is not None:
+                await self.effects.release(run.meta, label)
         except Gone:
             return
         except KubeError as exc:
@@ -84,7 +87,7 @@ class Reaper:
                 namespace=run.namespace,
                 name=run.name,
                 task=run.spec.task,
-                phase=run.status.phase or Phase.FAILED,
+                phase=phase,
                 completed=done.timestamp(),
                 ttl=ttl_for(
                     run.spec.ttlSecondsAfterFinished,
@@ -94,6 +97,23 @@ class Reaper:
                 counted=run.gitops is None,
             )
         )
+
+    def found(self, run: KeptRun, meta: dict[str, Any]) -> None:
+        """A finished run found as it was left (a takeover lists every one): kept, and
+        labelled as finished if an earlier version, or a failed write, left it without."""
+        self.keep(run)
+        label = finished_label(labels_of(meta), run.phase)
+        if label is not None:
+            self.tasks.spawn(self._label(meta, label))
+
+    async def _label(self, meta: dict[str, Any], label: tuple[str, str]) -> None:
+        try:
+            await self.effects.release(meta, label)
+        except Gone:
+            pass
+        except KubeError as exc:  # the next takeover tries again
+            metrics.API_WRITE_ERRORS.labels("metadata").inc()
+            log.warning("%s/%s not labelled: %s", meta.get("namespace"), meta.get("name"), exc)
 
     def keep(self, run: KeptRun) -> None:
         """A finished run kept: what its history limit leaves out goes now, and the
@@ -134,6 +154,21 @@ class Reaper:
             return
         self.gone(uid)
 
+    def deleted(self, meta: dict[str, Any]) -> None:
+        """The watch says a run left.  A finished run kept may only have left the
+        watch's selection (the label of ours, its echo come before the write's answer
+        said which version was ours): it is read before it is forgotten."""
+        if meta["uid"] in self.kept:
+            self.tasks.spawn(self._confirm_gone(meta))
+
+    async def _confirm_gone(self, meta: dict[str, Any]) -> None:
+        try:
+            await self.effects.exists(meta)
+        except Gone:
+            self.gone(meta["uid"])
+        except KubeError as exc:  # kept: its TTL or history limit finds out
+            log.info("could not read %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+
     def gone(self, uid: str) -> None:
         """The run no longer exists: nothing left to delete or count."""
         self.kept.gone(uid)
@@ -150,4 +185,4 @@ class Reaper:
             )
             await self.effects.revoke(run, revoke)
         with contextlib.suppress(Gone):
-            await self.effects.release(run)
+            await self.effects.release(run.meta, None)

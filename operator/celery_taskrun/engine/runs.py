@@ -34,6 +34,7 @@ META_KEYS = (
     "creationTimestamp",
     "deletionTimestamp",
     "finalizers",
+    "labels",
 )
 
 

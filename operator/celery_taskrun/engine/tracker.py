@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_taskrun.api.config import OperatorConfig, globbed
-from celery_taskrun.api.model import FINALIZER, Phase, TaskRunSpec, TaskRunStatus
+from celery_taskrun.api.model import FINALIZER, FINISHED_LABEL, Phase, TaskRunSpec, TaskRunStatus
 from celery_taskrun.clients.backend import BackendUnavailable
 from celery_taskrun.core.backoff import backoff_for
 from celery_taskrun.core.kept import kept_of
@@ -200,16 +200,22 @@ class Tracker:
             await asyncio.sleep(GAUGE_SECONDS)
 
     async def _adopt_all(self) -> None:
-        """Every TaskRun this operator handles, as the API server has it now; then, what
-        is in use known, the concurrency limits' lines move."""
+        """Every TaskRun this operator handles, as the API server has it now: first the
+        runs not labelled finished (then, what is in use known, the concurrency limits'
+        lines move), then the finished ones, into the reaper's index (Kopf's watch
+        selects only the others)."""
+        await self._list(f"!{FINISHED_LABEL}")
+        self.limiter.settle()
+        await self._list(FINISHED_LABEL)
+
+    async def _list(self, selector: str) -> None:
         for namespace in self.listed or [None]:
-            async for body in self.kube.list_taskruns(namespace):
+            async for body in self.kube.list_taskruns(namespace, selector):
                 meta = body.get("metadata") or {}
                 if self.handles(meta.get("namespace", "")) and not self.registry.get(
                     meta.get("uid", "")
                 ):
                     await self.observe("ADDED", body)
-        self.limiter.settle()
 
     def _forgotten(self, uid: str) -> None:
         """A run no longer followed: its look goes, and its places free."""
@@ -232,7 +238,7 @@ class Tracker:
         if event_type == "DELETED":
             self.registry.forget(uid)
             self.registry.unrelease(uid)
-            self.reaper.gone(uid)
+            self.reaper.deleted(slim(meta))
             return
         if self.registry.released(uid):
             return  # finished and released: later events are our own writes echoed
@@ -240,7 +246,7 @@ class Tracker:
         if known is None:
             kept = kept_of(body, self.config.ttlSecondsAfterFinished, self.now().timestamp())
             if kept is not None:
-                self.reaper.keep(kept)  # finished (a takeover lists every one): never decoded
+                self.reaper.found(kept, slim(meta))  # finished: never decoded
             elif uid not in self.reaper.kept or FINALIZER in (meta.get("finalizers") or ()):
                 await self._adopt(body)
             # else: a finished run kept, edited or echoed: nothing to act on
