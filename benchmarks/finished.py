@@ -114,15 +114,16 @@ def create_finished(api: client.CustomObjectsApi, runs: int, per_namespace: int)
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "TaskRun",
-            # Labelled as the operator leaves a finished run (a baseline without the
-            # label ignores it).
-            "metadata": {"name": f"f{i}", "labels": {FINISHED_LABEL: status["phase"]}},
+            "metadata": {"name": f"f{i}"},
             "spec": {"task": TASK, "args": [[i, 1]]},
         }
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         api.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, f"f{i}", {"status": status}
         )
+        # Labelled as the operator leaves a finished run (a baseline ignores the label).
+        labels = {"metadata": {"labels": {FINISHED_LABEL: status["phase"]}}}
+        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, f"f{i}", labels)
 
     started = time.monotonic()
     with ThreadPoolExecutor(CLIENTS) as pool:

@@ -77,8 +77,10 @@ async def created(kube: Kube, namespace: str, finalizers: list[str]) -> dict[str
 
 
 async def touched(kube: Kube, namespace: str) -> None:
-    """Another write, which leaves any view taken before it stale."""
-    await kube.patch_status(namespace, "r", {"message": uuid.uuid4().hex}, None, whole=True)
+    """Another write, which leaves any view taken before it stale: the run has finished
+    (only a finished run may be labelled so)."""
+    status = {"phase": "Succeeded", "message": uuid.uuid4().hex}
+    await kube.patch_status(namespace, "r", status, None, whole=True)
 
 
 async def others_finalizers(kube: Kube, namespace: str, listed: list[str]) -> None:
@@ -134,6 +136,7 @@ async def test_releasing_when_the_list_moved_keeps_the_others(kube: Kube, place:
 
 async def test_labelling_keeps_labels_another_set_since_our_view(kube: Kube, place: str) -> None:
     meta = (await created(kube, place, [FINALIZER]))["metadata"]  # our view: no labels
+    await touched(kube, place)
     await others_labels(kube, place, {"team": "a"})
     await kube.release(meta, FINALIZER, (FINISHED, "Failed"))  # tested absent: read again
     assert await labels(kube, place) == {"team": "a", FINISHED: "Failed"}
@@ -330,6 +333,7 @@ async def test_a_finished_label_leaves_the_watch_with_the_writes_own_version(
     a watch selecting unfinished runs as a DELETED event carrying that write's
     resourceVersion (so it is known for an echo, not taken for a deletion)."""
     meta = (await created(kube, place, [FINALIZER]))["metadata"]
+    await touched(kube, place)
     query = {
         "watch": "true",
         "labelSelector": f"!{FINISHED}",

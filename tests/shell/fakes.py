@@ -137,6 +137,8 @@ class FakeKube:
     refused: list[tuple[float, str, str]] = field(default_factory=list)  # (when, what, name)
     revisions: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
     list_pause: float = 0.0  # seconds each listed object takes to arrive (a long list)
+    # Deletions by others of runs out of the operator's watch: (uid, version).
+    removed_queue: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
 
     async def patch_status(
         self,
@@ -226,6 +228,23 @@ class FakeKube:
                 continue
             await asyncio.sleep(self.list_pause)
             yield copy.deepcopy(body)
+
+    async def version_now(self, namespace: str | None) -> str:
+        return str(next(self.revisions))
+
+    async def deletions(
+        self, namespace: str | None, selector: str, since: str
+    ) -> AsyncIterator[tuple[str | None, str]]:
+        """What `removed` removed, as the API server's watch of `selector` says it."""
+        while True:
+            uid, version = await self.removed_queue.get()
+            yield uid, version
+
+    def removed(self, name: str) -> Body:
+        """Someone else deletes `name` (a finished run, out of the operator's watch)."""
+        body = self.objects.pop(name)
+        self.removed_queue.put_nowait((body["metadata"]["uid"], str(next(self.revisions))))
+        return body
 
     async def delete(self, namespace: str, name: str, uid: str) -> None:
         self.delete_calls.append((loop_time(), name))

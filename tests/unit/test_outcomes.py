@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from celery_taskrun.clients.apiserver import kubeconfig_paths
-from celery_taskrun.clients.taskruns import LineBuffer, LineTooLong, name_prefix
+from celery_taskrun.clients.lines import LineBuffer, LineTooLong
+from celery_taskrun.clients.taskruns import name_prefix
 from celery_taskrun.core.outcomes import (
     ExitCode,
     Step,

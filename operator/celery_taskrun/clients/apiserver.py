@@ -20,7 +20,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +31,7 @@ import aiohttp
 import yaml
 
 from celery_taskrun.clients.errors import ApiUnavailable, KubeError, refused, unreachable
+from celery_taskrun.clients.lines import LineBuffer, LineTooLong
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 # Where a pod finds its namespace (the in-cluster fallback of `connect`).
@@ -130,10 +131,11 @@ class ApiServer:
         body: Any = None,
         content: Content = Content.JSON,
         seconds: float | None = None,
+        accept: str = "application/json",
     ) -> bytes:
         """The answer's bytes (undecoded); a KubeError when refused or not heard from
         within `seconds` (default: the client's timeout)."""
-        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        headers = {"Accept": accept, "User-Agent": self.user_agent}
         token = self.endpoint.bearer.current() if self.endpoint.bearer else None
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -159,15 +161,54 @@ class ApiServer:
             raise refused(status, reason, answer)
         return answer
 
+    async def events(
+        self, path: str, *, query: Mapping[str, str | int], seconds: float, accept: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A watch: GET `path` and each line of the answer decoded, as it comes, until
+        the server ends it; a KubeError when refused, when a line is not a JSON object
+        or too long, or when the stream lasts past `seconds` (each read is bounded by
+        what is left of them)."""
+        headers = {"Accept": accept, "User-Agent": self.user_agent}
+        token = self.endpoint.bearer.current() if self.endpoint.bearer else None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        ends = time.monotonic() + seconds
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self.session().get(
+                    self.endpoint.server + path, params=query, headers=headers
+                )
+            try:
+                if response.status != 200:
+                    async with asyncio.timeout(self.timeout):
+                        body = await response.content.read(64 * 1024)
+                    raise refused(response.status, response.reason or "", body)
+                lines = LineBuffer()
+                while True:
+                    async with asyncio.timeout(max(ends - time.monotonic(), 0.0)):
+                        chunk = await response.content.readany()
+                    if not chunk:
+                        return
+                    for line in lines.feed(chunk):
+                        yield decoded(line)
+            finally:
+                response.release()
+        except LineTooLong as exc:
+            raise ApiUnavailable(0, "WatchFailed", str(exc)) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise unreachable(exc) from exc
+
     async def read(
         self,
         path: str,
         *,
         query: Mapping[str, str | int] | None = None,
         seconds: float | None = None,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         """GET `path`, decoded: a JSON object (anything else: ApiUnavailable)."""
-        return decoded(await self.call(Method.GET, path, query=query, seconds=seconds))
+        answer = await self.call(Method.GET, path, query=query, seconds=seconds, accept=accept)
+        return decoded(answer)
 
 
 async def _bounded(response: aiohttp.ClientResponse) -> bytes:

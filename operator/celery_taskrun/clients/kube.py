@@ -19,11 +19,16 @@ from typing import Any
 from celery_taskrun.api.bodies import LeaseBody, ObjectMeta, TaskRunBody
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
 from celery_taskrun.clients.apiserver import ApiServer, Content, Method, decoded, path_of
-from celery_taskrun.clients.errors import Conflict, Gone, Invalid
+from celery_taskrun.clients.errors import ApiUnavailable, Conflict, Gone, Invalid, refused
 from celery_taskrun.clients.paging import OPERATOR_PAGE, pages
 
 RESOURCE_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
 LEASES = ("apis", "coordination.k8s.io", "v1", "namespaces")
+# Objects' metadata only, for what needs no more (a watch of deletions).
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+# A watch asks the server to end it after this long (then it is made again).
+WATCH_SECONDS = 270
 
 
 def objects(namespace: str, plural: str = PLURAL, *rest: str) -> str:
@@ -163,7 +168,7 @@ class Kube:
     ) -> AsyncIterator[dict[str, Any]]:
         """Every TaskRun of a namespace (or of the cluster), a bounded page at a time;
         those `selector` (a label selector) selects."""
-        path = objects(namespace) if namespace else path_of("apis", GROUP, VERSION, PLURAL)
+        path = _taskruns(namespace)
 
         async def fetch(token: str | None, size: int) -> dict[str, Any]:
             query: dict[str, str | int] = {"limit": size}
@@ -176,6 +181,45 @@ class Kube:
         async for page in pages(fetch, page=OPERATOR_PAGE):
             for item in page.get("items") or []:
                 yield item
+
+    async def version_now(self, namespace: str | None) -> str:
+        """The TaskRuns' resourceVersion now (a list of at most one's metadata): a watch
+        from it misses nothing that happens after."""
+        query: dict[str, str | int] = {"limit": 1}
+        page = await self.api.read(_taskruns(namespace), query=query, accept=METADATA_LIST)
+        version = (page.get("metadata") or {}).get("resourceVersion")
+        if not isinstance(version, str) or not version:
+            raise ApiUnavailable(0, "NoVersion", "a list without a resourceVersion")
+        return version
+
+    async def deletions(
+        self, namespace: str | None, selector: str, since: str
+    ) -> AsyncIterator[tuple[str | None, str]]:
+        """One watch of the TaskRuns `selector` selects, from `since`, their metadata
+        only, until the server ends it (WATCH_SECONDS): for each event the uid of the
+        run deleted (None for any other change) and the version the watch is at.
+        Gone when `since` is older than the API server remembers (410)."""
+        query: dict[str, str | int] = {
+            "watch": "true",
+            "labelSelector": selector,
+            "resourceVersion": since,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": WATCH_SECONDS,
+        }
+        events = self.api.events(
+            _taskruns(namespace), query=query, seconds=WATCH_SECONDS + 30, accept=METADATA
+        )
+        async for event in events:
+            kind, found = event.get("type"), event.get("object")
+            found = found if isinstance(found, dict) else {}
+            if kind == "ERROR":
+                raise refused(int(found.get("code") or 0), str(found.get("reason") or ""), "")
+            meta = found.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
+            version, uid = meta.get("resourceVersion"), meta.get("uid")
+            if not isinstance(version, str):
+                continue
+            yield (uid if kind == "DELETED" and isinstance(uid, str) else None), version
 
     async def lease(self, namespace: str, name: str, seconds: float) -> LeaseBody | None:
         """The Lease, or None when there is none."""
@@ -269,6 +313,10 @@ class Kube:
         await self._write(
             Method.POST, path_of("api", "v1", "namespaces", namespace, "events"), body
         )
+
+
+def _taskruns(namespace: str | None) -> str:
+    return objects(namespace) if namespace else path_of("apis", GROUP, VERSION, PLURAL)
 
 
 def _pointer(key: str) -> str:

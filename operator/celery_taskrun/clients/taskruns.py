@@ -22,6 +22,7 @@ from kubernetes_asyncio import client
 from celery_taskrun.api.bodies import ObjectMeta, TaskRunBody, TaskRunList
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
 from celery_taskrun.clients.errors import ApiUnavailable, Gone, refused
+from celery_taskrun.clients.lines import LineBuffer, LineTooLong
 from celery_taskrun.clients.paging import GATEWAY_PAGE, GATEWAY_PAGES_AT_ONCE, pages
 from celery_taskrun.clients.transport import guarded
 from celery_taskrun.core.outcomes import Step, Verdict, WatchError, finished, interpret, status_of
@@ -35,28 +36,6 @@ WATCH_SECONDS = 120
 # A watch's every step (opening, each read) is bounded by its whole length, as aiohttp's
 # own timeout bounds the request.
 WATCH_TIMEOUT = WATCH_SECONDS + REQUEST_TIMEOUT
-# etcd keeps objects below ~1.5 MB: a longer line is not a TaskRun event.
-MAX_EVENT_BYTES = 4 * 1024 * 1024
-
-
-class LineTooLong(Exception):
-    pass
-
-
-class LineBuffer:
-    """Splits a byte stream into lines; refuses a line longer than `limit` (pure)."""
-
-    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
-        self.limit = limit
-        self._pending = bytearray()
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        self._pending += chunk
-        *lines, rest = bytes(self._pending).split(b"\n")
-        if len(rest) > self.limit:
-            raise LineTooLong(f"a watch event longer than {self.limit} bytes")
-        self._pending = bytearray(rest)
-        return [line for line in lines if line.strip()]
 
 
 def name_prefix(task: str) -> str:

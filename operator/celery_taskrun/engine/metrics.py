@@ -9,6 +9,9 @@ TRANSITIONS = Counter(
 )
 SUBMISSIONS = Counter("taskrun_submissions_total", "Tasks sent to the broker", ["outcome"])
 IN_FLIGHT = Gauge("taskrun_in_flight", "TaskRuns the tracker follows")
+FINISHED_KEPT = Gauge(
+    "taskrun_finished_kept", "Finished TaskRuns kept, known to TTLs and history limits"
+)
 BACKEND_READS = Counter("taskrun_backend_reads_total", "Batched reads of the result backend")
 BACKEND_ERRORS = Counter("taskrun_backend_errors_total", "Failed reads of the result backend")
 WAKEUPS = Counter("taskrun_wakeups_total", "State changes heard from the backend's publish")

@@ -59,6 +59,15 @@ class KubePort(Protocol):
         self, namespace: str | None, selector: str | None = None
     ) -> AsyncIterator[Body]: ...
 
+    async def version_now(self, namespace: str | None) -> str: ...
+
+    def deletions(
+        self, namespace: str | None, selector: str, since: str
+    ) -> AsyncIterator[tuple[str | None, str]]:
+        """One watch from `since`: the uid of each run deleted (None: another change),
+        and the version the watch is at (Gone when `since` is too old)."""
+        ...
+
     async def delete(self, namespace: str, name: str, uid: str) -> None: ...
 
     async def event(

@@ -12,10 +12,12 @@ fail), and `health` tells the liveness probe when the loop stops turning.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +25,7 @@ from pydantic import ValidationError
 from celery_taskrun.api.config import OperatorConfig, globbed
 from celery_taskrun.api.model import FINALIZER, FINISHED_LABEL, Phase, TaskRunSpec, TaskRunStatus
 from celery_taskrun.clients.backend import BackendUnavailable
+from celery_taskrun.clients.errors import Gone, KubeError
 from celery_taskrun.core.backoff import backoff_for
 from celery_taskrun.core.kept import kept_of
 from celery_taskrun.core.records import Reading
@@ -51,7 +54,10 @@ from celery_taskrun.engine.tasks import Tasks, supervised
 from celery_taskrun.engine.watchdog import WorkerWatchdog
 from celery_taskrun.engine.writer import StatusWriter
 
+log = logging.getLogger(__name__)
+
 GAUGE_SECONDS = 5.0
+WATCH_RETRY_SECONDS = 5.0
 
 
 class Tracker:
@@ -164,6 +170,7 @@ class Tracker:
         # A standby exports no picture of runs it does not follow.
         metrics.QUEUE_RUNS.clear()
         metrics.PAST_DEADLINE.set(0)
+        metrics.FINISHED_KEPT.set(0)
         metrics.BACKEND_UP.clear()
 
     async def stop(self) -> None:
@@ -197,6 +204,7 @@ class Tracker:
             for (queue, phase), count in counts.items():
                 metrics.QUEUE_RUNS.labels(queue, phase).set(count)
             metrics.PAST_DEADLINE.set(late)
+            metrics.FINISHED_KEPT.set(len(self.reaper.kept))
             await asyncio.sleep(GAUGE_SECONDS)
 
     async def _adopt_all(self) -> None:
@@ -206,7 +214,34 @@ class Tracker:
         selects only the others)."""
         await self._list(f"!{FINISHED_LABEL}")
         self.limiter.settle()
+        # Their deletions come from a watch of their own, from before they are listed.
+        since = {ns: await self.kube.version_now(ns) for ns in self.listed or [None]}
         await self._list(FINISHED_LABEL)
+        for namespace, version in since.items():
+            self.tasks.spawn(
+                supervised("finished runs", partial(self._deletions, namespace, version))
+            )
+
+    async def _deletions(self, namespace: str | None, since: str | None) -> None:
+        """Finished runs deleted (by anyone: a TTL, a user, GitOps) leave the reaper's
+        index.  When the API server no longer remembers where the watch was, it goes on
+        from now: a run deleted meanwhile stays counted until its TTL or history limit
+        finds it gone."""
+        while True:
+            try:
+                if since is None:
+                    since = await self.kube.version_now(namespace)
+                watch = self.kube.deletions(namespace, FINISHED_LABEL, since)
+                async for uid, version in watch:
+                    since = version
+                    if uid is not None:
+                        self.reaper.gone(uid)
+            except Gone:
+                log.warning("the watch of finished runs starts again from now")
+                since = None
+            except KubeError as exc:
+                log.info("the watch of finished runs failed: %s", exc)
+                await asyncio.sleep(WATCH_RETRY_SECONDS)
 
     async def _list(self, selector: str) -> None:
         for namespace in self.listed or [None]:
