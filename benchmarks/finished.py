@@ -14,13 +14,15 @@ default history limits (1,000 per namespace), the runs spread over namespaces of
    as the operator leaves them, their terminal status written at once through the
    status subresource (16 clients).
 3. With them kept: the operator started again, time until it sends a probe run (a
-   start lists every run), then, once its CPU is quiet, over `--window` seconds: its
+   start lists every run), and until its index holds every finished run (its gauge
+   `taskrun_finished_kept`, where the build has it), then, once its CPU is quiet,
+   over `--window` seconds: its
    RSS, CPU, and every request the API server answered about TaskRuns (its
    `apiserver_request_total`, all clients: nothing else touches TaskRuns then) and
    the operator's writes of any kind (the audit log).
 4. A takeover: a second operator on the same Lease stands by; the leader is stopped
    (SIGTERM: it hands the Lease over) and the time until the new leader sends a probe
-   run is taken, with its CPU meanwhile.
+   run is taken, with its CPU meanwhile, and until its index is filled.
 
 Each of `--variants` (git revisions, `.` the installed tree; default `main,.`) is
 measured on the same objects in the same run, the first being the baseline: a
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -193,6 +196,21 @@ def wait_quiet(pid: int, timeout: float) -> float:
     raise SystemExit(f"operator {pid} not quiet within {timeout:.0f}s")
 
 
+def indexed_after(operator: Any, runs: int, began: float, timeout: float) -> float | None:
+    """Seconds from `began` until the operator's index holds every finished run (its
+    gauge `taskrun_finished_kept`, updated every 5 s); None for a build without it."""
+
+    def count() -> float | None:
+        with urllib.request.urlopen(operator.url, timeout=5) as answer:
+            found = prometheus_samples(answer.read().decode(), "taskrun_finished_kept")
+        return found.get("")
+
+    if count() is None:
+        return None
+    wait_until(lambda: (count() or 0) >= runs, timeout, "every finished run indexed", 0.5)
+    return time.monotonic() - began
+
+
 def operator_writes(audit: AuditLog) -> dict[str, int]:
     out: dict[str, int] = {}
     for write in audit.read_new():
@@ -228,6 +246,7 @@ def idle(variant: Variant, probe: Probe, timeout: float) -> dict[str, Any]:
 
 def kept(
     variant: Variant,
+    runs: int,
     probe: Probe,
     admin: client.ApiClient,
     audit: AuditLog,
@@ -238,7 +257,9 @@ def kept(
     leader = variant.start("a")
     cpu_start = cpu_seconds(leader.pid)
     ready = probe.sent_after(began, timeout)
-    settled = wait_quiet(leader.pid, timeout) + ready
+    # The finished runs are indexed apart, after the live ones are acted on.
+    indexed = indexed_after(leader, runs, began, timeout)
+    settled = wait_quiet(leader.pid, timeout) + time.monotonic() - began
     start_cpu = cpu_seconds(leader.pid) - cpu_start
     operator_writes(audit)  # what came before the window is not counted
     requests, cpu = taskrun_requests(admin), cpu_seconds(leader.pid)
@@ -251,6 +272,7 @@ def kept(
     writes = operator_writes(audit)
     out: dict[str, Any] = {
         "start_ready_s": round(ready, 2),
+        "start_indexed_s": None if indexed is None else round(indexed, 1),
         "start_settled_s": round(settled, 1),
         "start_cpu_s": round(start_cpu, 2),
         "rss_mib": memory_mib(leader.pid),
@@ -271,6 +293,8 @@ def kept(
     began = time.monotonic()
     leader.stop()
     out["takeover_ready_s"] = round(probe.sent_after(began, timeout), 2)
+    indexed = indexed_after(standby, runs, began, timeout)
+    out["takeover_indexed_s"] = None if indexed is None else round(indexed, 1)
     out["takeover_cpu_s"] = round(cpu_seconds(standby.pid) - cpu, 2)
     wait_quiet(standby.pid, timeout)
     out["takeover_settled_cpu_s"] = round(cpu_seconds(standby.pid) - cpu, 2)
@@ -327,8 +351,10 @@ def render(results: dict[str, Any]) -> str:
     )
     line("CPU while nothing changes (% of a core)", "", lambda r: r["kept"]["quiet_cpu_percent"])
     line("start: probe sent (s)", "", lambda r: r["kept"]["start_ready_s"])
+    line("start: finished runs indexed (s)", "", lambda r: r["kept"].get("start_indexed_s"))
     line("start: CPU until quiet (s)", "", lambda r: r["kept"]["start_cpu_s"])
     line("takeover: probe sent (s)", "<= 10", lambda r: r["kept"]["takeover_ready_s"])
+    line("takeover: finished runs indexed (s)", "", lambda r: r["kept"].get("takeover_indexed_s"))
     line("takeover: CPU until quiet (s)", "", lambda r: r["kept"]["takeover_settled_cpu_s"])
     line("standby RSS (MiB)", "", lambda r: r["kept"]["standby_rss_mib"])
     for name, row in rows.items():
@@ -372,7 +398,7 @@ def run(runs: int, per_namespace: int, window: float, revisions: list[str]) -> d
             load_before = load_average()
             created = create_finished(api, runs, per_namespace)
             for name, variant in variants.items():
-                rows[name]["kept"] = kept(variant, probe, admin, audit, window, timeout)
+                rows[name]["kept"] = kept(variant, runs, probe, admin, audit, window, timeout)
             for row in rows.values():
                 row["verdicts"] = verdicts(row)
             return {

@@ -208,31 +208,32 @@ class Tracker:
             await asyncio.sleep(GAUGE_SECONDS)
 
     async def _adopt_all(self) -> None:
-        """Every TaskRun this operator handles, as the API server has it now: first the
-        runs not labelled finished (then, what is in use known, the concurrency limits'
-        lines move), then the finished ones, into the reaper's index (Kopf's watch
-        selects only the others)."""
-        await self._list(f"!{FINISHED_LABEL}")
+        """Every TaskRun this operator handles, as the API server has it now: the runs
+        not labelled finished (then, what is in use known, the concurrency limits' lines
+        move); the finished ones go to the reaper's index apart (`_finished`), so a
+        takeover acts on live runs first however many finished ones are kept."""
+        for namespace in self.listed or [None]:
+            await self._list(namespace, f"!{FINISHED_LABEL}")
         self.limiter.settle()
-        # Their deletions come from a watch of their own, from before they are listed.
-        since = {ns: await self.kube.version_now(ns) for ns in self.listed or [None]}
-        await self._list(FINISHED_LABEL)
-        for namespace, version in since.items():
-            self.tasks.spawn(
-                supervised("finished runs", partial(self._deletions, namespace, version))
-            )
+        for namespace in self.listed or [None]:
+            self.tasks.spawn(supervised("finished runs", partial(self._finished, namespace)))
 
-    async def _deletions(self, namespace: str | None, since: str | None) -> None:
-        """Finished runs deleted (by anyone: a TTL, a user, GitOps) leave the reaper's
-        index.  When the API server no longer remembers where the watch was, it goes on
-        from now: a run deleted meanwhile stays counted until its TTL or history limit
-        finds it gone."""
+    async def _finished(self, namespace: str | None) -> None:
+        """The finished runs of `namespace` (None: every one) into the reaper's index,
+        then their deletions (by anyone: a TTL, a user, GitOps) out of it, from a watch
+        that starts before the listing.  When the API server no longer remembers where
+        the watch was, it goes on from now: a run deleted meanwhile stays counted until
+        its TTL or history limit finds it gone."""
+        since: str | None = None
+        listed = False
         while True:
             try:
                 if since is None:
                     since = await self.kube.version_now(namespace)
-                watch = self.kube.deletions(namespace, FINISHED_LABEL, since)
-                async for uid, version in watch:
+                if not listed:
+                    await self._list(namespace, FINISHED_LABEL)
+                    listed = True
+                async for uid, version in self.kube.deletions(namespace, FINISHED_LABEL, since):
                     since = version
                     if uid is not None:
                         self.reaper.gone(uid)
@@ -240,17 +241,16 @@ class Tracker:
                 log.warning("the watch of finished runs starts again from now")
                 since = None
             except KubeError as exc:
-                log.info("the watch of finished runs failed: %s", exc)
+                log.info("the listing or watch of finished runs failed: %s", exc)
                 await asyncio.sleep(WATCH_RETRY_SECONDS)
 
-    async def _list(self, selector: str) -> None:
-        for namespace in self.listed or [None]:
-            async for body in self.kube.list_taskruns(namespace, selector):
-                meta = body.get("metadata") or {}
-                if self.handles(meta.get("namespace", "")) and not self.registry.get(
-                    meta.get("uid", "")
-                ):
-                    await self.observe("ADDED", body)
+    async def _list(self, namespace: str | None, selector: str) -> None:
+        async for body in self.kube.list_taskruns(namespace, selector):
+            meta = body.get("metadata") or {}
+            if self.handles(meta.get("namespace", "")) and not self.registry.get(
+                meta.get("uid", "")
+            ):
+                await self.observe("ADDED", body)
 
     def _forgotten(self, uid: str) -> None:
         """A run no longer followed: its look goes, and its places free."""
