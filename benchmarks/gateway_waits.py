@@ -3,8 +3,9 @@
 DESIGN.md's target: 10,000 concurrent waits in one namespace over one API-server watch,
 the gateway's RSS <= 300 MiB, each answered within 100 ms p99 of its run's terminal
 status. Beside it, the baseline in the same run: the gateway of `--before` (default
-6d253de, the last one before the shared watch), where each wait holds a watch of its
-own, with `--baseline-waits` waits (1,000, its cap).
+0c19fa4, the last on the generated client, each wait a FastAPI route) with
+`--baseline-waits` waits on `--baseline-runs` runs (as many as this tree's). A gateway
+older than the shared watch (6d253de) holds a watch per wait, and 1,000 at most.
 
 On a fresh local stack of its own (API server and etcd; no operator, no worker: the
 benchmark writes each run's terminal status itself, so the figure is the gateway's
@@ -14,7 +15,7 @@ into a temporary directory), in a namespace of its own:
 1. `--runs` TaskRuns are created, and the gateway started as a process;
 2. the waits (`GET .../taskruns/{name}/wait?timeout=...`, spread evenly over the runs,
    one caller's token) are opened in batches, each batch once the previous is held
-   (this tree's gateway: its metric `taskrun_gateway_followers`; the baseline: the API
+   (the gateway's metric `taskrun_gateway_followers`; a gateway without it: the API
    server's watchers on taskruns, one per wait);
 3. once all are held: the gateway's RSS, and the API server's watches on taskruns
    (`apiserver_longrunning_requests{verb="WATCH",resource="taskruns"}`);
@@ -22,7 +23,7 @@ into a temporary directory), in a namespace of its own:
    latency = from the moment the write is sent to the moment a waiter has its answer
    (the whole body read, `finished: true`). Peak RSS is sampled meanwhile.
 
-    python benchmarks/gateway_waits.py                  # 10,000 waits beside 1,000 (~2-3 min)
+    python benchmarks/gateway_waits.py                  # 10,000 waits, each gateway (~5 min)
     python benchmarks/gateway_waits.py --waits 40 --runs 4 --baseline-waits 20 \\
         --baseline-runs 2 --json                        # the smoke run the tests use
 
@@ -59,7 +60,7 @@ from taskrun_dev.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP, VERSION, PLURAL = "celery.taskrun.dev", "v1alpha1", "taskruns"
-BEFORE = "6d253de"
+BEFORE = "0c19fa4"
 TARGET_WAITS = 10_000
 TARGET_RSS_MIB = 300.0
 TARGET_P99_MS = 100.0
@@ -248,9 +249,10 @@ async def _measure(
             return metric(text, "apiserver_longrunning_requests", verb="WATCH", resource=PLURAL)
 
         async def held() -> float:
-            if design.pythonpath is None:
-                async with session.get(f"{base}/metrics") as answer:
-                    return metric(await answer.text(), "taskrun_gateway_followers")
+            async with session.get(f"{base}/metrics") as answer:
+                text = await answer.text()
+            if "taskrun_gateway_followers" in text:
+                return metric(text, "taskrun_gateway_followers")
             return await watches() - others
 
         # Watches on taskruns that are not the gateway's (the stack's own), before any wait.
@@ -289,7 +291,7 @@ async def _measure(
         for first in range(0, design.waits, BATCH):
             batch = range(first, min(first + BATCH, design.waits))
             waiters += [asyncio.create_task(wait(i)) for i in batch]
-            # The gateway before the shared watch holds at most its client's connection
+            # A gateway before the shared watch holds at most its client's connection
             # pool (100) of watches at once: the other waits queue for one. Go on after
             # HELD_TIMEOUT, and say how many were held.
             with contextlib.suppress(TimeoutError):
@@ -368,7 +370,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         designs = [Design("shared", args.waits, args.runs, None)]
         if args.before:
             tree = old_tree(args.before, Path(tmp) / "before")
-            designs.append(Design("per-wait", args.baseline_waits, args.baseline_runs, tree))
+            designs.append(Design("baseline", args.baseline_waits, args.baseline_runs, tree))
         stack = Stack(Path(tmp) / "stack", say=lambda _: None)
         try:
             stack.up(operator=False, worker=False)
@@ -422,7 +424,7 @@ def verdict(row: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 
 
 def table(results: dict[str, Any]) -> str:
-    labels = [label for label in ("shared", "per-wait") if label in results]
+    labels = [label for label in ("shared", "baseline") if label in results]
     keys = [
         ("waits", "concurrent waits"),
         ("runs", "runs (waits spread over them)"),
@@ -441,8 +443,8 @@ def table(results: dict[str, Any]) -> str:
         ("ack_p99_ms", "write's answer -> wait's answer p99 (ms)"),
     ]
     names = {
-        "shared": "this tree (shared watch)",
-        "per-wait": f"{results['before']} (a watch each)",
+        "shared": "this tree",
+        "baseline": f"{results['before']} (baseline)",
     }
     lines = [
         "| figure | " + " | ".join(names[label] for label in labels) + " |",
@@ -465,8 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waits", type=int, default=TARGET_WAITS, help="this tree's waits")
     parser.add_argument("--runs", type=int, default=500, help="runs they wait on")
-    parser.add_argument("--baseline-waits", type=int, default=1000)
-    parser.add_argument("--baseline-runs", type=int, default=50)
+    parser.add_argument("--baseline-waits", type=int, default=TARGET_WAITS)
+    parser.add_argument("--baseline-runs", type=int, default=500)
     parser.add_argument("--rate", type=float, default=50.0, help="terminal writes a second")
     parser.add_argument(
         "--before", default=BEFORE, help="the baseline gateway's revision ('' for none)"

@@ -20,15 +20,14 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from kubernetes_asyncio import client
 from prometheus_client import make_asgi_app
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from celery_taskrun.clients.apiserver import ApiServer, connect
 from celery_taskrun.clients.errors import KubeError
-from celery_taskrun.clients.taskruns import TaskRunClient
-from celery_taskrun.clients.transport import connect
+from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT, TaskRunClient
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.admission import Admission
 from celery_taskrun.gateway.auth import Authorizer, Refused
@@ -47,7 +46,7 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-Connector = Callable[[], Awaitable[client.ApiClient]]
+Connector = Callable[[], Awaitable[ApiServer]]
 
 
 def create_app(connector: Connector | None = None, settings: Settings | None = None) -> FastAPI:
@@ -55,9 +54,8 @@ def create_app(connector: Connector | None = None, settings: Settings | None = N
     kubeconfig or in-cluster ServiceAccount, as `connect` finds them)."""
     settings = settings or Settings()
 
-    async def default_connector() -> client.ApiClient:
-        api, _ = await connect()
-        return api
+    async def default_connector() -> ApiServer:
+        return connect(seconds=REQUEST_TIMEOUT)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
