@@ -37,8 +37,10 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import importlib.metadata
 import json
 import os
+import re
 import resource
 import socket
 import ssl
@@ -47,6 +49,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -104,8 +107,10 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def old_tree(revision: str, where: Path) -> Path:
-    """The operator's package as of `revision`, for PYTHONPATH."""
+def old_tree(revision: str, where: Path) -> str:
+    """The operator's package as of `revision`, and the dependencies it had that this
+    tree no longer has (installed beside it, at the versions its lock pinned), for
+    PYTHONPATH."""
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", revision, "operator/celery_taskrun"],
         capture_output=True,
@@ -113,7 +118,40 @@ def old_tree(revision: str, where: Path) -> Path:
     ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(where, filter="data")
-    return where / "operator"
+    paths = [str(where / "operator")]
+    missing = old_dependencies(revision)
+    if missing:
+        _say(f"the baseline's dependencies missing here: {' '.join(missing)}")
+        deps = where / "deps"
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        subprocess.run([*pip, "--target", str(deps), *missing], check=True, timeout=300)
+        paths.append(str(deps))
+    return os.pathsep.join(paths)
+
+
+def old_dependencies(revision: str) -> list[str]:
+    """`revision`'s own dependencies that are not installed here, pinned as its lock was."""
+
+    def shown(path: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{revision}:{path}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    wanted = tomllib.loads(shown("pyproject.toml"))["project"]["dependencies"]
+    lock = shown("requirements.lock")
+    missing = []
+    for requirement in wanted:
+        name = re.split(r"[\s\[<>=~!;]", requirement, maxsplit=1)[0]
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            normal = re.sub(r"[-_.]+", "[-_.]", name)
+            pin = re.search(rf"^({normal}==\S+)", lock, re.M | re.I)
+            missing.append(pin.group(1) if pin else requirement)
+    return missing
 
 
 @dataclass
@@ -121,7 +159,7 @@ class Design:
     label: str
     waits: int
     runs: int
-    pythonpath: Path | None  # None: this tree
+    pythonpath: str | None  # None: this tree
     figures: dict[str, Any] = field(default_factory=dict)
 
 

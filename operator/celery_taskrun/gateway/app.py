@@ -28,12 +28,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from celery_taskrun.clients.apiserver import ApiServer, connect
 from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT, TaskRunClient
-from celery_taskrun.gateway import views
 from celery_taskrun.gateway.admission import Admission
 from celery_taskrun.gateway.auth import Authorizer, Refused
 from celery_taskrun.gateway.routes import add_routes
-from celery_taskrun.gateway.state import Gateway, Settings, problem
+from celery_taskrun.gateway.state import Gateway, Settings, kube_problem, problem
 from celery_taskrun.gateway.streams import add_streams
+from celery_taskrun.gateway.wait_path import WaitPath
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def create_app(connector: Connector | None = None, settings: Settings | None = N
         "authorized by RBAC on `taskruns` in the namespace.",
         lifespan=lifespan,
     )
+    # Outermost last: Admission reviews the token, then a wait takes its short path.
+    app.add_middleware(WaitPath)
     app.add_middleware(Admission)
     _errors(app)
     add_routes(app)
@@ -94,10 +96,7 @@ def _version() -> str:
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(KubeError)
     async def kube_error(request: Request, exc: KubeError) -> JSONResponse:
-        status, detail = views.http_error(exc, "query" if request.method == "GET" else "body")
-        if status >= 500:
-            log.warning("%s %s: API server: %s", request.method, request.url.path, exc)
-        return problem(status, detail)
+        return kube_problem(request.method, request.url.path, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
