@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             lifespan="on",
+            http="httptools",
             ws="websockets-sansio",
             # Nothing the gateway reads from a WebSocket is larger than a ping.
             ws_max_size=64 * 1024,
