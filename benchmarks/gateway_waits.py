@@ -119,30 +119,47 @@ def old_tree(revision: str, where: Path) -> str:
     ).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(where, filter="data")
-    paths = [str(where / "operator")]
+    deps = where / "deps"
+    deps.mkdir()
     missing = old_dependencies(revision)
     if missing:
         _say(f"the baseline's dependencies missing here: {' '.join(missing)}")
-        deps = where / "deps"
         pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
         subprocess.run([*pip, "--target", str(deps), *missing], check=True, timeout=300)
-        paths.append(str(deps))
-    return os.pathsep.join(paths)
+    # What this tree locks and `revision` did not (httptools, which uvicorn takes when
+    # it is there) is hidden from the baseline, which runs as it was shipped.
+    modules = importlib.metadata.packages_distributions()
+    added = set(locked(ROOT.joinpath("requirements.lock").read_text())) - set(
+        locked(shown(revision, "requirements.lock"))
+    )
+    for module, distributions in modules.items():
+        if {canonical(d) for d in distributions} & added:
+            (deps / f"{module}.py").write_text("raise ImportError('not in the baseline')\n")
+    return os.pathsep.join([str(where / "operator"), str(deps)])
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked(lock: str) -> list[str]:
+    """The distributions a requirements.lock pins."""
+    return [canonical(name) for name in re.findall(r"^([A-Za-z0-9_.-]+)==", lock, re.M)]
+
+
+def shown(revision: str, path: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{revision}:{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def old_dependencies(revision: str) -> list[str]:
     """`revision`'s own dependencies that are not installed here, pinned as its lock was."""
-
-    def shown(path: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{revision}:{path}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    wanted = tomllib.loads(shown("pyproject.toml"))["project"]["dependencies"]
-    lock = shown("requirements.lock")
+    wanted = tomllib.loads(shown(revision, "pyproject.toml"))["project"]["dependencies"]
+    lock = shown(revision, "requirements.lock")
     missing = []
     for requirement in wanted:
         name = re.split(r"[\s\[<>=~!;]", requirement, maxsplit=1)[0]
