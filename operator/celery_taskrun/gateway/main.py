@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             port=args.port,
             lifespan="on",
             http="httptools",
+            loop="uvloop",
             ws="websockets-sansio",
             # Nothing the gateway reads from a WebSocket is larger than a ping.
             ws_max_size=64 * 1024,
