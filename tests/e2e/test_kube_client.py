@@ -272,18 +272,34 @@ async def test_delete_keeps_an_object_of_another_uid(kube: Kube, place: str) -> 
         await kube.get(place, "r")
 
 
-async def test_the_operator_process_imports_no_generated_client() -> None:
-    """What the operator's process loads: its entry point imports Kopf and the handlers
-    before it reads its arguments (`--help`: then it exits)."""
-    probe = (
-        "import sys\n"
+GENERATED_LOADED = (
+    "import sys\n"
+    "print(sorted(m for m, v in sys.modules.items() if m.startswith('kubernetes') and v))"
+)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        # The operator's entry point imports Kopf and the handlers before it reads its
+        # arguments (`--help`: then it exits).
         "from celery_taskrun.engine import main\n"
-        "try:\n    main.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m, v in sys.modules.items() if m.startswith('kubernetes') and v))"
-    )
+        "try:\n    main.main(['--help'])\nexcept SystemExit:\n    pass\n",
+        # The gateway's: its command, its app and every route built (uvicorn not run).
+        "from celery_taskrun.gateway import main\n"
+        "main.create_app(settings=main.settings_of(main.parse_args([])))\n",
+        # The CLI's: every command's module (it connects only once a command runs).
+        "from celery_taskrun.cli import main\n"
+        "try:\n    main.main(['get', '--help'])\nexcept SystemExit:\n    pass\n",
+    ],
+    ids=["operator", "gateway", "cli"],
+)
+async def test_no_process_of_ours_imports_a_generated_client(entry: str) -> None:
+    """What each of our processes loads, though the generated clients are installed
+    (the tests use one)."""
     found = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-c", probe],
+        [sys.executable, "-c", entry + GENERATED_LOADED],
         capture_output=True,
         text=True,
         timeout=60,

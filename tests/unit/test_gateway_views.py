@@ -7,15 +7,14 @@ import base64
 import contextlib
 import json
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kubernetes_asyncio import client
 from pydantic import ValidationError
 
 from celery_taskrun.api.model import Phase
+from celery_taskrun.clients.apiserver import ApiServer, Bearer, Endpoint
 from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.admission import MAX_BODY_BYTES
@@ -212,11 +211,30 @@ def test_access_review_asks_about_taskruns_in_the_namespace() -> None:
 
 
 def test_caller_from_review() -> None:
-    user = SimpleNamespace(username="u", uid=None, groups=["a"], extra={"x": ["1", "2"]})
-    status = SimpleNamespace(authenticated=True, user=user)
+    user = {"username": "u", "uid": None, "groups": ["a"], "extra": {"x": ["1", "2"]}}
+    status = {"authenticated": True, "user": user}
     assert caller_from_review(status) == Caller("u", "", ("a",), (("x", ("1", "2")),))
-    assert caller_from_review(SimpleNamespace(authenticated=False, user=user)) is None
+    assert caller_from_review({"authenticated": False, "user": user}) is None
     assert caller_from_review(None) is None
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        [],
+        "yes",
+        {"authenticated": "true", "user": {"username": "u"}},
+        {"authenticated": True, "user": "u"},
+        {"authenticated": True},
+    ],
+)
+def test_a_review_status_out_of_shape_authenticates_no_one(status: Any) -> None:
+    assert caller_from_review(status) is None
+
+
+def test_a_review_status_with_odd_fields_keeps_only_strings() -> None:
+    user = {"username": "u", "groups": "a,b", "extra": ["x"]}
+    assert caller_from_review({"authenticated": True, "user": user}) == Caller("u")
 
 
 @pytest.mark.parametrize(
@@ -233,8 +251,8 @@ def test_caller_from_review() -> None:
 def test_callers_token_must_be_for_an_audience_asked(
     granted: list[str] | None, asked: list[str], accepted: bool
 ) -> None:
-    user = SimpleNamespace(username="u", uid=None, groups=None, extra=None)
-    status = SimpleNamespace(authenticated=True, user=user, audiences=granted)
+    user = {"username": "u", "uid": None, "groups": None, "extra": None}
+    status = {"authenticated": True, "user": user, "audiences": granted}
     assert (caller_from_review(status, asked) is not None) is accepted
 
 
@@ -259,11 +277,9 @@ def test_followers_are_bounded_in_all_and_per_caller() -> None:
 
 @pytest.fixture
 def app_without_api() -> Iterator[TestClient]:
-    async def connector() -> client.ApiClient:
-        configuration = client.Configuration()
-        configuration.host = f"http://127.0.0.1:{free_port()}"  # nothing listens
-        configuration.api_key = {"BearerToken": "the-gateways-own-token"}
-        return client.ApiClient(configuration)
+    async def connector() -> ApiServer:
+        nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens
+        return ApiServer(Endpoint(nowhere, None, Bearer("the-gateways-own-token"), "default"))
 
     with TestClient(create_app(connector)) as test_client:
         yield test_client

@@ -22,9 +22,9 @@ from celery_taskrun.api.bodies import TaskRunBody
 from celery_taskrun.api.cron import PLURAL as CRON_PLURAL
 from celery_taskrun.cli import render
 from celery_taskrun.cli.parsing import UsageError, build_spec, parse_duration
+from celery_taskrun.clients.apiserver import connect
 from celery_taskrun.clients.errors import KubeError
-from celery_taskrun.clients.taskruns import TaskRunClient, wait
-from celery_taskrun.clients.transport import connect
+from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT, TaskRunClient, wait
 from celery_taskrun.core.cron_step import cron_view, run_body
 from celery_taskrun.core.outcomes import ExitCode, exit_code, finished, status_of
 
@@ -231,9 +231,9 @@ async def execute(options: argparse.Namespace) -> ExitCode:
                 "concurrencyKey": options.concurrency_key,
             },
         )
-    api, context_namespace = await connect(options.kubeconfig, options.context)
+    api = connect(options.kubeconfig, options.context, seconds=REQUEST_TIMEOUT)
     runs = TaskRunClient(api)
-    namespace = options.namespace or context_namespace
+    namespace = options.namespace or api.namespace
     try:
         if spec is not None:
             created = await runs.create(namespace, spec, name=options.name)

@@ -20,7 +20,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -163,7 +163,7 @@ class ApiServer:
 
     async def events(
         self, path: str, *, query: Mapping[str, str | int], seconds: float, accept: str
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """A watch: GET `path` and each line of the answer decoded, as it comes, until
         the server ends it; a KubeError when refused, when a line is not a JSON object
         or too long, or when the stream lasts past `seconds` (each read is bounded by

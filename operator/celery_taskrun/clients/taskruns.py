@@ -10,31 +10,25 @@ caller stops them (`asyncio.timeout`).
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
-import aiohttp
-from kubernetes_asyncio import client
-
 from celery_taskrun.api.bodies import ObjectMeta, TaskRunBody, TaskRunList
 from celery_taskrun.api.model import GROUP, KIND, PLURAL, VERSION
-from celery_taskrun.clients.errors import ApiUnavailable, Gone, refused
-from celery_taskrun.clients.lines import LineBuffer, LineTooLong
+from celery_taskrun.clients.apiserver import ApiServer, Content, Method, decoded
+from celery_taskrun.clients.errors import ApiUnavailable, Gone
+from celery_taskrun.clients.kube import objects
 from celery_taskrun.clients.paging import GATEWAY_PAGE, GATEWAY_PAGES_AT_ONCE, pages
-from celery_taskrun.clients.transport import guarded
 from celery_taskrun.core.outcomes import Step, Verdict, WatchError, finished, interpret, status_of
 
-MERGE_PATCH = "application/merge-patch+json"
 # One request (not a watch): connect, send, read the answer.
 REQUEST_TIMEOUT = 15.0
 # A watch asks the server to end it after this long; we then watch again from the
 # last version, so a silent connection is noticed within this bound.
 WATCH_SECONDS = 120
-# A watch's every step (opening, each read) is bounded by its whole length, as aiohttp's
-# own timeout bounds the request.
+# A watch's every read is bounded by what is left of its whole length.
 WATCH_TIMEOUT = WATCH_SECONDS + REQUEST_TIMEOUT
 
 
@@ -51,11 +45,10 @@ def resource_version(obj: Mapping[str, Any]) -> str | None:
 
 
 class TaskRunClient:
-    """TaskRuns of any namespace, as the identity of `api` (a kubernetes_asyncio client)."""
+    """TaskRuns of any namespace, as the identity of `api`."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: ApiServer) -> None:
         self.api = api
-        self.objects = client.CustomObjectsApi(api)
         # Concurrent lists multiply a page's memory: a few pages are read at once.
         self.reading = asyncio.Semaphore(GATEWAY_PAGES_AT_ONCE)
 
@@ -64,13 +57,8 @@ class TaskRunClient:
 
     async def get(self, namespace: str, name: str, plural: str = PLURAL) -> TaskRunBody:
         """A TaskRun (or an object of our group's kind `plural`)."""
-        body: TaskRunBody = await guarded(
-            self.objects.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
-            ),
-            REQUEST_TIMEOUT,
-        )
-        return body
+        body: Any = await self.api.read(objects(namespace, plural, name), seconds=REQUEST_TIMEOUT)
+        return body  # type: ignore[no-any-return]
 
     async def create(
         self, namespace: str, spec: Mapping[str, Any], *, name: str | None = None
@@ -92,14 +80,12 @@ class TaskRunClient:
 
     async def create_body(self, manifest: Mapping[str, Any]) -> TaskRunBody:
         """Create the TaskRun `manifest` describes whole."""
-        namespace = manifest["metadata"]["namespace"]
-        body: TaskRunBody = await guarded(
-            self.objects.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, dict(manifest), _request_timeout=REQUEST_TIMEOUT
-            ),
-            REQUEST_TIMEOUT,
+        namespace = str(manifest["metadata"]["namespace"])
+        answer = await self.api.call(
+            Method.POST, objects(namespace), body=dict(manifest), seconds=REQUEST_TIMEOUT
         )
-        return body
+        body: Any = decoded(answer)
+        return body  # type: ignore[no-any-return]
 
     async def cancel(self, namespace: str, name: str) -> TaskRunBody:
         """Set `spec.cancel: true` (the operator revokes the task)."""
@@ -109,20 +95,15 @@ class TaskRunClient:
         self, namespace: str, name: str, spec: Mapping[str, Any], plural: str = PLURAL
     ) -> TaskRunBody:
         """Merge `spec` into the object's spec."""
-        body: TaskRunBody = await guarded(
-            self.objects.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                {"spec": dict(spec)},
-                _content_type=MERGE_PATCH,
-                _request_timeout=REQUEST_TIMEOUT,
-            ),
-            REQUEST_TIMEOUT,
+        answer = await self.api.call(
+            Method.PATCH,
+            objects(namespace, plural, name),
+            body={"spec": dict(spec)},
+            content=Content.MERGE_PATCH,
+            seconds=REQUEST_TIMEOUT,
         )
-        return body
+        body: Any = decoded(answer)
+        return body  # type: ignore[no-any-return]
 
     async def page(
         self,
@@ -134,19 +115,16 @@ class TaskRunClient:
         plural: str = PLURAL,
     ) -> TaskRunList:
         """A page of the namespace's TaskRuns (or objects of our group's kind `plural`)."""
-        options: dict[str, Any] = {"limit": limit}
+        query: dict[str, str | int] = {"limit": limit}
         if label_selector:
-            options["label_selector"] = label_selector
+            query["labelSelector"] = label_selector
         if continue_token:
-            options["_continue"] = continue_token
+            query["continue"] = continue_token
         async with self.reading:
-            body: TaskRunList = await guarded(
-                self.objects.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, _request_timeout=REQUEST_TIMEOUT, **options
-                ),
-                REQUEST_TIMEOUT,
+            body: Any = await self.api.read(
+                objects(namespace, plural), query=query, seconds=REQUEST_TIMEOUT
             )
-        return body
+        return body  # type: ignore[no-any-return]
 
     def pages(
         self,
@@ -176,44 +154,25 @@ class TaskRunClient:
         self, namespace: str, version: str, field_selector: str | None
     ) -> AsyncGenerator[Verdict, None]:
         """One watch from `version`, until the server ends it (WATCH_SECONDS)."""
-        options: dict[str, Any] = {}
+        query: dict[str, str | int] = {
+            "watch": "true",
+            "resourceVersion": version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": WATCH_SECONDS,
+        }
         if field_selector:
-            options["field_selector"] = field_selector
-        response = await guarded(
-            self.objects.list_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                watch=True,
-                resource_version=version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=WATCH_SECONDS,
-                _preload_content=False,
-                _request_timeout=aiohttp.ClientTimeout(
-                    total=WATCH_TIMEOUT, sock_connect=REQUEST_TIMEOUT
-                ),
-                **options,
-            ),
-            WATCH_TIMEOUT,
+            query["fieldSelector"] = field_selector
+        events = self.api.events(
+            objects(namespace), query=query, seconds=WATCH_TIMEOUT, accept="application/json"
         )
-        try:
-            if response.status != 200:
-                body = await guarded(response.content.read(64 * 1024), WATCH_TIMEOUT)
-                raise refused(response.status, str(response.reason or ""), body)
-            lines = LineBuffer()
-            while chunk := await guarded(response.content.readany(), WATCH_TIMEOUT):
-                for line in lines.feed(chunk):
-                    try:
-                        event = json.loads(line)
-                    except ValueError as exc:
-                        raise WatchError("the watch sent a line that is not JSON") from exc
-                    yield interpret(event)
-        except (LineTooLong, WatchError) as exc:
-            # The API server sent what a watch never sends: as if it were unreachable.
-            raise ApiUnavailable(0, "WatchFailed", f"the watch failed: {exc}") from exc
-        finally:
-            response.release()
+        async with aclosing(events):
+            async for event in events:
+                try:
+                    verdict = interpret(event)
+                except WatchError as exc:
+                    # The API server sent what a watch never sends: as if it were unreachable.
+                    raise ApiUnavailable(0, "WatchFailed", f"the watch failed: {exc}") from exc
+                yield verdict
 
     async def follow(self, namespace: str, name: str) -> AsyncGenerator[TaskRunBody, None]:
         """The TaskRun now, then each new version of it, as the watch delivers them.

@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     # Kopf imports the generated Kubernetes clients whenever they are installed (to log
     # in through them, and to know their models); the operator speaks through its own
-    # (clients/apiserver.py), and the gateway's `kubernetes_asyncio` is in the image.
+    # (clients/apiserver.py), and the tests' `kubernetes` is installed beside it.
     # Kept out, Kopf logs in by itself, and the operator is spared the clients' models
     # (55 MiB for `kubernetes_asyncio`'s alone).
     for generated in ("kubernetes", "kubernetes_asyncio"):

@@ -11,6 +11,7 @@ its routes (routes.py), its streams (streams.py), its metrics and the live page.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -20,21 +21,20 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from kubernetes_asyncio import client
 from prometheus_client import make_asgi_app
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from celery_taskrun.clients.apiserver import ApiServer, connect
 from celery_taskrun.clients.errors import KubeError
-from celery_taskrun.clients.taskruns import TaskRunClient
-from celery_taskrun.clients.transport import connect
-from celery_taskrun.gateway import views
+from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT, TaskRunClient
 from celery_taskrun.gateway.admission import Admission
 from celery_taskrun.gateway.auth import Authorizer, Refused
 from celery_taskrun.gateway.routes import add_routes
-from celery_taskrun.gateway.state import Gateway, Settings, problem
+from celery_taskrun.gateway.state import Gateway, Settings, kube_problem, problem
 from celery_taskrun.gateway.streams import add_streams
+from celery_taskrun.gateway.wait_path import WaitPath
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-Connector = Callable[[], Awaitable[client.ApiClient]]
+Connector = Callable[[], Awaitable[ApiServer]]
 
 
 def create_app(connector: Connector | None = None, settings: Settings | None = None) -> FastAPI:
@@ -55,15 +55,18 @@ def create_app(connector: Connector | None = None, settings: Settings | None = N
     kubeconfig or in-cluster ServiceAccount, as `connect` finds them)."""
     settings = settings or Settings()
 
-    async def default_connector() -> client.ApiClient:
-        api, _ = await connect()
-        return api
+    async def default_connector() -> ApiServer:
+        return connect(seconds=REQUEST_TIMEOUT)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api = await (connector or default_connector)()
         auth = Authorizer(api, settings.audiences)
         app.state.gateway = gateway = Gateway(TaskRunClient(api), auth, settings)
+        # What is loaded by now (modules, the app) lives as long as the process: kept
+        # out of the collector's full passes, which 10,000 held waits make long enough
+        # (hundreds of ms) to delay the answers due meanwhile.
+        gc.freeze()
         try:
             yield
         finally:
@@ -78,6 +81,8 @@ def create_app(connector: Connector | None = None, settings: Settings | None = N
         "authorized by RBAC on `taskruns` in the namespace.",
         lifespan=lifespan,
     )
+    # Outermost last: Admission reviews the token, then a wait takes its short path.
+    app.add_middleware(WaitPath)
     app.add_middleware(Admission)
     _errors(app)
     add_routes(app)
@@ -96,10 +101,7 @@ def _version() -> str:
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(KubeError)
     async def kube_error(request: Request, exc: KubeError) -> JSONResponse:
-        status, detail = views.http_error(exc, "query" if request.method == "GET" else "body")
-        if status >= 500:
-            log.warning("%s %s: API server: %s", request.method, request.url.path, exc)
-        return problem(status, detail)
+        return kube_problem(request.method, request.url.path, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Generic, TypeVar
 
-from kubernetes_asyncio import client
-
 from celery_taskrun.api.model import GROUP, PLURAL
+from celery_taskrun.clients.apiserver import ApiServer, Method, decoded
 from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT
-from celery_taskrun.clients.transport import guarded
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +38,8 @@ TOKEN_PROTOCOL_PREFIX = "base64url.bearer.authorization.k8s.io."
 AUTHENTICATION_TTL = 10.0
 AUTHORIZATION_TTL = 5.0
 CACHE_SIZE = 4096
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 class Verb(StrEnum):
@@ -140,22 +140,31 @@ class TtlCache(Generic[K, V]):
             self._items.popitem(last=False)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
 def caller_from_review(status: Any, audiences: Sequence[str] = ()) -> Caller | None:
-    """The user of a TokenReview's status, None when not authenticated (for one of
-    `audiences`, when asked)."""
-    if status is None or not status.authenticated or status.user is None:
+    """The user of a TokenReview's status (as the API server sent it: any JSON), None
+    when not authenticated (for one of `audiences`, when asked)."""
+    status = _mapping(status)
+    user = status.get("user")
+    if status.get("authenticated") is not True or not isinstance(user, Mapping):
         return None
     # An authenticator that ignores audiences answers none: then the token is one for
     # the API server, not for the audiences asked (the TokenReview API's own rule).
-    if audiences and not set(status.audiences or ()) & set(audiences):
+    if audiences and not set(_strings(status.get("audiences"))) & set(audiences):
         return None
-    user = status.user
-    extra: Mapping[str, Any] = user.extra or {}
+    extra = _mapping(user.get("extra"))
     return Caller(
-        username=str(user.username or ""),
-        uid=str(user.uid or ""),
-        groups=tuple(str(g) for g in user.groups or ()),
-        extra=tuple(sorted((str(k), tuple(str(v) for v in vs or ())) for k, vs in extra.items())),
+        username=str(user.get("username") or ""),
+        uid=str(user.get("uid") or ""),
+        groups=_strings(user.get("groups")),
+        extra=tuple(sorted((str(k), _strings(vs)) for k, vs in extra.items())),
     )
 
 
@@ -188,12 +197,11 @@ class Authorizer:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiServer,
         audiences: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.authentication = client.AuthenticationV1Api(api)
-        self.authorization = client.AuthorizationV1Api(api)
+        self.api = api
         self.audiences = list(audiences)
         self.clock = clock
         # A 1-tuple, so that "not authenticated" (None) is cached too.
@@ -202,12 +210,14 @@ class Authorizer:
             AUTHORIZATION_TTL
         )
 
-    async def _review(self, call: Any, what: str, unavailable: str) -> Any:
+    async def _review(self, path: str, body: Mapping[str, Any], unavailable: str) -> Any:
+        """The review's status, as the API server answers it (any JSON)."""
         try:
-            return await guarded(call, REQUEST_TIMEOUT)
+            answer = await self.api.call(Method.POST, path, body=body, seconds=REQUEST_TIMEOUT)
+            return decoded(answer).get("status")
         except KubeError as exc:
             # The detail goes to the log, never to the caller.
-            log.warning("%s failed: %s", what, exc)
+            log.warning("%s failed: %s", body.get("kind"), exc)
             raise ReviewUnavailable(f"{unavailable} cannot be checked now; try again") from exc
 
     async def authenticate(self, token: str | None) -> Caller:
@@ -219,15 +229,9 @@ class Authorizer:
             spec: dict[str, Any] = {"token": token}
             if self.audiences:
                 spec["audiences"] = self.audiences
-            review = await self._review(
-                self.authentication.create_token_review(
-                    {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec},
-                    _request_timeout=REQUEST_TIMEOUT,
-                ),
-                "TokenReview",
-                "credentials",
-            )
-            cached = (caller_from_review(review.status, self.audiences),)
+            review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
+            status = await self._review(TOKEN_REVIEWS, review, "credentials")
+            cached = (caller_from_review(status, self.audiences),)
             self._callers.put(key, cached, self.clock())
         caller = cached[0]
         if caller is None:
@@ -245,15 +249,9 @@ class Authorizer:
         key = (caller, verb, namespace, name, resource)
         allowed = self._decisions.get(key, self.clock())
         if allowed is None:
-            review = await self._review(
-                self.authorization.create_subject_access_review(
-                    access_review(caller, verb, namespace, name, resource),
-                    _request_timeout=REQUEST_TIMEOUT,
-                ),
-                "SubjectAccessReview",
-                "permissions",
-            )
-            allowed = bool(review.status and review.status.allowed)
+            review = access_review(caller, verb, namespace, name, resource)
+            status = await self._review(ACCESS_REVIEWS, review, "permissions")
+            allowed = _mapping(status).get("allowed") is True
             self._decisions.put(key, allowed, self.clock())
         if not allowed:
             target = f"{resource}/{name}" if name else resource

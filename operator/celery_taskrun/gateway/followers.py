@@ -1,6 +1,6 @@
 """Waits and streams open at once. They share one API-server watch per namespace
 (watches.py), but each holds a connection, a queue and a task: their number is bounded
-in all (503; 10,000 held ~430 MiB, docs/benchmarks.md), and per caller (429) so that
+in all (503; 10,000 held ~255 MiB, docs/benchmarks.md), and per caller (429) so that
 one tenant cannot hold them all."""
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Sequence
 
 import uvicorn
-from kubernetes_asyncio import client
 
-from celery_taskrun.clients.transport import connect
+from celery_taskrun.clients.apiserver import ApiServer, connect
+from celery_taskrun.clients.taskruns import REQUEST_TIMEOUT
 from celery_taskrun.core.redact import RedactingFormatter
 from celery_taskrun.gateway.app import create_app
 from celery_taskrun.gateway.state import Settings
@@ -106,9 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(RedactingFormatter(LOG_FORMAT))
 
-    async def connector() -> client.ApiClient:
-        api, _ = await connect(args.kubeconfig)
-        return api
+    async def connector() -> ApiServer:
+        return connect(args.kubeconfig, seconds=REQUEST_TIMEOUT)
 
     server = uvicorn.Server(
         uvicorn.Config(
@@ -116,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             host=args.host,
             port=args.port,
             lifespan="on",
+            http="httptools",
+            loop="uvloop",
             ws="websockets-sansio",
             # Nothing the gateway reads from a WebSocket is larger than a ping.
             ws_max_size=64 * 1024,

@@ -18,12 +18,15 @@ from celery_taskrun.clients.paging import continue_of
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.auth import Caller, Verb
 from celery_taskrun.gateway.state import gateway_of
+from celery_taskrun.gateway.wait_path import (
+    DEFAULT_WAIT_SECONDS,
+    MAX_WAIT_SECONDS,
+    WaitRequest,
+    answer,
+)
 
 log = logging.getLogger(__name__)
 
-# The longest a `wait` may be asked to hold a request.
-MAX_WAIT_SECONDS = 3600.0
-DEFAULT_WAIT_SECONDS = 30.0
 LIST_LIMIT = 100
 
 Namespace = Annotated[
@@ -222,10 +225,8 @@ def add_routes(app: FastAPI) -> None:
             ),
         ] = DEFAULT_WAIT_SECONDS,
     ) -> Response:
-        gateway = gateway_of(request)
-        with gateway.followers.hold(who):
-            obj = await gateway.watches.wait(namespace, name, seconds)
-        return gateway.rendered.answer(obj)
+        # Most waits never come here (wait_path.py): those the short path leaves.
+        return await answer(gateway_of(request), who, WaitRequest(namespace, name, seconds))
 
     @app.post(
         f"{one}/cancel",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,11 +13,14 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 
 from celery_taskrun.api.bodies import TaskRunBody
+from celery_taskrun.clients.errors import KubeError
 from celery_taskrun.clients.taskruns import TaskRunClient
 from celery_taskrun.gateway import views
 from celery_taskrun.gateway.auth import Authorizer
 from celery_taskrun.gateway.followers import MAX_FOLLOWERS, MAX_FOLLOWERS_PER_CALLER, Followers
 from celery_taskrun.gateway.watches import LINGER_SECONDS, Watches
+
+log = logging.getLogger(__name__)
 
 # Versions of runs kept rendered: the waits of a run are answered within moments.
 RENDERED = 16
@@ -81,3 +85,11 @@ def gateway_of(connection: HTTPConnection) -> Gateway:
 
 def problem(status: int, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def kube_problem(method: str, path: str, exc: KubeError) -> JSONResponse:
+    """The answer to a request the API server refused (or could not answer)."""
+    status, detail = views.http_error(exc, "query" if method == "GET" else "body")
+    if status >= 500:
+        log.warning("%s %s: API server: %s", method, path, exc)
+    return problem(status, detail)
