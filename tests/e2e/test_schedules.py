@@ -20,17 +20,12 @@ import pytest
 from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
 
-from support import TASKS, TaskRuns, wait_for
+from support import FAST_LEASE, TASKS, TaskRuns, wait_for
 
 pytestmark = pytest.mark.e2e
 
 CRON = "celery.taskrun.dev/cron"
 SCHEDULED_AT = "celery.taskrun.dev/scheduled-at"
-FAST_LEASE = {
-    "leaseDurationSeconds": 4,
-    "leaseRenewDeadlineSeconds": 3,
-    "leaseRetryPeriodSeconds": 0.5,
-}
 
 
 @dataclass
