@@ -1,10 +1,11 @@
 """Shared fixtures: a real local stack (kube-apiserver + etcd, kube-controller-manager,
 the broker and result backend) for e2e tests.
 
-- `stack` (session): control plane + broker + backend, started once under a pytest tmp
-  dir, with deploy/crd.yaml and deploy/rbac.yaml installed. The broker and backend are
-  TASKRUN_E2E_BROKER (redis, rabbitmq) and TASKRUN_E2E_BACKEND (redis, postgresql,
-  sqlite), Redis and Redis by default; where neither is Redis, a Redis of the stack's
+- `stack` (session): control plane + broker + backend, started once (once per xdist
+  worker under `make test`) under a pytest tmp dir, with deploy/crd.yaml and
+  deploy/rbac.yaml installed. The broker and backend are TASKRUN_E2E_BROKER (redis,
+  rabbitmq) and TASKRUN_E2E_BACKEND (redis, postgresql, sqlite), Redis and Redis by
+  default; where neither is Redis, a Redis of the stack's
   own keeps the workers' execution ledger (`stack.ledger_url`). No worker, no operator: take the
   fixtures below, or start your own (`stack.start_worker("w2", queues=[...])`,
   `stack.start_operator("op2", env_overrides={...}, config_path=...)`).
