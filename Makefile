@@ -26,8 +26,15 @@ lint:
 	mypy
 	lint-imports
 
+# Two pytest-xdist workers, each with its own session stack: the suite mostly waits on
+# the servers (half a core on average, one worker), so two halve its time.  A file's tests
+# stay on one worker (its module fixtures: a stack, an operator of its own), files taken
+# in collection order (the long e2e files first); TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+
 test: setup-tests lint
-	python -m pytest -q -p no:cacheprovider --durations=25
+	python -m pytest -q -p no:cacheprovider --durations=25 \
+		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The lifecycle, limits and reliability suites on each broker/backend combination the
 # README lists as supported, one session stack after the other (README, "Brokers and

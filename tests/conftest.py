@@ -1,10 +1,11 @@
 """Shared fixtures: a real local stack (kube-apiserver + etcd, kube-controller-manager,
 the broker and result backend) for e2e tests.
 
-- `stack` (session): control plane + broker + backend, started once under a pytest tmp
-  dir, with deploy/crd.yaml and deploy/rbac.yaml installed. The broker and backend are
-  TASKRUN_E2E_BROKER (redis, rabbitmq) and TASKRUN_E2E_BACKEND (redis, postgresql,
-  sqlite), Redis and Redis by default; where neither is Redis, a Redis of the stack's
+- `stack` (session): control plane + broker + backend, started once (once per xdist
+  worker under `make test`) under a pytest tmp dir, with deploy/crd.yaml and
+  deploy/rbac.yaml installed. The broker and backend are TASKRUN_E2E_BROKER (redis,
+  rabbitmq) and TASKRUN_E2E_BACKEND (redis, postgresql, sqlite), Redis and Redis by
+  default; where neither is Redis, a Redis of the stack's
   own keeps the workers' execution ledger (`stack.ledger_url`). No worker, no operator: take the
   fixtures below, or start your own (`stack.start_worker("w2", queues=[...])`,
   `stack.start_operator("op2", env_overrides={...}, config_path=...)`).
@@ -28,6 +29,7 @@ import signal
 import uuid
 from collections.abc import Callable, Generator, Iterator
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -37,6 +39,7 @@ from taskrun_dev.stack import Stack
 from taskrun_workers.ledger import read_ledger
 
 STACK_KEY = pytest.StashKey[Stack]()
+LEDGER_SUMMARY = "taskrun-ledger-summary"
 LOG_TAIL_LINES = 25
 
 
@@ -107,10 +110,45 @@ def stack(
             ledger_redis=True,
         )
         yield the_stack
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            print(f"\n{the_stack.broker}/{the_stack.backend}: {ledger_summary(the_stack)}")
+        summary = f"{the_stack.broker}/{the_stack.backend}: {ledger_summary(the_stack)}"
+        # An xdist worker's output is not shown: the controller prints it (below).
+        worker_output = getattr(request.config, "workeroutput", None)
+        if worker_output is not None:
+            worker_output[LEDGER_SUMMARY] = summary
+        else:
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                print(f"\n{summary}")
     finally:
         the_stack.down()
+
+
+# Files whose costly session fixture one xdist worker builds once for both (the image's
+# virtualenv: a pip install from the index): the first runs on the second's worker.
+SAME_WORKER = {"tests/packaging/test_pod_sandbox.py": "tests/packaging/test_dockerfile.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (make test), with the files of SAME_WORKER on one worker."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
+
+    class Scheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            scope: str = super()._split_scope(nodeid)
+            return SAME_WORKER.get(scope, scope)
+
+    return Scheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    """On the xdist controller: a worker's session stack's ledger summary."""
+    summary = node.workeroutput.get(LEDGER_SUMMARY)
+    reporter = node.config.pluginmanager.getplugin("terminalreporter")
+    if summary and reporter is not None:
+        reporter.write_line(f"\n{node.gateway.id} {summary}")  # after a line of dots
 
 
 def ledger_summary(stack: Stack) -> str:

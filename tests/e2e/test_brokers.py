@@ -42,11 +42,21 @@ from taskrun_workers.ledger import read_ledger
 import test_control as control
 import test_lifecycle as lifecycle
 import test_tenancy as tenancy
-from support import TaskRuns, beyond_loopback, listening_addresses, queue_length, wait_for
+from support import (
+    FAST_LEASE,
+    TaskRuns,
+    beyond_loopback,
+    listening_addresses,
+    queue_length,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 COMBINATIONS = [(RABBITMQ, REDIS), (RABBITMQ, POSTGRESQL)]
+# The default operator's configuration, in each combination's state directory: short
+# leases, so the operator killed while sending is back at work in seconds.
+OPERATOR_CONFIG = "operator.yaml"
 
 
 @pytest.fixture(scope="module", params=COMBINATIONS, ids=[f"{b}-{r}" for b, r in COMBINATIONS])
@@ -56,11 +66,14 @@ def combination(
     """A whole stack on this broker and backend, with the default worker and operator;
     when it goes down, none of its processes (epmd, beam, postgres' children) is left."""
     broker, backend = request.param
-    stack = Stack(tmp_path_factory.mktemp(f"{broker}-{backend}"), say=lambda _: None)
+    state = tmp_path_factory.mktemp(f"{broker}-{backend}")
+    stack = Stack(state, say=lambda _: None)
+    config = state / OPERATOR_CONFIG
+    config.write_text(json.dumps(FAST_LEASE))
     pids: set[int] = set()
     try:
         began = time.monotonic()
-        stack.up(broker=broker, backend=backend, ledger_redis=True)
+        stack.up(broker=broker, backend=backend, ledger_redis=True, operator_config=config)
         print(f"stack up on {broker}/{backend} in {time.monotonic() - began:.1f} s")
         yield stack
     finally:
@@ -109,7 +122,9 @@ def test_the_stack_runs_the_chosen_servers_on_loopback(combination: Stack) -> No
     assert not beyond_loopback(addresses)
     # `up` again with the same choice restarts nothing.
     before = {name: proc.pid for name, proc in procs.items()}
-    stack.up(broker=stack.broker, backend=stack.backend)
+    stack.up(
+        broker=stack.broker, backend=stack.backend, operator_config=stack.dir / OPERATOR_CONFIG
+    )
     assert {name: proc.pid for name, proc in stack.processes().items()} == before
 
 

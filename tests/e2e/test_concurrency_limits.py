@@ -24,17 +24,12 @@ from taskrun_dev.processes import ManagedProcess
 from taskrun_dev.stack import Stack
 from taskrun_workers.ledger import read_ledger
 
-from support import TaskRuns, wait_for
+from support import FAST_LEASE, TaskRuns, wait_for
 
 pytestmark = pytest.mark.e2e
 
 QUEUE = "conc"
 SPAN = "span"
-FAST_LEASE = {
-    "leaseDurationSeconds": 4,
-    "leaseRenewDeadlineSeconds": 3,
-    "leaseRetryPeriodSeconds": 0.5,
-}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ belong to benchmarks.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from taskrun_dev.stack import Stack
 
 from support import (
     E2E_BACKEND,
+    FAST_LEASE,
     TaskRuns,
     ledger,
     queue_length,
@@ -227,6 +229,14 @@ def own_operator(stack: Stack, namespace: str, name: str, **kw: object) -> Manag
     return stack.start_operator(name, extra_args=["--namespace", namespace], **kw)  # type: ignore[arg-type]
 
 
+def fast_lease(tmp: Path) -> Path:
+    """A configuration whose short Lease an operator started again after a kill or a crash
+    takes over in seconds (the default's 15 s would only make the test wait)."""
+    path = tmp / "fast-lease.yaml"
+    path.write_text(json.dumps(FAST_LEASE))
+    return path
+
+
 def test_limit_defaults_from_config(
     isolated: tuple[TaskRuns, Path], worker: ManagedProcess
 ) -> None:
@@ -265,9 +275,10 @@ def test_operator_killed_mid_flight_loses_and_repeats_nothing(
     late_worker: tuple[str, list[ManagedProcess]],
     worker: ManagedProcess,
 ) -> None:
-    runs, _ = isolated
+    runs, tmp = isolated
     queue, started = late_worker
-    operator = own_operator(runs.stack, runs.namespace, "op-restart")
+    config = fast_lease(tmp)
+    operator = own_operator(runs.stack, runs.namespace, "op-restart", config_path=config)
     for i in range(4):
         runs.apply(f"running-{i}", "sleep", args=[3])
         runs.apply(f"queued-{i}", "calculate_sum", args=[[i, 1]], queue=queue)
@@ -278,7 +289,7 @@ def test_operator_killed_mid_flight_loses_and_repeats_nothing(
         runs.wait_phase(f"queued-{i}", "Queued")
     operator.kill()  # SIGKILL, no cleanup
     start_late_worker(runs.stack, queue, started)
-    again = own_operator(runs.stack, runs.namespace, "op-restart")
+    again = own_operator(runs.stack, runs.namespace, "op-restart", config_path=config)
     try:
         for i in range(4):
             running = runs.finished(f"running-{i}", timeout=60)
@@ -296,16 +307,25 @@ def test_crash_between_send_and_status_sends_once(
 ) -> None:
     """A fault the test cannot time from outside: the operator exits right after
     sending (TASKRUN_FAULT=exit-after-send), before recording it in status."""
-    runs, _ = isolated
+    runs, tmp = isolated
+    config = fast_lease(tmp)
     crashing = own_operator(
-        runs.stack, runs.namespace, "op-crash", env_overrides={"TASKRUN_FAULT": "exit-after-send"}
+        runs.stack,
+        runs.namespace,
+        "op-crash",
+        config_path=config,
+        env_overrides={"TASKRUN_FAULT": "exit-after-send"},
     )
     runs.apply("once", "sleep", args=[1])
     wait_for(lambda: not crashing.alive, timeout=30, what="the operator's crash after sending")
     intent = runs.get("once")["metadata"]["annotations"]["celery.taskrun.dev/submitting"]
     assert "taskId" not in runs.status("once")
     again = own_operator(
-        runs.stack, runs.namespace, "op-crash", env_overrides={"TASKRUN_FAULT": ""}
+        runs.stack,
+        runs.namespace,
+        "op-crash",
+        config_path=config,
+        env_overrides={"TASKRUN_FAULT": ""},
     )
     try:
         status = runs.finished("once", timeout=60)

@@ -25,19 +25,20 @@ from taskrun_dev.processes import ManagedProcess, free_port
 from taskrun_dev.servers import RABBITMQ
 from taskrun_dev.stack import Stack
 
-from support import ON_REDIS, TaskRuns, forget_result, queue_length, result_state, wait_for
+from support import (
+    FAST_LEASE,
+    ON_REDIS,
+    TaskRuns,
+    forget_result,
+    queue_length,
+    result_state,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
 INTENT = "celery.taskrun.dev/submitting"
-# Short leases so the takeover is quick to test (the defaults are 15 s / 10 s / 2 s).
-FAST_LEASE = {
-    "leaseDurationSeconds": 4,
-    "leaseRenewDeadlineSeconds": 3,
-    "leaseRetryPeriodSeconds": 0.5,
-}
-
 
 # Whatever the session's broker and backend: once is enough, on Redis/Redis.
 OWN_STACK = pytest.mark.skipif(
