@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime, timedelta
 
+from celery_taskrun.api.model import FINISHED_LABEL
 from celery_taskrun.core.records import TaskRecord
 from celery_taskrun.core.timing import timestamp
 
@@ -42,3 +43,22 @@ async def test_a_reason_this_operator_does_not_know_never_loses_a_run_in_flight(
         submitted,
         submitted,
     )
+
+
+async def test_finished_runs_found_unlabelled_are_labelled_once_and_kept(
+    harness: Harness,
+) -> None:
+    """Runs an earlier version finished (no finished label) get the label, one write
+    each, and are kept for their TTL; one already labelled costs no write."""
+    done = timestamp(datetime.now(UTC) - timedelta(seconds=5))
+    bodies = [harness.create({"task": "t.a", "ttlSecondsAfterFinished": 60}) for _ in range(3)]
+    for i, body in enumerate(bodies):
+        body["status"] = {"phase": "Succeeded", "completedAt": done, "taskId": f"t{i}"}
+    bodies[2]["metadata"]["labels"] = {FINISHED_LABEL: "Succeeded"}
+    for body in bodies:
+        await harness.tracker.observe("ADDED", copy.deepcopy(body))
+    names = [b["metadata"]["name"] for b in bodies]
+    assert [w.name for w in harness.kube.metadata_writes] == names[:2]
+    for name in names:
+        assert harness.kube.objects[name]["metadata"]["labels"] == {FINISHED_LABEL: "Succeeded"}
+    await harness.seen.until(lambda: len(harness.kube.deletes) == 3, 70, "the TTL deletions")

@@ -98,15 +98,15 @@ class Reaper:
             )
         )
 
-    def found(self, run: KeptRun, meta: dict[str, Any]) -> None:
+    async def found(self, run: KeptRun, meta: dict[str, Any]) -> None:
         """A finished run found as it was left (a takeover lists every one): kept, and
-        labelled as finished if an earlier version, or a failed write, left it without."""
+        labelled as finished if an earlier version, or a failed write, left it without
+        (one write at a time: thousands of them after an upgrade wait their turn in the
+        listing rather than as tasks held in memory)."""
         self.keep(run)
         label = finished_label(labels_of(meta), run.phase)
-        if label is not None:
-            self.tasks.spawn(self._label(meta, label))
-
-    async def _label(self, meta: dict[str, Any], label: tuple[str, str]) -> None:
+        if label is None:
+            return
         try:
             await self.effects.release(meta, label)
         except Gone:

@@ -281,7 +281,7 @@ class Tracker:
         if known is None:
             kept = kept_of(body, self.config.ttlSecondsAfterFinished, self.now().timestamp())
             if kept is not None:
-                self.reaper.found(kept, slim(meta))  # finished: never decoded
+                await self.reaper.found(kept, slim(meta))  # finished: never decoded
             elif uid not in self.reaper.kept or FINALIZER in (meta.get("finalizers") or ()):
                 await self._adopt(body)
             # else: a finished run kept, edited or echoed: nothing to act on
