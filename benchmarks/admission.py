@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 from kubernetes import config
 from latency import GROUP, PLURAL, VERSION
+from revisions import shown
 
 from celery_taskrun.api.model import MAX_ARGS_BYTES, MAX_ARGS_DEPTH, MAX_ARGS_VALUES
 from taskrun_dev.stack import Stack
@@ -103,15 +103,6 @@ class Creates:
         return answer.status, seconds, message.rsplit("denied request: ", 1)[-1][:100]
 
 
-def policy_of(revision: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{revision}:deploy/crd.yaml"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
 # Probes that tell the three apart, each with the answer that shows it in force: too
 # deep (refused by either policy, admitted without one); more values than this policy
 # allows (refused by it, admitted by one that counts no values, as before issue 16).
@@ -156,7 +147,7 @@ def run(reps: int, before: str | None) -> dict[str, Any]:
     current = (ROOT / "deploy" / "crd.yaml").read_text()
     policies: dict[str, tuple[str | None, str, int]] = {"now": (current, MANY, 422)}
     if before:
-        policies["before"] = (policy_of(before), MANY, 201)
+        policies["before"] = (shown(before, "deploy/crd.yaml"), MANY, 201)
     policies["none"] = (None, DEEP, 201)
     results: dict[str, Any] = {"reps": reps, "revision": before, "target_ms": TARGET_MS}
     with tempfile.TemporaryDirectory(prefix="taskrun-bench-") as tmp:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ import yaml
 from figures import OPERATOR_USER, prometheus_samples
 from kubernetes import client, config
 from latency import GROUP, PLURAL, VERSION
+from revisions import operator_package
 from scale import cpu_seconds
 
 from celery_taskrun.api.model import FINISHED_LABEL
@@ -56,7 +56,6 @@ from taskrun_dev.audit import AuditLog
 from taskrun_dev.procfs import memory_mib
 from taskrun_dev.stack import Stack
 
-ROOT = Path(__file__).resolve().parents[1]
 TASK = "taskrun_workers.tasks.calculate_sum"
 PROBE_NAMESPACE = "fin-probe"
 TTL_SECONDS = 7 * 24 * 3600
@@ -303,16 +302,6 @@ def kept(
     return out
 
 
-def baseline_source(rev: str, into: Path) -> Path:
-    """REV's operator package, unpacked from git (nothing checked out is touched)."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "operator"], capture_output=True, check=True
-    ).stdout
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "operator"
-
-
 def verdicts(row: dict[str, Any]) -> dict[str, bool]:
     """Issue 19's targets, met or not, for one variant's figures."""
     return {
@@ -387,7 +376,7 @@ def run(runs: int, per_namespace: int, window: float, revisions: list[str]) -> d
                     stack,
                     f"v{k}",
                     config_path,
-                    None if rev == "." else baseline_source(rev, Path(tmp) / f"v{k}"),
+                    None if rev == "." else operator_package(rev, Path(tmp) / f"v{k}"),
                 )
                 for k, rev in enumerate(revisions)
             }

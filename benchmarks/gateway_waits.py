@@ -47,18 +47,17 @@ import socket
 import ssl
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from figures import quantile
+from revisions import operator_package, shown
 
 from taskrun_dev.stack import Stack
 
@@ -112,13 +111,7 @@ def old_tree(revision: str, where: Path) -> str:
     """The operator's package as of `revision`, and the dependencies it had that this
     tree no longer has (installed beside it, at the versions its lock pinned), for
     PYTHONPATH."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "operator/celery_taskrun"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(where, filter="data")
+    package = operator_package(revision, where)
     deps = where / "deps"
     deps.mkdir()
     missing = old_dependencies(revision)
@@ -135,7 +128,7 @@ def old_tree(revision: str, where: Path) -> str:
     for module, distributions in modules.items():
         if {canonical(d) for d in distributions} & added:
             (deps / f"{module}.py").write_text("raise ImportError('not in the baseline')\n")
-    return os.pathsep.join([str(where / "operator"), str(deps)])
+    return os.pathsep.join([str(package), str(deps)])
 
 
 def canonical(name: str) -> str:
@@ -145,15 +138,6 @@ def canonical(name: str) -> str:
 def locked(lock: str) -> list[str]:
     """The distributions a requirements.lock pins."""
     return [canonical(name) for name in re.findall(r"^([A-Za-z0-9_.-]+)==", lock, re.M)]
-
-
-def shown(revision: str, path: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{revision}:{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 def old_dependencies(revision: str) -> list[str]:
