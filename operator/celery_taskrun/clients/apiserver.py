@@ -122,6 +122,13 @@ class ApiServer:
             await self._session.close()
             self._session = None
 
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": self.user_agent}
+        token = self.endpoint.bearer.current() if self.endpoint.bearer else None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
     async def call(
         self,
         method: Method,
@@ -135,10 +142,7 @@ class ApiServer:
     ) -> bytes:
         """The answer's bytes (undecoded); a KubeError when refused or not heard from
         within `seconds` (default: the client's timeout)."""
-        headers = {"Accept": accept, "User-Agent": self.user_agent}
-        token = self.endpoint.bearer.current() if self.endpoint.bearer else None
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = self._headers(accept)
         data = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -168,10 +172,7 @@ class ApiServer:
         the server ends it; a KubeError when refused, when a line is not a JSON object
         or too long, or when the stream lasts past `seconds` (each read is bounded by
         what is left of them)."""
-        headers = {"Accept": accept, "User-Agent": self.user_agent}
-        token = self.endpoint.bearer.current() if self.endpoint.bearer else None
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = self._headers(accept)
         ends = time.monotonic() + seconds
         try:
             async with asyncio.timeout(self.timeout):

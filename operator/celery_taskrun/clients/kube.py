@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,7 +88,7 @@ class Kube:
             ops.append({"op": "add", "path": "/status", "value": value})
         else:
             for key, field in patch.items():
-                path = "/status/" + key.replace("~", "~0").replace("/", "~1")
+                path = "/status/" + _pointer(key)
                 op = {"op": "remove", "path": path} if field is None else None
                 ops.append(op or {"op": "add", "path": path, "value": field})
         path = objects(namespace, plural, name, "status")
@@ -209,17 +210,20 @@ class Kube:
         events = self.api.events(
             _taskruns(namespace), query=query, seconds=WATCH_SECONDS + 30, accept=METADATA
         )
-        async for event in events:
-            kind, found = event.get("type"), event.get("object")
-            found = found if isinstance(found, dict) else {}
-            if kind == "ERROR":
-                raise refused(int(found.get("code") or 0), str(found.get("reason") or ""), "")
-            meta = found.get("metadata")
-            meta = meta if isinstance(meta, dict) else {}
-            version, uid = meta.get("resourceVersion"), meta.get("uid")
-            if not isinstance(version, str):
-                continue
-            yield (uid if kind == "DELETED" and isinstance(uid, str) else None), version
+        async with aclosing(events):  # the stream released however this one ends
+            async for event in events:
+                kind, found = event.get("type"), event.get("object")
+                found = found if isinstance(found, dict) else {}
+                if kind == "ERROR":
+                    code = found.get("code")
+                    code = code if isinstance(code, int) else 0
+                    raise refused(code, str(found.get("reason") or ""), "")
+                meta = found.get("metadata")
+                meta = meta if isinstance(meta, dict) else {}
+                version, uid = meta.get("resourceVersion"), meta.get("uid")
+                if not isinstance(version, str):
+                    continue
+                yield (uid if kind == "DELETED" and isinstance(uid, str) else None), version
 
     async def lease(self, namespace: str, name: str, seconds: float) -> LeaseBody | None:
         """The Lease, or None when there is none."""
